@@ -1,0 +1,3 @@
+from tunehub.cli.main import main
+
+raise SystemExit(main())

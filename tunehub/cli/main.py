@@ -1,0 +1,76 @@
+"""The ``tunehub`` command: builds the parser from the command-group modules and runs one.
+
+Each group module exposes ``register(subparsers)`` and sets ``func(args) -> int`` on
+its parsers. Group modules import only argparse-level code at import time; heavy
+libraries (torch, diffusers, textual) are imported inside the handlers.
+
+Exit codes: 0 success, 1 a user-facing error (message, no traceback), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tunehub import __version__
+from tunehub.errors import TunehubError
+
+# In --help order. A group whose module is missing is left out of the parser.
+COMMAND_GROUPS = (
+    "registry",
+    "pull",
+    "publish",
+    "quantize",
+    "generate",
+    "daemon",
+    "tui",
+    "hub",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunehub",
+        description="Registry, Hub sync, int8 quantization and generation for video-diffusion finetunes.",
+    )
+    parser.add_argument("--version", action="version", version=f"tunehub {__version__}")
+    parser.add_argument(
+        "--home",
+        default=None,
+        help="home folder (default: $TUNEHUB_HOME, else the current directory)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        try:
+            module = importlib.import_module(f"tunehub.cli.{group}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"tunehub.cli.{group}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TunehubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
