@@ -1,0 +1,409 @@
+"""The registry: load every definition folder, merge by id, validate, resolve references and files."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunehub.config import Config
+from tunehub.errors import InvalidDefinitionError, ReferenceCycleError, UnknownDefinitionError
+from tunehub.hub.urls import is_url, local_name
+from tunehub.registry.architectures import ARCHITECTURES
+from tunehub.registry.model import Definition, FileChoice, Origin, Problem, Resolution
+from tunehub.registry.select import explain_variant
+from tunehub.registry.validate import (
+    MAX_REFERENCE_DEPTH,
+    URL_KEYS,
+    check_file_structure,
+    check_merged,
+    json_syntax_problem,
+)
+from tunehub.registry.weights import local_path_candidates
+
+__all__ = ["Registry", "builtin_definitions_dir", "DefinitionFolder"]
+
+
+def builtin_definitions_dir() -> Path:
+    """The definitions shipped with tunehub (package data; the repo's definitions/ in a checkout)."""
+    checkout = Path(__file__).resolve().parents[2] / "definitions"
+    if checkout.is_dir():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("tunehub.builtin_definitions")))
+
+
+@dataclass(frozen=True)
+class DefinitionFolder:
+    path: Path
+    origin: Origin
+
+
+@dataclass
+class _RawFile:
+    """One definition file as read: its data (None if unreadable) and its own problems."""
+
+    folder_index: int
+    path: Path
+    data: dict[str, Any] | None
+    problems: list[Problem]
+
+
+@dataclass
+class _Merged:
+    definition: Definition
+    key_files: dict[str, str] = field(default_factory=dict)  # model key -> file that last set it
+
+
+def _read_file(path: Path, folder_index: int, origin: Origin) -> _RawFile:
+    file = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        return _RawFile(folder_index, path, None, [Problem(file, "(file)", f"cannot be read: {exc.strerror}")])
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        return _RawFile(folder_index, path, None, [Problem(file, "(file)", "is not UTF-8 text")])
+    except json.JSONDecodeError as exc:
+        return _RawFile(folder_index, path, None, [json_syntax_problem(file, exc)])
+    problems = check_file_structure(file, data, origin)
+    return _RawFile(folder_index, path, data if isinstance(data, dict) else None, problems)
+
+
+class Registry:
+    """Every definition the configuration loads, merged by id, with its problems."""
+
+    def __init__(self, config: Config, folders: Sequence[DefinitionFolder]) -> None:
+        self.config = config
+        self.folders = list(folders)
+        self._raw: dict[str, list[_RawFile]] = {}
+        self._merged: dict[str, _Merged] = {}
+
+    # --- loading -------------------------------------------------------------------
+
+    @classmethod
+    def default_folders(cls, config: Config) -> list[DefinitionFolder]:
+        """Built-ins first, then subscribed remotes, then the user's folders (whose edits win)."""
+        folders = [DefinitionFolder(builtin_definitions_dir(), Origin.BUILTIN)]
+        if config.remote_dir.is_dir():
+            for entry in sorted(os.scandir(config.remote_dir), key=lambda e: e.name):
+                if entry.is_dir() and not entry.name.startswith("."):
+                    folders.append(DefinitionFolder(Path(entry.path), Origin.REMOTE))
+        folders.extend(DefinitionFolder(path, Origin.LOCAL) for path in config.user_definition_dirs)
+        seen: set[Path] = set()
+        unique = []
+        for folder in folders:
+            key = folder.path.resolve()
+            if key not in seen:
+                seen.add(key)
+                unique.append(folder)
+        return unique
+
+    @classmethod
+    def load(cls, config: Config, folders: Sequence[DefinitionFolder] | None = None) -> Registry:
+        registry = cls(config, folders if folders is not None else cls.default_folders(config))
+        for index, folder in enumerate(registry.folders):
+            for path in registry._scan(folder.path):
+                raw = _read_file(path, index, folder.origin)
+                registry._raw.setdefault(path.stem, []).append(raw)
+        for definition_id in registry._raw:
+            registry._merge(definition_id)
+        registry._check_references()
+        return registry
+
+    @staticmethod
+    def _scan(folder: Path) -> list[Path]:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(
+            (Path(e.path) for e in entries if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()),
+            key=lambda p: p.name,
+        )
+
+    def _folder_index(self, path: Path) -> int | None:
+        parent = path.resolve().parent
+        for index, folder in enumerate(self.folders):
+            if folder.path.resolve() == parent:
+                return index
+        return None
+
+    def reload_file(self, path: str | os.PathLike[str]) -> str | None:
+        """Re-read one definition file after it changed on disk; returns its id (None if not watched)."""
+        file_path = Path(path)
+        index = self._folder_index(file_path)
+        if index is None or file_path.suffix != ".json" or file_path.name.startswith("."):
+            return None
+        if not file_path.is_file():
+            return self.remove_file(file_path)
+        raw = _read_file(file_path, index, self.folders[index].origin)
+        entries = [r for r in self._raw.get(file_path.stem, []) if r.path != file_path] + [raw]
+        entries.sort(key=lambda r: r.folder_index)
+        self._raw[file_path.stem] = entries
+        self._merge(file_path.stem)
+        self._check_references()
+        return file_path.stem
+
+    def remove_file(self, path: str | os.PathLike[str]) -> str | None:
+        """Forget a deleted definition file; returns its id."""
+        file_path = Path(path)
+        entries = [r for r in self._raw.get(file_path.stem, []) if r.path != file_path]
+        if entries:
+            self._raw[file_path.stem] = entries
+            self._merge(file_path.stem)
+        else:
+            self._raw.pop(file_path.stem, None)
+            self._merged.pop(file_path.stem, None)
+        self._check_references()
+        return file_path.stem
+
+    def _merge(self, definition_id: str) -> None:
+        """Merge every file with this id key by key, as WanGP does: settings, then model keys."""
+        entries = self._raw[definition_id]
+        data: dict[str, Any] = {}
+        model: dict[str, Any] = {}
+        key_files: dict[str, str] = {}
+        problems: list[Problem] = []
+        for raw in entries:
+            problems.extend(raw.problems)
+            if raw.data is None:
+                continue
+            for key, value in raw.data.items():
+                if key != "model":
+                    data[key] = value
+            file_model = raw.data.get("model")
+            if isinstance(file_model, dict):
+                model.update(file_model)
+                for key in file_model:
+                    key_files[key] = str(raw.path)
+        has_model = any(raw.data is not None and "model" in raw.data for raw in entries)
+        if has_model:
+            data["model"] = model
+        last = entries[-1]
+        definition = Definition(
+            id=definition_id,
+            data=data,
+            files=[raw.path for raw in entries],
+            origin=self.folders[last.folder_index].origin,
+            problems=problems,
+        )
+        readable = any(raw.data is not None for raw in entries)
+        if has_model and readable and not any(p.key == "model" for p in problems):
+            definition.problems.extend(check_merged(str(last.path), model))
+        self._merged[definition_id] = _Merged(definition, key_files)
+
+    def _check_references(self) -> None:
+        """String references (URLs, URLs2, preload_URLs, modules) must exist and not cycle."""
+        for merged in self._merged.values():
+            definition = merged.definition
+            definition.problems = [p for p in definition.problems if p.kind != "reference"]
+            model = definition.model
+            for key in URL_KEYS:
+                if isinstance(model.get(key), str):
+                    try:
+                        self._follow(definition.id, key)
+                    except (UnknownDefinitionError, ReferenceCycleError) as exc:
+                        self._reference_problem(merged, key, f"model.{key}", str(exc))
+            modules = model.get("modules")
+            if isinstance(modules, list):
+                for index, item in enumerate(modules):
+                    if isinstance(item, str):
+                        try:
+                            self._module_variants(item, [definition.id])
+                        except (UnknownDefinitionError, ReferenceCycleError, InvalidDefinitionError) as exc:
+                            self._reference_problem(merged, "modules", f"model.modules[{index}]", str(exc))
+
+    @staticmethod
+    def _reference_problem(merged: _Merged, model_key: str, key: str, message: str) -> None:
+        file = merged.key_files.get(model_key, str(merged.definition.path))
+        merged.definition.problems.append(Problem(file, key, message, kind="reference"))
+
+    # --- queries -------------------------------------------------------------------
+
+    @property
+    def definitions(self) -> dict[str, Definition]:
+        return {key: merged.definition for key, merged in self._merged.items()}
+
+    def __contains__(self, definition_id: object) -> bool:
+        return definition_id in self._merged
+
+    def __len__(self) -> int:
+        return len(self._merged)
+
+    def get(self, definition_id: str) -> Definition:
+        merged = self._merged.get(definition_id)
+        if merged is None:
+            raise UnknownDefinitionError(
+                f"no definition '{definition_id}' (run 'tunehub list' to see the ids; "
+                "a definition's id is its file name without .json)"
+            )
+        return merged.definition
+
+    def visible(self) -> list[Definition]:
+        return [m.definition for m in self._merged.values() if m.definition.visible]
+
+    def problems(self) -> list[Problem]:
+        return [problem for m in self._merged.values() for problem in m.definition.problems]
+
+    # --- references ----------------------------------------------------------------
+
+    def _follow(self, definition_id: str, key: str) -> list[Any]:
+        """The list a ``key`` resolves to, following string references (WanGP: depth 10)."""
+        chain = [definition_id]
+        value = self.get(definition_id).model.get(key)
+        while isinstance(value, str):
+            if value in chain:
+                cycle = " -> ".join([*chain[chain.index(value) :], value])
+                raise ReferenceCycleError(f"circular reference: {cycle}")
+            if value not in self._merged:
+                raise UnknownDefinitionError(f"refers to definition '{value}', which does not exist")
+            chain.append(value)
+            if len(chain) > MAX_REFERENCE_DEPTH:
+                raise ReferenceCycleError(f"references nested deeper than {MAX_REFERENCE_DEPTH}: {' -> '.join(chain)}")
+            value = self._merged[value].definition.model.get(key)
+        if value is None:
+            return []
+        return list(value) if isinstance(value, list) else []
+
+    def reference_list(self, definition_id: str, key: str) -> list[str]:
+        """``URLs``, ``URLs2`` or ``preload_URLs`` with string references resolved."""
+        return [entry for entry in self._follow(definition_id, key) if isinstance(entry, str)]
+
+    def _module_variants(self, item: Any, chain: list[str]) -> list[str]:
+        """A module item: a list of variants, or the id of a definition with exactly one module."""
+        while isinstance(item, str):
+            if item in chain:
+                raise ReferenceCycleError(f"circular module reference: {' -> '.join([*chain, item])}")
+            if item not in self._merged:
+                raise UnknownDefinitionError(f"refers to module definition '{item}', which does not exist")
+            modules = self._merged[item].definition.model.get("modules")
+            if not isinstance(modules, list) or len(modules) != 1:
+                count = len(modules) if isinstance(modules, list) else 0
+                raise InvalidDefinitionError(
+                    f"refers to '{item}' as a module, but '{item}' declares {count} modules (exactly 1 needed)"
+                )
+            chain = [*chain, item]
+            item = modules[0]
+        return [entry for entry in item if isinstance(entry, str)] if isinstance(item, list) else []
+
+    def module_lists(self, definition_id: str) -> list[list[str]]:
+        modules = self.get(definition_id).model.get("modules")
+        if not isinstance(modules, list):
+            return []
+        return [self._module_variants(item, [definition_id]) for item in modules]
+
+    # --- resolving -----------------------------------------------------------------
+
+    def effective_dtype(self, definition: Definition, preference: str | None = None) -> tuple[str, str]:
+        """The transformer dtype and why: forced by the definition, bf16-only model, or preference."""
+        forced = definition.model.get("dtype")
+        if forced in ("bf16", "fp16"):
+            return forced, f"forced by the definition (model.dtype = {forced})"
+        arch = ARCHITECTURES.get(definition.architecture or "")
+        if arch is not None and arch.bf16_only:
+            return "bf16", f"{arch.label} runs in bf16 only"
+        wanted = preference or self.config.dtype
+        if wanted in ("bf16", "fp16"):
+            return wanted, "your preference"
+        return "bf16", "default (dtype = auto)"
+
+    def locate_source(self, source: str, origin: Origin = Origin.LOCAL) -> tuple[Path, bool]:
+        """Where the file of a URL or path entry is (True) or would be placed (False)."""
+        weights_dirs = self.config.weights_dirs
+        filename = local_name(source)
+        if is_url(source) or origin is Origin.REMOTE:
+            candidates = [folder / filename for folder in weights_dirs]
+        else:
+            candidates = local_path_candidates(source, self.config.home, weights_dirs)
+        for candidate in candidates:
+            if os.path.isfile(candidate):
+                return candidate.absolute(), True
+        default = candidates[0] if candidates else self.config.download_dir / filename
+        return default.absolute(), False
+
+    def _choice(
+        self, role: str, choices: list[str], quantization: str, dtype: str, origin: Origin
+    ) -> FileChoice | None:
+        selection = explain_variant(choices, quantization, dtype)
+        if selection.choice is None:
+            return None
+        path, present = self.locate_source(selection.choice, origin)
+        return FileChoice(
+            role=role,
+            source=selection.choice,
+            filename=local_name(selection.choice),
+            path=path,
+            present=present,
+            reason=selection.reason,
+            candidates=list(choices),
+        )
+
+    def resolve(self, definition_id: str, quantization: str | None = None, dtype: str | None = None) -> Resolution:
+        """Which files this definition uses under the given (or configured) preferences, and why."""
+        definition = self.get(definition_id)
+        if not definition.valid:
+            details = "; ".join(f"{p.key}: {p.message}" for p in definition.problems)
+            raise InvalidDefinitionError(f"definition '{definition_id}' ({definition.path}) is invalid: {details}")
+        wanted_quantization = quantization or self.config.quantization
+        effective_dtype, dtype_reason = self.effective_dtype(definition, dtype)
+        origin = definition.origin
+        transformer = self._choice(
+            "transformer", self.reference_list(definition_id, "URLs"), wanted_quantization, effective_dtype, origin
+        )
+        transformer2 = self._choice(
+            "transformer2", self.reference_list(definition_id, "URLs2"), wanted_quantization, effective_dtype, origin
+        )
+        modules = [
+            choice
+            for variants in self.module_lists(definition_id)
+            if (choice := self._choice("module", variants, wanted_quantization, effective_dtype, origin)) is not None
+        ]
+        preload = []
+        for source in self.reference_list(definition_id, "preload_URLs"):
+            path, present = self.locate_source(source, origin)
+            preload.append(
+                FileChoice("preload", source, local_name(source), path, present, "preload: always fetched", [source])
+            )
+        return Resolution(
+            id=definition_id,
+            architecture=definition.architecture or "",
+            quantization=wanted_quantization,
+            dtype=effective_dtype,
+            dtype_reason=dtype_reason,
+            transformer=transformer,
+            transformer2=transformer2,
+            modules=modules,
+            preload=preload,
+            auto_quantize=definition.model.get("auto_quantize") is True,
+        )
+
+    def filter(
+        self,
+        architecture: str | None = None,
+        search: str | None = None,
+        invalid_only: bool = False,
+        include_hidden: bool = False,
+    ) -> Iterable[Definition]:
+        needle = search.lower() if search else None
+        for merged in self._merged.values():
+            definition = merged.definition
+            if not include_hidden and not definition.visible:
+                continue
+            if invalid_only and definition.valid:
+                continue
+            if architecture and definition.architecture != architecture:
+                continue
+            if needle and not (
+                needle in definition.id.lower()
+                or needle in definition.name.lower()
+                or needle in definition.description.lower()
+            ):
+                continue
+            yield definition
