@@ -28,13 +28,8 @@ __all__ = ["Registry", "builtin_definitions_dir", "DefinitionFolder"]
 
 
 def builtin_definitions_dir() -> Path:
-    """The definitions shipped with tunehub (package data; the repo's definitions/ in a checkout)."""
-    checkout = Path(__file__).resolve().parents[2] / "definitions"
-    if checkout.is_dir():
-        return checkout
-    from importlib.resources import files
-
-    return Path(str(files("tunehub.builtin_definitions")))
+    """The definitions shipped with tunehub (package data; the repo's definitions/ links to it)."""
+    return Path(__file__).resolve().parents[1] / "builtin_definitions"
 
 
 @dataclass(frozen=True)
