@@ -1,0 +1,140 @@
+"""A small range-capable HTTP file server with fault injection, for the transfer engine's tests.
+
+It stands for "any http(s) server" (non-Hub URLs) and lets a test make the network fail
+in the ways the engine must survive: 429/503 with Retry-After, connections dropped in the
+middle of a body, bytes altered in flight, slow bodies. It is a real server on loopback;
+the engine under test talks to it with real sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+@dataclass
+class Faults:
+    fail_statuses: list[int] = field(default_factory=list)  # answered to the next GETs, in order
+    retry_after: str | None = None
+    drop_after: list[int] = field(default_factory=list)  # next GET bodies cut after N bytes
+    alter: bool = False  # flip a byte in every body
+    delay_per_mb: float = 0.0  # seconds of sleep per MiB sent
+
+
+class RangeServer:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.etags: dict[str, str] = {}
+        self.faults = Faults()
+        self.lock = threading.Lock()
+        self.bytes_sent = 0
+        self.requests: list[tuple[str, str, dict[str, str], float]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _file(self) -> bytes | None:
+                return server.files.get(self.path.split("?")[0])
+
+            def do_HEAD(self) -> None:
+                server.requests.append(("HEAD", self.path, dict(self.headers), time.monotonic()))
+                data = self._file()
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", f'"{server.etags[self.path]}"')
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                server.requests.append(("GET", self.path, dict(self.headers), time.monotonic()))
+                with server.lock:
+                    status = server.faults.fail_statuses.pop(0) if server.faults.fail_statuses else None
+                    drop = server.faults.drop_after.pop(0) if server.faults.drop_after else None
+                if status is not None:
+                    self.send_response(status)
+                    if server.faults.retry_after is not None:
+                        self.send_header("Retry-After", server.faults.retry_after)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = self._file()
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, end = 0, len(data) - 1
+                ranged = "Range" in self.headers
+                if ranged:
+                    spec = self.headers["Range"].split("=", 1)[1]
+                    a, b = spec.split("-")
+                    start, end = int(a), (int(b) if b else len(data) - 1)
+                    if_range = self.headers.get("If-Range")
+                    if if_range and if_range.strip('"') != server.etags[self.path]:
+                        ranged, start, end = False, 0, len(data) - 1
+                body = data[start : end + 1]
+                if server.faults.alter and body:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
+                self.send_response(206 if ranged else 200)
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", f'"{server.etags[self.path]}"')
+                self.end_headers()
+                limit = len(body) if drop is None else min(drop, len(body))
+                step = 256 * 1024
+                sent = 0
+                while sent < limit:
+                    piece = body[sent : min(limit, sent + step)]
+                    try:
+                        self.wfile.write(piece)
+                    except OSError:
+                        return
+                    sent += len(piece)
+                    with server.lock:
+                        server.bytes_sent += len(piece)
+                    if server.faults.delay_per_mb:
+                        time.sleep(server.faults.delay_per_mb * len(piece) / (1 << 20))
+                if drop is not None:
+                    self.close_connection = True
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, path: str, data: bytes) -> str:
+        self.files[path] = data
+        self.etags[path] = hashlib.md5(data).hexdigest()
+        return self.url + path
+
+    def gets(self) -> list[tuple[str, str, dict[str, str], float]]:
+        return [r for r in self.requests if r[0] == "GET"]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def range_server():
+    server = RangeServer()
+    yield server
+    server.close()

@@ -1,0 +1,766 @@
+"""The transfer engine: parallel ranged downloads, verified, resumable across processes.
+
+What it guarantees:
+
+* nothing exists under the final name unless it is complete and verified (sha256 of a
+  Hub LFS file, git blob sha1 of a small Hub file, size and ETag for any other URL);
+* bytes go to ``.NAME.tunehub-part`` beside the target, with a small JSON progress record
+  ``.NAME.tunehub-part.json`` rewritten about once a second after an fdatasync of the
+  data, so a pull killed at any moment (SIGKILL, power loss) continues where it stopped
+  once the remote file is found unchanged (size, etag / sha256);
+* several byte ranges are fetched at once on keep-alive connections, and sha256 follows
+  the contiguous prefix while later ranges still arrive, so the file is not read again
+  at the end (only the part that a previous run fetched is re-hashed on resume);
+* 429 and 5xx are retried with exponential backoff honouring ``Retry-After``; dropped
+  connections resume at the last byte written; 401/403/404 become clear errors.
+
+Metadata and tokens come from huggingface_hub (``get_hf_file_metadata``,
+``build_hf_headers``); only the byte transfer is done here, with ``http.client`` and
+``readinto`` into a reused buffer (the fewest copies Python allows). The token is sent
+only to the Hub endpoint's own origin, never to a redirect target elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from tunehub.errors import (
+    DiskFullError,
+    HubAuthError,
+    HubError,
+    HubNotFoundError,
+    IntegrityError,
+    OfflineError,
+)
+from tunehub.safeio import atomic_write_text, fsync_dir
+
+__all__ = [
+    "PART_SUFFIX",
+    "RECORD_SUFFIX",
+    "DownloadResult",
+    "RemoteFile",
+    "download_file",
+    "offline_mode",
+    "part_paths",
+    "probe",
+    "redact",
+]
+
+PART_SUFFIX = ".tunehub-part"
+RECORD_SUFFIX = ".tunehub-part.json"
+RECORD_VERSION = 1
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_CHUNK = 1 << 20  # readinto buffer per connection
+_HASH_CHUNK = 4 << 20
+_RECORD_INTERVAL_S = 1.0
+_PROGRESS_INTERVAL_S = 0.2
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+def offline_mode() -> bool:
+    """huggingface_hub's offline switch, also when HF_HUB_OFFLINE is set after its import."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    if value is not None:
+        return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.is_offline_mode())
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like a token (and the current token itself) from ``text``."""
+    from huggingface_hub.utils import get_token
+
+    with contextlib.suppress(Exception):
+        token = get_token()
+        if token:
+            text = text.replace(token, "***")
+    return re.sub(r"(Bearer\s+)\S+", r"\1***", text)
+
+
+def part_paths(dest: Path) -> tuple[Path, Path]:
+    """The partial data file and its progress record for a final path."""
+    return (
+        dest.with_name(f".{dest.name}{PART_SUFFIX}"),
+        dest.with_name(f".{dest.name}{RECORD_SUFFIX}"),
+    )
+
+
+@dataclass
+class RemoteFile:
+    """What the server says about a file before any byte is fetched."""
+
+    url: str  # as asked
+    location: str  # where the bytes are fetched (after redirects)
+    size: int
+    etag: str | None = None
+    sha256: str | None = None  # known content hash (LFS oid or caller's)
+    git_sha1: str | None = None  # git blob sha1 (small files on a Hub)
+    commit: str | None = None
+    accept_ranges: bool = True
+    hub: bool = False  # metadata came from a Hub (etag is the content hash, not the GET's ETag)
+    auth_headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def identity(self) -> dict[str, Any]:
+        """What must be unchanged for a partial download to be resumed."""
+        return {"size": self.size, "etag": self.etag, "sha256": self.sha256, "git_sha1": self.git_sha1}
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    size: int
+    sha256: str
+    bytes_transferred: int  # fetched over the network in this call
+    resumed_from: int  # bytes already there from a previous run
+    remote: RemoteFile | None = None
+
+
+# --- metadata ------------------------------------------------------------------
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def _is_hub_url(url: str, endpoint: str | None) -> bool:
+    if not endpoint:
+        return False
+    return _origin(url) == _origin(endpoint) and "/resolve/" in urlsplit(url).path
+
+
+def _normalize_etag(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"') or None
+
+
+def _hub_error(exc: Exception, url: str, context: str) -> HubError:
+    """Map a huggingface_hub error to ours, with a message naming the URL and what to do."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{url}{context}"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return OfflineError(f"offline mode (HF_HUB_OFFLINE) is on and {where} is not present locally")
+    if isinstance(exc, GatedRepoError):
+        return HubAuthError(
+            f"access to {where} is restricted: accept the repo's terms on its page and log in "
+            "(`hf auth login` or HF_TOKEN)"
+        )
+    if isinstance(exc, (EntryNotFoundError, RevisionNotFoundError)):
+        return HubNotFoundError(f"not found (404): {where}")
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubNotFoundError(
+            f"not found (404): {where}; the repo does not exist, or it is private and you are "
+            "not logged in (`hf auth login` or HF_TOKEN)"
+        )
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status in (401, 403):
+        return HubAuthError(
+            f"{status} for {where}: log in (`hf auth login` or HF_TOKEN) with a token that can "
+            "read it, and accept the repo's terms if it is gated"
+        )
+    if status == 404:
+        return HubNotFoundError(f"not found (404): {where}")
+    return HubError(redact(f"cannot fetch {where}: {exc}"))
+
+
+def _status_error(status: int, url: str, context: str, reason: str = "") -> HubError:
+    where = f"{url}{context}"
+    if status in (401, 403):
+        return HubAuthError(
+            f"{status} for {where}: log in (`hf auth login` or HF_TOKEN) with a token that can "
+            "read it, and accept the repo's terms if it is gated"
+        )
+    if status == 404:
+        return HubNotFoundError(f"not found (404): {where}")
+    if status == 416:
+        return HubError(f"{where}: the server refused the byte range (416); the file changed or shrank")
+    return HubError(f"HTTP {status} {reason} for {where}".replace("  ", " "))
+
+
+def _auth_headers(endpoint: str | None, token: str | bool | None) -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = dict(build_hf_headers(token=token, library_name="tunehub"))
+    headers.pop("accept-encoding", None)
+    return headers
+
+
+def _connect(url: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=timeout, context=ssl.create_default_context()
+        )
+    if parts.scheme == "http":
+        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    raise HubError(f"unsupported URL scheme in {url} (only http and https)")
+
+
+def _request_target(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _retry_delay(attempt: int, retry_after: str | None) -> float:
+    if retry_after:
+        with contextlib.suppress(ValueError):
+            return min(max(float(retry_after), 0.0), 300.0)
+    return min(8.0, 2.0**attempt) * (0.5 + random.random() / 2)
+
+
+def _plain_head(url: str, timeout: float, max_retries: int, context: str = "") -> RemoteFile:
+    """HEAD a non-Hub URL, following redirects, no credentials sent."""
+    location = url
+    attempt = 0
+    redirects = 0
+    while True:
+        conn = _connect(location, timeout)
+        try:
+            conn.request("HEAD", _request_target(location), headers={"Accept-Encoding": "identity"})
+            response = conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            attempt += 1
+            if attempt > max_retries:
+                raise HubError(f"cannot reach {url}{context}: {exc}") from None
+            time.sleep(_retry_delay(attempt, None))
+            continue
+        conn.close()
+        status = response.status
+        if status in (301, 302, 303, 307, 308) and response.getheader("Location"):
+            redirects += 1
+            if redirects > 10:
+                raise HubError(f"too many redirects for {url}")
+            location = urljoin(location, response.getheader("Location") or "")
+            continue
+        if status in RETRY_STATUSES and attempt < max_retries:
+            attempt += 1
+            time.sleep(_retry_delay(attempt, response.getheader("Retry-After")))
+            continue
+        if status >= 400:
+            raise _status_error(status, url, context, response.reason)
+        length = response.getheader("Content-Length")
+        if length is None:
+            raise HubError(f"{url}{context}: the server does not say the file's size (no Content-Length)")
+        return RemoteFile(
+            url=url,
+            location=location,
+            size=int(length),
+            etag=_normalize_etag(response.getheader("ETag")),
+            accept_ranges="bytes" in (response.getheader("Accept-Ranges") or "").lower(),
+        )
+
+
+def probe(
+    url: str,
+    *,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    expected_sha256: str | None = None,
+    timeout: float = 30.0,
+    max_retries: int = 5,
+    context: str = "",
+) -> RemoteFile:
+    """Ask the server for a file's size, etag and hash without fetching it.
+
+    Hub URLs (same origin as ``endpoint``, ``/resolve/`` path) go through
+    huggingface_hub's ``get_hf_file_metadata`` (token, redirects, error mapping);
+    anything else gets a plain HEAD with no credentials.
+    """
+    if offline_mode():
+        raise OfflineError(f"offline mode (HF_HUB_OFFLINE) is on and {url}{context} is not present locally")
+    if _is_hub_url(url, endpoint):
+        from huggingface_hub import get_hf_file_metadata
+
+        try:
+            meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True, timeout=timeout)
+        except Exception as exc:  # mapped to our tree, message redacted
+            raise _hub_error(exc, url, context) from None
+        if meta.size is None:
+            raise HubError(f"{url}{context}: the Hub did not say the file's size")
+        etag = _normalize_etag(meta.etag)
+        sha256 = expected_sha256
+        git_sha1 = None
+        if etag and _HEX64.match(etag):
+            sha256 = sha256 or etag
+            if expected_sha256 and expected_sha256 != etag:
+                raise IntegrityError(
+                    f"{url}{context}: the Hub's sha256 {etag} differs from the expected {expected_sha256}"
+                )
+        elif etag and _HEX40.match(etag):
+            git_sha1 = etag
+        location = meta.location or url
+        same_origin = _origin(location) == _origin(endpoint or url)
+        auth = _auth_headers(endpoint, token) if same_origin else {}
+        return RemoteFile(
+            url=url,
+            location=location,
+            size=int(meta.size),
+            etag=etag,
+            sha256=sha256,
+            git_sha1=git_sha1,
+            commit=meta.commit_hash,
+            accept_ranges=True,
+            hub=True,
+            auth_headers=auth,
+        )
+    remote = _plain_head(url, timeout, max_retries, context)
+    remote.sha256 = expected_sha256
+    return remote
+
+
+# --- the transfer --------------------------------------------------------------
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Transfer:
+    """One file being fetched: shared state of the part workers, the hasher and the recorder."""
+
+    def __init__(
+        self,
+        remote: RemoteFile,
+        fd: int,
+        part_size: int,
+        done: list[int],
+        *,
+        label: str,
+        context: str,
+        timeout: float,
+        max_retries: int,
+        progress: ProgressCallback | None,
+        record_path: Path,
+    ) -> None:
+        self.remote = remote
+        self.fd = fd
+        self.part_size = part_size
+        self.parts = max(1, -(-remote.size // part_size))
+        self.done = done  # bytes written contiguously from each part's start
+        self.label = label
+        self.context = context
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.progress = progress
+        self.record_path = record_path
+        self.lock = threading.Lock()
+        self.wakeup = threading.Condition(self.lock)
+        self.next_part = 0
+        self.error: BaseException | None = None
+        self.transferred = 0
+        self.finished_workers = 0
+        self.sha256 = hashlib.sha256()
+        self.git_sha1 = hashlib.sha1(f"blob {remote.size}\0".encode()) if remote.git_sha1 else None
+        self.hashed = 0
+
+    # part geometry
+    def part_range(self, index: int) -> tuple[int, int]:
+        start = index * self.part_size
+        return start, min(self.remote.size, start + self.part_size)
+
+    def completed(self) -> int:
+        return sum(self.done)
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = exc
+            self.wakeup.notify_all()
+
+    def take_part(self) -> int | None:
+        with self.lock:
+            while self.next_part < self.parts:
+                index = self.next_part
+                self.next_part += 1
+                start, end = self.part_range(index)
+                if start + self.done[index] < end:
+                    return index
+            return None
+
+    # workers
+    def worker(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        try:
+            while self.error is None:
+                index = self.take_part()
+                if index is None:
+                    break
+                conn = self.fetch_part(index, conn, view)
+        except BaseException as exc:  # handed to the caller's thread
+            self.fail(exc)
+        finally:
+            if conn is not None:
+                conn.close()
+            with self.lock:
+                self.finished_workers += 1
+                self.wakeup.notify_all()
+
+    def fetch_part(
+        self, index: int, conn: http.client.HTTPConnection | None, view: memoryview
+    ) -> http.client.HTTPConnection | None:
+        start, end = self.part_range(index)
+        attempt = 0
+        while True:
+            offset = start + self.done[index]
+            if offset >= end:
+                return conn
+            if self.error is not None:
+                raise _Cancelled()
+            headers = dict(self.remote.auth_headers)
+            headers["Accept-Encoding"] = "identity"
+            ranged = self.remote.accept_ranges and not (offset == 0 and end == self.remote.size)
+            if ranged:
+                headers["Range"] = f"bytes={offset}-{end - 1}"
+                if self.remote.etag and not self.remote.hub:
+                    headers["If-Range"] = f'"{self.remote.etag}"'
+            try:
+                if conn is None:
+                    conn = _connect(self.remote.location, self.timeout)
+                conn.request("GET", _request_target(self.remote.location), headers=headers)
+                response = conn.getresponse()
+                status = response.status
+                if status in RETRY_STATUSES or (status >= 400 and status not in (401, 403, 404, 416)):
+                    response.read()
+                    if status not in RETRY_STATUSES or attempt >= self.max_retries:
+                        raise _status_error(status, self.remote.url, self.context, response.reason)
+                    attempt += 1
+                    time.sleep(_retry_delay(attempt, response.getheader("Retry-After")))
+                    continue
+                if status >= 400:
+                    response.read()
+                    raise _status_error(status, self.remote.url, self.context, response.reason)
+                if ranged and status != 206:
+                    response.close()
+                    conn.close()
+                    conn = None
+                    raise HubError(
+                        f"{self.remote.url}{self.context}: the server answered {status} to a byte-range "
+                        "request (it ignores ranges, or the file changed since it was first seen)"
+                    )
+                if not ranged and offset != 0:
+                    raise HubError(f"{self.remote.url}: cannot resume without range support")
+                self.read_body(response, offset, end, index, view)
+                if response.will_close:
+                    conn.close()
+                    conn = None
+                attempt = 0
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, HubError):
+                    raise
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    raise
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise HubError(
+                        f"{self.remote.url}{self.context}: connection failed {attempt} times ({exc}); "
+                        "run the same command again to resume"
+                    ) from None
+                time.sleep(_retry_delay(attempt, None))
+
+    def read_body(
+        self, response: http.client.HTTPResponse, offset: int, end: int, index: int, view: memoryview
+    ) -> None:
+        fd = self.fd
+        while offset < end:
+            if self.error is not None:
+                raise _Cancelled()
+            want = min(len(view), end - offset)
+            got = response.readinto(view[:want])
+            if not got:
+                raise http.client.IncompleteRead(b"", end - offset)
+            written = 0
+            while written < got:
+                written += os.pwrite(fd, view[written:got], offset + written)
+            offset += got
+            with self.lock:
+                self.done[index] += got
+                self.transferred += got
+                self.wakeup.notify_all()
+        if response.length:  # the server sent more than the range asked
+            response.read()
+
+    # hasher: follows the contiguous prefix, reading what the workers just wrote (page cache)
+    def hash_until(self, limit: int, buffer: bytearray) -> None:
+        view = memoryview(buffer)
+        while self.hashed < limit:
+            want = min(len(buffer), limit - self.hashed)
+            got = os.preadv(self.fd, [view[:want]], self.hashed)
+            if got <= 0:
+                raise IntegrityError(f"{self.label}: partial file shorter than recorded")
+            chunk = view[:got]
+            self.sha256.update(chunk)
+            if self.git_sha1 is not None:
+                self.git_sha1.update(chunk)
+            self.hashed += got
+
+    def contiguous(self) -> int:
+        """Bytes available from offset 0 with no gap."""
+        total = 0
+        for index in range(self.parts):
+            start, end = self.part_range(index)
+            total = start + self.done[index]
+            if total < end:
+                break
+        return total
+
+    def save_record(self) -> None:
+        os.fdatasync(self.fd)  # the record never claims bytes that a power cut could lose
+        record = {
+            "version": RECORD_VERSION,
+            "url": self.remote.url,
+            **self.remote.identity(),
+            "part_size": self.part_size,
+            "done": list(self.done),
+        }
+        atomic_write_text(self.record_path, json.dumps(record))
+
+    def emit(self, status: str) -> None:
+        if self.progress is not None:
+            self.progress(
+                {"file": self.label, "total": self.remote.size, "completed": self.completed(), "status": status}
+            )
+
+    def run(self, connections: int) -> None:
+        workers = [
+            threading.Thread(target=self.worker, name=f"tunehub-dl-{i}", daemon=True)
+            for i in range(max(1, min(connections, self.parts)))
+        ]
+        for thread in workers:
+            thread.start()
+        buffer = bytearray(_HASH_CHUNK)
+        last_record = last_progress = time.monotonic()
+        try:
+            while True:
+                with self.lock:
+                    while (
+                        self.error is None
+                        and self.finished_workers < len(workers)
+                        and self.contiguous() - self.hashed < _HASH_CHUNK
+                        and time.monotonic() - last_progress < _PROGRESS_INTERVAL_S
+                    ):
+                        self.wakeup.wait(_PROGRESS_INTERVAL_S)
+                    error = self.error
+                    limit = self.contiguous()
+                    all_done = self.finished_workers == len(workers)
+                if error is not None:
+                    break
+                self.hash_until(limit, buffer)
+                now = time.monotonic()
+                if now - last_progress >= _PROGRESS_INTERVAL_S:
+                    self.emit("downloading")
+                    last_progress = now
+                if now - last_record >= _RECORD_INTERVAL_S and self.remote.accept_ranges:
+                    self.save_record()
+                    last_record = time.monotonic()
+                if all_done:
+                    break
+        except BaseException as exc:
+            self.fail(exc)
+        finally:
+            for thread in workers:
+                thread.join()
+            if self.remote.accept_ranges:
+                with contextlib.suppress(OSError):
+                    self.save_record()
+        if self.error is not None:
+            raise self.error
+        self.hash_until(self.remote.size, buffer)
+
+
+def _load_record(record_path: Path, remote: RemoteFile, part_size: int, data_size: int) -> list[int] | None:
+    """Per-part progress from a previous run, or None if it cannot be trusted for this remote file."""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        return None
+    if {key: record.get(key) for key in remote.identity()} != remote.identity():
+        return None
+    if record.get("part_size") != part_size:
+        return None
+    done = record.get("done")
+    parts = max(1, -(-remote.size // part_size))
+    if not isinstance(done, list) or len(done) != parts:
+        return None
+    result = []
+    for index, value in enumerate(done):
+        start = index * part_size
+        length = min(remote.size, start + part_size) - start
+        if not isinstance(value, int) or not 0 <= value <= length or start + value > data_size:
+            return None
+        result.append(value)
+    return result
+
+
+def _check_free_space(folder: Path, needed: int, reserve: int, label: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free - needed < reserve:
+        raise DiskFullError(
+            f"not enough free space in {folder} for {label}: {needed / 1e9:.2f} GB still to fetch, "
+            f"{free / 1e9:.2f} GB free" + (f", {reserve / 1e9:.2f} GB to keep free" if reserve else "")
+        )
+
+
+def _default_part_size(size: int, connections: int) -> int:
+    # Small enough that the parts in flight stay near the hash frontier, large enough to keep
+    # request overhead negligible; resume granularity is per byte anyway (see the record).
+    return max(1 << 20, min(64 << 20, -(-size // (connections * 4)) if size else 1 << 20))
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    connections: int = 4,
+    part_size: int | None = None,
+    max_retries: int = 5,
+    timeout: float = 60.0,
+    reserve_free_bytes: int = 0,
+    remote: RemoteFile | None = None,
+    label: str | None = None,
+    context: str = "",
+) -> DownloadResult:
+    """Fetch ``url`` to ``dest``: parallel, resumable, verified, placed atomically.
+
+    ``endpoint``: the Hub whose ``/resolve/`` URLs get huggingface_hub's metadata and token.
+    ``context``: appended to error messages (for instance which definition asked for it).
+    ``reserve_free_bytes``: free space that must remain after the download.
+    Raises IntegrityError (nothing placed, partial discarded), DiskFullError (partial kept),
+    HubAuthError / HubNotFoundError / HubError (partial kept, resumable), OfflineError.
+    """
+    dest = Path(dest)
+    label = label or dest.name
+    if remote is None:
+        remote = probe(url, endpoint=endpoint, token=token, expected_sha256=expected_sha256, timeout=timeout, context=context)
+    if expected_size is not None and expected_size != remote.size:
+        raise IntegrityError(f"{url}{context}: the server says {remote.size} bytes, expected {expected_size}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part_path, record_path = part_paths(dest)
+    part_size = part_size or _default_part_size(remote.size, connections)
+    if not remote.accept_ranges:
+        part_size = max(remote.size, 1)
+    done: list[int] | None = None
+    if part_path.exists() and remote.accept_ranges:
+        done = _load_record(record_path, remote, part_size, part_path.stat().st_size)
+        if done is None:
+            # a record written with another part size is still usable if we adopt its geometry
+            with contextlib.suppress(OSError, ValueError):
+                old = json.loads(record_path.read_text(encoding="utf-8"))
+                if isinstance(old.get("part_size"), int) and old["part_size"] > 0:
+                    done = _load_record(record_path, remote, old["part_size"], part_path.stat().st_size)
+                    if done is not None:
+                        part_size = old["part_size"]
+    parts = max(1, -(-remote.size // part_size))
+    if done is None:
+        done = [0] * parts
+        with contextlib.suppress(FileNotFoundError):
+            part_path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            record_path.unlink()
+    resumed_from = sum(done)
+    _check_free_space(dest.parent, remote.size - resumed_from, reserve_free_bytes, label)
+    fd = os.open(part_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size != remote.size:
+            os.ftruncate(fd, remote.size)
+        transfer = _Transfer(
+            remote,
+            fd,
+            part_size,
+            done,
+            label=label,
+            context=context,
+            timeout=timeout,
+            max_retries=max_retries,
+            progress=progress,
+            record_path=record_path,
+        )
+        transfer.emit("downloading" if resumed_from == 0 else "resuming")
+        try:
+            transfer.run(connections if remote.accept_ranges else 1)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(
+                    f"disk full in {dest.parent} while fetching {label}; the partial download is kept "
+                    "in place: free some space and run the same command again to resume"
+                ) from None
+            raise
+        transfer.emit("verifying")
+        digest = transfer.sha256.hexdigest()
+        problem = None
+        if remote.sha256 and digest != remote.sha256:
+            problem = f"sha256 {digest} does not match the expected {remote.sha256}"
+        elif transfer.git_sha1 is not None and transfer.git_sha1.hexdigest() != remote.git_sha1:
+            problem = f"git blob sha1 {transfer.git_sha1.hexdigest()} does not match the Hub's {remote.git_sha1}"
+        if problem:
+            os.close(fd)
+            fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                part_path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                record_path.unlink()
+            raise IntegrityError(f"{label} from {url}{context}: {problem}; the data was discarded")
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(part_path, dest)
+        with contextlib.suppress(FileNotFoundError):
+            record_path.unlink()
+        fsync_dir(dest.parent)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    transfer.emit("done")
+    return DownloadResult(
+        path=dest,
+        size=remote.size,
+        sha256=digest,
+        bytes_transferred=transfer.transferred,
+        resumed_from=resumed_from,
+        remote=remote,
+    )
