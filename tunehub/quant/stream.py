@@ -1,0 +1,645 @@
+"""Streaming int8 quantization: a 16-bit safetensors file in, WanGP's quanto int8 file out.
+
+Nothing is ever loaded whole. The output header is computed from the input header
+alone (shapes and dtypes are known before any math), written first, and every tensor
+is then written at its final offset. Three threads overlap the work: a reader
+(``preadv`` into pooled buffers, pinned ones for CUDA), the compute (torch, which
+releases the GIL and uses every core), and a writer (``pwrite``) with a flusher that
+pushes written data to the disk while the rest is computed, so the final fsync is
+short. Peak memory is the pools' budget plus the largest tensor or two.
+
+The math is optimum-quanto's, op for op, in the target dtype, so the bytes are
+identical to ``quantize(model, weights=qint8)`` + ``freeze`` + ``state_dict()``:
+``scale = amax(|w|, rows) / 127`` (a scalar when the layer has a single output row),
+``data = clamp(round(w / scale), -128, 127)`` as int8.
+
+The output goes through :func:`tunehub.safeio.atomic_writer`: a kill at any moment
+leaves no file under the final name (only a temporary that the next run removes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunehub.errors import DiskFullError, QuantizationError
+from tunehub.quant.format import (
+    DTYPE_SIZES,
+    FORMAT_KEY,
+    MAP_KEY,
+    QUANTIZATION_FORMAT,
+    SafetensorsHeader,
+    TensorEntry,
+    encode_header,
+    encode_map,
+    read_header,
+)
+from tunehub.quant.layers import select_layers
+from tunehub.safeio import TEMP_MARKER, atomic_writer
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["QuantizeResult", "QuantizationPlan", "plan_quantization", "quantize_file", "resolve_device"]
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+_DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16"}
+_SIXTEEN_BIT = ("BF16", "F16")
+# Output pieces of a quantized layer, in the order they are laid out.
+_QUANT_PARTS = (".weight._scale", ".input_scale", ".output_scale", ".weight._data")
+_MiB = 1024 * 1024
+# How much written data may wait in the page cache before the flusher pushes it out.
+_FLUSH_EVERY = 256 * _MiB
+
+
+@dataclass
+class _Unit:
+    """One source tensor and what it becomes in the output."""
+
+    source: TensorEntry
+    module: str | None  # set when this is a quantized layer's weight
+    outputs: list[TensorEntry] = field(default_factory=list)
+
+
+@dataclass
+class QuantizationPlan:
+    """Everything decided from the headers before any byte is read."""
+
+    source: Path
+    header: SafetensorsHeader
+    dtype: str  # "bf16" | "fp16": the 16-bit dtype of the output
+    layout: str | None
+    modules: list[str]
+    units: list[_Unit]
+    outputs: list[TensorEntry]
+    metadata: dict[str, str]
+    header_bytes: bytes
+
+    @property
+    def output_size(self) -> int:
+        return len(self.header_bytes) + sum(entry.nbytes for entry in self.outputs)
+
+    @property
+    def input_size(self) -> int:
+        return sum(unit.source.nbytes for unit in self.units)
+
+    @property
+    def quantization_map(self) -> dict[str, dict[str, str]]:
+        return {module: {"weights": "qint8", "activations": "none"} for module in self.modules}
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize_file` did."""
+
+    source: Path
+    output: Path
+    dtype: str
+    layout: str | None
+    quantized_layers: int
+    tensors: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    device: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source),
+            "output": str(self.output),
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "quantized_layers": self.quantized_layers,
+            "tensors": self.tensors,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+        }
+
+
+# --- planning (no torch) ---------------------------------------------------------------
+
+
+def _source_dtype(header: SafetensorsHeader, modules: list[str]) -> str:
+    by_key = header.by_key()
+    dtypes = {by_key[f"{module}.weight"].dtype for module in modules}
+    if dtypes == {"BF16"}:
+        return "bf16"
+    if dtypes == {"F16"}:
+        return "fp16"
+    found = ", ".join(sorted(dtypes))
+    raise QuantizationError(
+        f"{header.path}: the layers to quantize are {found}, not one 16-bit dtype; choose the output "
+        f"dtype with --dtype bf16 or --dtype fp16"
+    )
+
+
+def plan_quantization(
+    source: str | os.PathLike[str],
+    *,
+    dtype: str | None = None,
+    layers: str | Sequence[str] | None = None,
+) -> QuantizationPlan:
+    """Read ``source``'s header and decide every output tensor, offset and metadata key."""
+    header = read_header(source)
+    if dtype is not None and dtype not in _DTYPE_NAMES:
+        raise QuantizationError(f"dtype must be bf16 or fp16, got {dtype!r}")
+    if header.metadata.get(FORMAT_KEY) or MAP_KEY in header.metadata or any(
+        entry.key.endswith(".weight._data") for entry in header.tensors
+    ):
+        raise QuantizationError(f"{header.path}: already quantized (it has quanto int8 tensors or a quantization map)")
+    candidates = [(e.key, e.dtype, e.shape) for e in header.tensors if e.numel > 0]
+    modules, layout = select_layers(candidates, layers, source=str(header.path))
+    target = dtype or _source_dtype(header, modules)
+    target_name = _DTYPE_NAMES[target]
+    quantized = {f"{module}.weight": module for module in modules}
+
+    units: list[_Unit] = []
+    for entry in header.tensors:
+        module = quantized.get(entry.key)
+        unit = _Unit(entry, module)
+        if module is None:
+            # Other 16-bit tensors follow the model's dtype (as when WanGP loads it); fp32 stays.
+            out_dtype = target_name if entry.dtype in _SIXTEEN_BIT else entry.dtype
+            size = entry.numel * DTYPE_SIZES[out_dtype]
+            unit.outputs.append(TensorEntry(entry.key, out_dtype, entry.shape, 0, size))
+        else:
+            rows, cols = entry.shape
+            scale_shape: tuple[int, ...] = (rows, 1) if rows > 1 else ()
+            scale_count = rows if rows > 1 else 1
+            unit.outputs += [
+                TensorEntry(module + _QUANT_PARTS[0], target_name, scale_shape, 0, 2 * scale_count),
+                TensorEntry(module + _QUANT_PARTS[1], target_name, (), 0, 2),
+                TensorEntry(module + _QUANT_PARTS[2], target_name, (), 0, 2),
+                TensorEntry(module + _QUANT_PARTS[3], "I8", (rows, cols), 0, rows * cols),
+            ]
+        units.append(unit)
+
+    # Lay the tensors out so that each starts aligned to its element size (torch needs it to
+    # view them in place): 8-byte, then 4-byte element types first, then the 16-bit and int8
+    # stream in source order, with any odd-length 1-byte tensor moved to the very end.
+    all_outputs = [out for unit in units for out in unit.outputs]
+    wide8 = [o for o in all_outputs if DTYPE_SIZES[o.dtype] >= 8]
+    wide4 = [o for o in all_outputs if DTYPE_SIZES[o.dtype] == 4]
+    narrow = [o for o in all_outputs if DTYPE_SIZES[o.dtype] <= 2 and not (DTYPE_SIZES[o.dtype] == 1 and o.nbytes % 2)]
+    odd = [o for o in all_outputs if DTYPE_SIZES[o.dtype] == 1 and o.nbytes % 2]
+    placed: dict[str, TensorEntry] = {}
+    offset = 0
+    for entry in wide8 + wide4 + narrow + odd:
+        placed[entry.key] = TensorEntry(entry.key, entry.dtype, entry.shape, offset, offset + entry.nbytes)
+        offset += entry.nbytes
+    for unit in units:
+        unit.outputs = [placed[out.key] for out in unit.outputs]
+    ordered = sorted(placed.values(), key=lambda entry: entry.start)
+    if len(placed) != len(all_outputs):
+        raise QuantizationError(f"{header.path}: two output tensors would share a name; refusing to write")
+
+    metadata = dict(header.metadata)
+    metadata.setdefault("format", "pt")
+    metadata[FORMAT_KEY] = QUANTIZATION_FORMAT
+    plan = QuantizationPlan(
+        source=header.path,
+        header=header,
+        dtype=target,
+        layout=layout.id if layout else None,
+        modules=modules,
+        units=units,
+        outputs=ordered,
+        metadata=metadata,
+        header_bytes=b"",
+    )
+    metadata[MAP_KEY] = encode_map(plan.quantization_map)
+    plan.header_bytes = encode_header(ordered, metadata)
+    return plan
+
+
+# --- buffers and threads ------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    """Another stage failed; this one stops quietly."""
+
+
+class _BufferPool:
+    """Reusable byte buffers under a budget (fresh big allocations cost page faults each time).
+
+    ``acquire`` blocks while the budget is used by buffers in flight; a single request
+    bigger than the whole budget is still served once nothing else is held.
+    """
+
+    def __init__(self, budget: int, pin: bool) -> None:
+        self.budget = budget
+        self.pin = pin
+        self.allocated = 0
+        self.in_use = 0
+        self.free: list[Any] = []
+        self.closed = False
+        self.cond = threading.Condition()
+
+    def _allocate(self, size: int) -> Any:
+        import torch
+
+        return torch.empty(size, dtype=torch.uint8, pin_memory=self.pin)
+
+    def acquire(self, nbytes: int) -> Any:
+        size = max(_MiB, -(-nbytes // _MiB) * _MiB)  # whole MiB, so buffers get reused
+        with self.cond:
+            while True:
+                if self.closed:
+                    raise _Aborted()
+                fits = [buf for buf in self.free if size <= buf.numel() <= 2 * size]
+                if fits:
+                    buf = min(fits, key=lambda b: b.numel())
+                    self.free.remove(buf)
+                    self.in_use += buf.numel()
+                    return buf
+                # Drop idle buffers of the wrong size before growing.
+                while self.free and self.allocated + size > self.budget:
+                    dropped = max(self.free, key=lambda b: b.numel())
+                    self.free.remove(dropped)
+                    self.allocated -= dropped.numel()
+                if self.allocated + size <= self.budget or self.in_use == 0:
+                    buf = self._allocate(size)
+                    self.allocated += size
+                    self.in_use += size
+                    return buf
+                self.cond.wait()
+
+    def release(self, buf: Any) -> None:
+        with self.cond:
+            self.in_use -= buf.numel()
+            self.free.append(buf)
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.free.clear()
+            self.cond.notify_all()
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {
+        "BOOL": torch.bool,
+        "U8": torch.uint8,
+        "I8": torch.int8,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "F8_E5M2": torch.float8_e5m2,
+        "I16": torch.int16,
+        "U16": torch.uint16,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I32": torch.int32,
+        "U32": torch.uint32,
+        "F32": torch.float32,
+        "I64": torch.int64,
+        "U64": torch.uint64,
+        "F64": torch.float64,
+    }[name]
+
+
+def _typed(buf: Any, entry: TensorEntry, dtype_name: str | None = None) -> torch.Tensor:
+    """A tensor of ``entry``'s dtype and shape viewing the start of the byte buffer ``buf``."""
+    dtype = _torch_dtype(dtype_name or entry.dtype)
+    return buf[: entry.nbytes].view(dtype).view(entry.shape)
+
+
+def _as_bytes(tensor: torch.Tensor) -> memoryview:
+    import torch
+
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def _read_into(fd: int, buf: Any, nbytes: int, offset: int, path: Path) -> None:
+    view = memoryview(buf.numpy())[:nbytes]
+    done = 0
+    while done < nbytes:
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise QuantizationError(f"{path}: file ended early (truncated or changed while reading)")
+        done += count
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; other names as given."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device):
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise QuantizationError("--device cuda was asked but no CUDA GPU is available; use --device cpu")
+        return device
+    raise QuantizationError(f"unknown device {device!r}: use auto, cpu or cuda")
+
+
+def remove_stale_temporaries(output: Path) -> list[Path]:
+    """Delete temporaries of ``output`` left by runs that were killed (their pid is gone)."""
+    removed = []
+    prefix = f".{output.name}{TEMP_MARKER}"
+    try:
+        names = os.listdir(output.parent)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            (output.parent / name).unlink()
+            removed.append(output.parent / name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Compute:
+    """The quantization math on one device, with scratch buffers reused between tensors."""
+
+    def __init__(self, device: str, target: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.target = _torch_dtype(_DTYPE_NAMES[target])
+        self.scratch: dict[str, Any] = {}
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def _scratch(self, name: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        torch = self.torch
+        count = 1
+        for dim in shape:
+            count *= dim
+        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        buf = self.scratch.get(name)
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            self.scratch[name] = buf
+        return buf[:nbytes].view(dtype).view(tuple(shape))
+
+    def quantize(self, weight: torch.Tensor, data_out: torch.Tensor, scale_out: torch.Tensor) -> None:
+        """Fill ``data_out`` (int8) and ``scale_out`` (target dtype) from the host tensor ``weight``."""
+        torch = self.torch
+        context = torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
+        with torch.no_grad(), context:
+            if self.cuda:
+                source = self._scratch("source", weight.shape, weight.dtype)
+                source.copy_(weight, non_blocking=True)
+            else:
+                source = weight
+            if source.dtype != self.target:
+                converted = self._scratch("converted", weight.shape, self.target)
+                converted.copy_(source)  # the same rounding as model.to(dtype)
+                source = converted
+            work = self._scratch("work", weight.shape, self.target)
+            # optimum-quanto's AbsmaxOptimizer + quantize_symmetric, op for op, same dtype.
+            torch.abs(source, out=work)
+            if weight.shape[0] == 1:
+                scale = torch.max(work) / 127  # one row: quanto quantizes per tensor
+            else:
+                scale = torch.amax(work, dim=[1], keepdim=True) / 127
+            torch.div(source, scale, out=work)
+            work.round_()
+            work.clamp_(-128, 127)
+            if self.cuda:
+                data_dev = self._scratch("data", weight.shape, torch.int8)
+                data_dev.copy_(work)
+                data_out.copy_(data_dev, non_blocking=True)
+                scale_out.copy_(scale.reshape(scale_out.shape), non_blocking=True)
+                self.stream.synchronize()
+            else:
+                data_out.copy_(work)
+                scale_out.copy_(scale.reshape(scale_out.shape))
+
+    def convert(self, source: torch.Tensor, out: torch.Tensor) -> None:
+        out.copy_(source)
+
+
+def quantize_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    dtype: str | None = None,
+    layers: str | Sequence[str] | None = None,
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    budget_bytes: int = 384 * _MiB,
+) -> QuantizeResult:
+    """Quantize the safetensors file ``src`` into ``dst`` (WanGP/quanto int8 format), streaming.
+
+    ``dtype`` is the 16-bit dtype of the output (default: the source's); ``layers`` are
+    fnmatch patterns of module names overriding the per-layout table; ``budget_bytes``
+    bounds the read-ahead and write-behind buffers (each of the two pools).
+    """
+    started = time.perf_counter()
+    plan = plan_quantization(src, dtype=dtype, layers=layers)
+    output = Path(dst)
+    if output.resolve() == plan.source.resolve():
+        raise QuantizationError(f"{output}: the output must not be the input file")
+    device_name = resolve_device(device)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)
+    free = shutil.disk_usage(output.parent).free
+    if free < plan.output_size + 64 * _MiB:
+        raise DiskFullError(
+            f"{output.parent}: {free / 1e9:.2f} GB free, the quantized file needs {plan.output_size / 1e9:.2f} GB"
+        )
+
+    import torch
+
+    compute = _Compute(device_name, plan.dtype)
+    pin = compute.cuda
+    in_pool = _BufferPool(budget_bytes, pin)
+    out_pool = _BufferPool(budget_bytes, pin)
+    read_queue: queue.Queue[Any] = queue.Queue()
+    write_queue: queue.Queue[Any] = queue.Queue()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    data_start = len(plan.header_bytes)
+
+    def fail(exc: BaseException) -> None:
+        if not isinstance(exc, _Aborted):
+            errors.append(exc)
+        stop.set()
+        in_pool.close()
+        out_pool.close()
+
+    src_fd = os.open(plan.source, os.O_RDONLY)
+    try:
+        with contextlib.suppress(AttributeError, OSError):
+            os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+        def reader() -> None:
+            try:
+                for unit in plan.units:
+                    if stop.is_set():
+                        return
+                    buf = in_pool.acquire(unit.source.nbytes)
+                    _read_into(src_fd, buf, unit.source.nbytes, plan.header.data_start + unit.source.start, plan.source)
+                    read_queue.put((unit, buf))
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                fail(exc)
+            finally:
+                read_queue.put(None)
+
+        with atomic_writer(output, "wb") as handle:
+            out_fd = handle.fileno()
+            with contextlib.suppress(AttributeError, OSError):
+                os.posix_fallocate(out_fd, 0, plan.output_size)
+            _write_all(out_fd, memoryview(plan.header_bytes), 0)
+            flush_needed = threading.Event()
+            written = [0]
+
+            def flusher() -> None:
+                # Push written pages to the disk while the rest is computed.
+                while True:
+                    flush_needed.wait()
+                    flush_needed.clear()
+                    if stop.is_set():
+                        return
+                    with contextlib.suppress(OSError):
+                        os.fdatasync(out_fd)
+
+            def writer() -> None:
+                since_flush = 0
+                try:
+                    while True:
+                        item = write_queue.get()
+                        if item is None:
+                            return
+                        pieces, release = item
+                        for offset, data in pieces:
+                            if not stop.is_set():
+                                _write_all(out_fd, data, data_start + offset)
+                                since_flush += len(data)
+                                written[0] += len(data)
+                        for pool, buf in release:
+                            pool.release(buf)
+                        if since_flush >= _FLUSH_EVERY:
+                            since_flush = 0
+                            flush_needed.set()
+                except BaseException as exc:  # noqa: BLE001
+                    fail(exc)
+                    # Keep draining so that no producer waits on a full queue.
+                    while write_queue.get() is not None:
+                        pass
+
+            threads = [
+                threading.Thread(target=reader, name="tunehub-quant-read", daemon=True),
+                threading.Thread(target=writer, name="tunehub-quant-write", daemon=True),
+                threading.Thread(target=flusher, name="tunehub-quant-flush", daemon=True),
+            ]
+            for thread in threads:
+                thread.start()
+            one_bytes = {
+                "BF16": torch.ones((), dtype=torch.bfloat16),
+                "F16": torch.ones((), dtype=torch.float16),
+            }
+            processed = 0
+            total = plan.input_size
+            try:
+                while True:
+                    item = read_queue.get()
+                    if item is None or stop.is_set():
+                        break
+                    unit, in_buf = item
+                    source_tensor = _typed(in_buf, unit.source)
+                    if unit.module is None:
+                        out = unit.outputs[0]
+                        if out.dtype == unit.source.dtype:
+                            write_queue.put(([(out.start, _as_bytes(source_tensor))], [(in_pool, in_buf)]))
+                        else:
+                            out_buf = out_pool.acquire(out.nbytes)
+                            compute.convert(source_tensor, _typed(out_buf, out))
+                            in_pool.release(in_buf)
+                            write_queue.put(([(out.start, _as_bytes(_typed(out_buf, out)))], [(out_pool, out_buf)]))
+                    else:
+                        scale_entry, input_entry, output_entry, data_entry = unit.outputs
+                        out_buf = out_pool.acquire(data_entry.nbytes + scale_entry.nbytes)
+                        data_view = _typed(out_buf, data_entry)
+                        scale_view = out_buf[data_entry.nbytes : data_entry.nbytes + scale_entry.nbytes]
+                        scale_view = scale_view.view(_torch_dtype(scale_entry.dtype)).view(scale_entry.shape)
+                        compute.quantize(source_tensor, data_view, scale_view)
+                        in_pool.release(in_buf)
+                        one = _as_bytes(one_bytes[input_entry.dtype])
+                        pieces = [
+                            (scale_entry.start, _as_bytes(scale_view)),
+                            (input_entry.start, one),
+                            (output_entry.start, one),
+                            (data_entry.start, _as_bytes(data_view)),
+                        ]
+                        write_queue.put((pieces, [(out_pool, out_buf)]))
+                    processed += unit.source.nbytes
+                    if progress is not None:
+                        progress(
+                            {"file": output.name, "total": total, "completed": processed, "status": "quantizing"}
+                        )
+            except BaseException as exc:
+                fail(exc)
+            finally:
+                write_queue.put(None)
+                threads[1].join()
+                threads[0].join()
+                stop.set()  # the writer is done: end the flusher
+                flush_needed.set()
+                threads[2].join()
+            if errors:
+                raise errors[0]
+            if written[0] != sum(entry.nbytes for entry in plan.outputs):
+                raise QuantizationError(f"{output}: internal error: wrote {written[0]} bytes of tensor data")
+            if progress is not None:
+                progress({"file": output.name, "total": total, "completed": total, "status": "syncing"})
+    finally:
+        os.close(src_fd)
+        in_pool.close()
+        out_pool.close()
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress({"file": output.name, "total": plan.input_size, "completed": plan.input_size, "status": "done"})
+    return QuantizeResult(
+        source=plan.source,
+        output=output,
+        dtype=plan.dtype,
+        layout=plan.layout,
+        quantized_layers=len(plan.modules),
+        tensors=len(plan.outputs),
+        bytes_read=plan.input_size,
+        bytes_written=plan.output_size,
+        seconds=seconds,
+        device=device_name,
+    )
