@@ -1,0 +1,228 @@
+"""Linear layers that run an int8 (quanto-format) weight, with a choice of kernels.
+
+Pure torch on purpose: the GPU benchmark runs this on machines where neither diffusers
+nor optimum-quanto may be installed. A weight arrives as quanto stores it: ``data``
+(int8, ``[out, in]``) and ``scale`` (16-bit, ``[out, 1]``), ``w = scale * data``.
+
+Kernels (``KERNELS``):
+
+- ``dequant``: quanto's own math (``qbytes_mm``): ``x @ (scale * data).T + bias`` in the
+  16-bit dtype. Same numbers as optimum-quanto's QLinear on CUDA; saves memory, not time.
+- ``fp8``: the weight is turned into float8 e4m3 once, with one scale per output row; each
+  call quantizes the activations per row to float8 (one compiled kernel on CUDA) and runs
+  ``torch._scaled_mm`` with row-wise scales. Needs an fp8-capable GPU (sm 8.9+) for speed.
+- ``int8mm``: activations quantized per row to int8, ``torch._int_mm`` on the int8 weight,
+  int32 accumulators rescaled in float32.
+- ``auto``: ``fp8`` on a CUDA device of compute capability 8.9 or more, else ``dequant``.
+
+A layer whose shape a fast kernel cannot take (``_scaled_mm`` wants dimensions that are
+multiples of 16) keeps ``dequant``: correctness first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+KERNELS = ("auto", "dequant", "fp8", "int8mm")
+FP8_MAX = 448.0  # largest finite float8 e4m3fn value
+
+_compiled: dict[str, Callable[..., Any]] = {}
+
+
+def _quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row absmax float8 quantization: (values e4m3fn, float32 scales [rows, 1])."""
+    x32 = x.float()
+    scale = x32.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    quantized = (x32 / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return quantized, scale
+
+
+def _quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row absmax int8 quantization: (values int8, float32 scales [rows, 1])."""
+    x32 = x.float()
+    scale = x32.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
+    quantized = torch.round(x32 / scale).clamp(-127, 127).to(torch.int8)
+    return quantized, scale
+
+
+def _activation_quantizer(name: str, device: torch.device) -> Callable[..., Any]:
+    """The per-row quantizer, compiled into one kernel on CUDA (plain ops eat the gain)."""
+    function = _quantize_rows_fp8 if name == "fp8" else _quantize_rows_int8
+    if device.type != "cuda" or os.environ.get("TUNEHUB_NO_COMPILE"):
+        return function
+    key = f"{name}:cuda"
+    if key not in _compiled:
+        _compiled[key] = torch.compile(function, dynamic=True)
+    return _compiled[key]
+
+
+def fp8_supported(device: torch.device | str) -> bool:
+    """Whether ``torch._scaled_mm`` with float8 runs fast here (Ada/Hopper or newer)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available() or not hasattr(torch, "float8_e4m3fn"):
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def choose_kernel(kernel: str, device: torch.device | str) -> str:
+    """Resolve ``auto`` to the fastest kernel known to be correct on ``device``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown int8 kernel '{kernel}'; choose one of {', '.join(KERNELS)}")
+    if kernel != "auto":
+        return kernel
+    return "fp8" if fp8_supported(device) else "dequant"
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` whose weight is stored as quanto's int8 data + per-row scale."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dtype = dtype
+        self.register_buffer("weight_data", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        self.kernel = "dequant"
+        # fp8 form of the weight, made once by prepare("fp8")
+        self.weight_fp8: torch.Tensor | None = None
+        self.weight_fp8_scale: torch.Tensor | None = None
+
+    @classmethod
+    def from_quantized(
+        cls, data: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    ) -> Int8Linear:
+        """A layer that takes ownership of already-loaded int8 tensors (no copy of the weight)."""
+        out_features, in_features = data.shape
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features, layer.dtype = in_features, out_features, dtype
+        layer.register_buffer("weight_data", data.to(torch.int8))
+        layer.register_buffer("weight_scale", scale.reshape(out_features, 1).to(dtype))
+        layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False) if bias is not None else None
+        layer.kernel = "dequant"
+        layer.weight_fp8 = None
+        layer.weight_fp8_scale = None
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
+
+    def _fast_kernel_fits(self) -> bool:
+        return self.in_features % 16 == 0 and self.out_features % 16 == 0
+
+    @torch.no_grad()
+    def prepare(self, kernel: str) -> str:
+        """Switch to ``kernel`` (already resolved, not ``auto``); returns the one in use."""
+        device = self.weight_data.device
+        if kernel in ("fp8", "int8mm") and not self._fast_kernel_fits():
+            kernel = "dequant"
+        if kernel == "fp8":
+            if self.weight_fp8 is None:
+                # int8 -> float8 once, in row blocks so that no 16-bit copy of the whole
+                # weight ever exists; then the int8 copy is dropped (same size as fp8).
+                fp8 = torch.empty(self.out_features, self.in_features, dtype=torch.float8_e4m3fn, device=device)
+                row_scale = torch.empty(self.out_features, 1, dtype=torch.float32, device=device)
+                block = max(1, (64 << 20) // max(1, self.in_features * 4))
+                for start in range(0, self.out_features, block):
+                    rows = slice(start, start + block)
+                    weight = self.weight_data[rows].float() * self.weight_scale[rows].float()
+                    fp8[rows], row_scale[rows] = _quantize_rows_fp8(weight)
+                self.weight_fp8 = fp8
+                self.weight_fp8_scale = row_scale.reshape(1, -1).contiguous()
+                self.weight_data = torch.empty(0, dtype=torch.int8, device=device)
+        elif self.weight_fp8 is not None:
+            raise ValueError("this layer was converted to fp8; its int8 weight is gone")
+        self.kernel = kernel
+        return kernel
+
+    def dequantized_weight(self) -> torch.Tensor:
+        if self.weight_fp8 is not None:
+            assert self.weight_fp8_scale is not None
+            return (self.weight_fp8.float() * self.weight_fp8_scale.reshape(-1, 1)).to(self.dtype)
+        return self.weight_scale * self.weight_data.to(self.weight_scale.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "dequant":
+            # quanto's qbytes_mm: activations in the scale dtype, scale applied to the weight
+            out = torch.matmul(x.to(self.weight_scale.dtype), self.dequantized_weight().t())
+            return out + self.bias if self.bias is not None else out
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])
+        # chosen per call: offloading may move the layer between devices after prepare()
+        quantized, act_scale = _activation_quantizer(self.kernel, rows.device)(rows)
+        if self.kernel == "fp8":
+            out = torch._scaled_mm(
+                quantized,
+                self.weight_fp8.t(),
+                scale_a=act_scale,
+                scale_b=self.weight_fp8_scale,
+                bias=self.bias,
+                out_dtype=self.dtype,
+            )
+        else:
+            accumulated = torch._int_mm(quantized, self.weight_data.t())
+            out = (accumulated.float() * act_scale * self.weight_scale.float().t()).to(self.dtype)
+            if self.bias is not None:
+                out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+def int8_layers(model: nn.Module) -> Iterator[tuple[str, Int8Linear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            yield name, module
+
+
+def set_int8_kernel(model: nn.Module, kernel: str, device: torch.device | str | None = None) -> dict[str, int]:
+    """Prepare every Int8Linear of ``model`` for ``kernel``; counts of layers per kernel used."""
+    layers = list(int8_layers(model))
+    if not layers:
+        return {}
+    device = device if device is not None else layers[0][1].weight_scale.device
+    resolved = choose_kernel(kernel, device)
+    counts: dict[str, int] = {}
+    for _, layer in layers:
+        used = layer.prepare(resolved)
+        counts[used] = counts.get(used, 0) + 1
+    return counts
+
+
+def replace_with_int8(
+    model: nn.Module, tensors: dict[str, torch.Tensor], modules: list[str], dtype: torch.dtype
+) -> None:
+    """Swap each ``nn.Linear`` named in ``modules`` for an Int8Linear built from
+    ``tensors[<m>.weight._data]`` / ``._scale`` / ``<m>.bias`` (popped: the caller's dict
+    no longer holds them, so nothing is kept twice)."""
+    for name in modules:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        if not isinstance(old, nn.Linear):
+            raise TypeError(f"{name} is a {type(old).__name__}, not a Linear layer")
+        data = tensors.pop(f"{name}.weight._data")
+        scale = tensors.pop(f"{name}.weight._scale")
+        tensors.pop(f"{name}.input_scale", None)
+        tensors.pop(f"{name}.output_scale", None)
+        bias = tensors.pop(f"{name}.bias", None)
+        if (bias is None) != (old.bias is None):
+            raise KeyError(f"{name}.bias")
+        if tuple(data.shape) != (old.out_features, old.in_features):
+            raise ValueError(
+                f"{name}: int8 weight has shape {tuple(data.shape)}, the model expects "
+                f"{(old.out_features, old.in_features)}"
+            )
+        setattr(parent, child, Int8Linear.from_quantized(data, scale, bias, dtype))

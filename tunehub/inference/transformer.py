@@ -1,0 +1,186 @@
+"""Build a diffusers transformer from original-layout files (16-bit or quanto int8).
+
+The model is built from its config with parameters on the meta device (no random init,
+no memory), then every tensor is read lazily from the safetensors files, converted to the
+diffusers layout by the plan from :mod:`tunehub.inference.convert`, cast to the target
+dtype one at a time and assigned. Quantized layers become :class:`Int8Linear` holding the
+file's int8 data and scales directly: no 16-bit copy of a quantized weight ever exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunehub.errors import InferenceError
+from tunehub.inference.convert import Piece, conversion_plan, quantized_conversion_plan
+from tunehub.inference.int8_linear import replace_with_int8, set_int8_kernel
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@contextlib.contextmanager
+def empty_weights() -> Iterator[None]:
+    """Build modules with parameters on the meta device and no initialisation.
+
+    Buffers stay real: some are computed in ``__init__`` (rotary tables) and are not in
+    the checkpoint. Patches nn.Module globally for the duration: build models from one
+    thread at a time.
+    """
+    original_register = nn.Module.register_parameter
+    init_names = [
+        "uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+        "xavier_uniform_", "xavier_normal_", "zeros_", "ones_", "constant_", "orthogonal_",
+    ]  # fmt: skip
+    originals = {name: getattr(nn.init, name) for name in init_names if hasattr(nn.init, name)}
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original_register(module, name, param)
+        if param is not None:
+            stored = module._parameters[name]
+            assert stored is not None
+            module._parameters[name] = nn.Parameter(stored.to("meta"), requires_grad=stored.requires_grad)
+
+    def skip_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    for name in originals:
+        setattr(nn.init, name, skip_init)
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original_register  # type: ignore[method-assign]
+        for name, function in originals.items():
+            setattr(nn.init, name, function)
+
+
+def read_config(config: dict[str, Any] | str | Path) -> dict[str, Any]:
+    """A transformer config: a dict, a config.json file, or a folder holding one."""
+    if isinstance(config, dict):
+        return dict(config)
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InferenceError(f"transformer config not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise InferenceError(f"{path}: invalid JSON: {exc}") from None
+
+
+def build_empty(model_class: str, config: dict[str, Any]) -> nn.Module:
+    import diffusers
+
+    cls = getattr(diffusers, model_class)
+    init_config = {key: value for key, value in config.items() if not key.startswith("_")}
+    with empty_weights():
+        try:
+            return cls.from_config(init_config)
+        except TypeError as exc:
+            raise InferenceError(f"config does not fit {model_class}: {exc}") from None
+
+
+def _keep_fp32(model: nn.Module, key: str) -> bool:
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    parts = key.split(".")
+    return any(name in parts for name in keep)
+
+
+def _file_shapes(handle: Any) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+
+def _read_piece(handle: Any, piece: Piece) -> torch.Tensor:
+    if piece.start is not None and piece.index is None:
+        return handle.get_slice(piece.source)[piece.start : piece.stop]
+    return piece.take(handle.get_tensor(piece.source))
+
+
+def is_quantized_file(path: str | Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return any(key.endswith(".weight._data") for key in handle.keys())
+
+
+def load_transformer(
+    model_class: str,
+    config: dict[str, Any] | str | Path,
+    files: list[str | Path],
+    dtype: str | torch.dtype = "bf16",
+    device: str | torch.device = "cpu",
+    int8_kernel: str = "auto",
+) -> nn.Module:
+    """A ready transformer from original-layout ``files`` (the main file, then modules
+    such as VACE's, merged in order) and a diffusers config."""
+    from safetensors import safe_open
+
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    config_dict = read_config(config)
+    model = build_empty(model_class, config_dict)
+    hidden = None
+    if "Hunyuan" in model_class:
+        hidden = int(config_dict.get("num_attention_heads", 24)) * int(config_dict.get("attention_head_dim", 128))
+    state: dict[str, torch.Tensor] = {}
+    quantized_modules: list[str] = []
+    origin_of: dict[str, Path] = {}
+    for file in files:
+        path = Path(file)
+        try:
+            handle_cm = safe_open(str(path), framework="pt")
+        except FileNotFoundError:
+            raise InferenceError(f"weights file not found: {path}") from None
+        except Exception as exc:  # safetensors raises its own error types
+            raise InferenceError(f"{path}: not a readable safetensors file: {exc}") from None
+        with handle_cm as handle:
+            shapes = _file_shapes(handle)
+            plan = quantized_conversion_plan(model_class, shapes, hidden)
+            for new_key, piece in plan.plain.items():
+                tensor = _read_piece(handle, piece)
+                if tensor.is_floating_point():
+                    tensor = tensor.to(torch.float32 if _keep_fp32(model, new_key) else torch_dtype)
+                state[new_key] = tensor
+                origin_of[new_key] = path
+            for new_module, (old_module, piece) in plan.modules.items():
+                state[f"{new_module}.weight._data"] = _read_piece(
+                    handle, Piece(f"{old_module}.weight._data", piece.start, piece.stop, piece.index)
+                )
+                scale = _read_piece(handle, Piece(f"{old_module}.weight._scale", piece.start, piece.stop, piece.index))
+                state[f"{new_module}.weight._scale"] = scale.to(torch_dtype)
+                quantized_modules.append(new_module)
+                origin_of[new_module] = path
+    if quantized_modules:
+        try:
+            replace_with_int8(model, state, quantized_modules, torch_dtype)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise InferenceError(f"{files[0]}: int8 layers do not fit {model_class}: {exc}") from None
+    expected = set(model.state_dict().keys())
+    unexpected = sorted(set(state) - expected)
+    if unexpected:
+        where = origin_of.get(unexpected[0], files[0])
+        raise InferenceError(
+            f"{where}: {len(unexpected)} tensor(s) do not belong to {model_class} "
+            f"(e.g. {', '.join(unexpected[:3])}); is the definition's architecture right?"
+        )
+    model.load_state_dict(state, strict=False, assign=True)
+    missing = sorted(name for name, param in model.named_parameters() if param.device.type == "meta")
+    if missing:
+        raise InferenceError(
+            f"{files[0]}: {len(missing)} weight(s) of {model_class} are missing "
+            f"(e.g. {', '.join(missing[:3])}); is the file complete and the architecture right?"
+        )
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model.eval()
+    model.to(device)
+    if quantized_modules:
+        set_int8_kernel(model, int8_kernel, device)
+    return model
