@@ -1,0 +1,174 @@
+"""``tunehub hub``: the bundled Hub-compatible server and its administration.
+
+    tunehub hub serve --root DIR [--host H] [--port P]
+    tunehub hub token add USER --root DIR [--write] | token list | token revoke ID
+    tunehub hub org add ORG --member USER --root DIR
+    tunehub hub import PATH --repo NS/NAME --root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+from tunehub.errors import ServerError
+
+
+def _root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("TUNEHUB_HUB_ROOT"),
+        help="the server's data folder (default: $TUNEHUB_HUB_ROOT)",
+    )
+
+
+def _root(args: argparse.Namespace) -> str:
+    if not args.root:
+        raise ServerError("Give the server's data folder with --root DIR (or set TUNEHUB_HUB_ROOT).")
+    return str(args.root)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    hub = subparsers.add_parser("hub", help="run and administer the bundled Hub-compatible server")
+    commands = hub.add_subparsers(dest="hub_command", metavar="SUBCOMMAND")
+    hub.set_defaults(func=lambda args: (hub.print_help(), 2)[1])
+
+    serve = commands.add_parser("serve", help="serve a folder as a Hub (HF_ENDPOINT) until Ctrl-C / SIGTERM")
+    _root_argument(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--page-size", type=int, default=None, help="entries per page in listings (default 1000)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    token = commands.add_parser("token", help="create, list and revoke access tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION")
+    token.set_defaults(func=lambda args: (token.print_help(), 2)[1])
+    add = token_commands.add_parser("add", help="create a token for USER (created if new); prints it once")
+    add.add_argument("user")
+    add.add_argument("--write", action="store_true", help="allow writes (default: read-only)")
+    add.add_argument("--name", default=None, help="a label for the token")
+    _root_argument(add)
+    add.set_defaults(func=_token_add)
+    listing = token_commands.add_parser("list", help="list tokens (never the secrets)")
+    listing.add_argument("--user", default=None)
+    _root_argument(listing)
+    listing.set_defaults(func=_token_list)
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id (see token list)")
+    revoke.add_argument("id", type=int)
+    _root_argument(revoke)
+    revoke.set_defaults(func=_token_revoke)
+
+    org = commands.add_parser("org", help="organisations")
+    org_commands = org.add_subparsers(dest="org_command", metavar="ACTION")
+    org.set_defaults(func=lambda args: (org.print_help(), 2)[1])
+    org_add = org_commands.add_parser("add", help="create ORG (if new) and add members")
+    org_add.add_argument("org")
+    org_add.add_argument("--member", action="append", default=[], required=True, help="a user (repeatable)")
+    _root_argument(org_add)
+    org_add.set_defaults(func=_org_add)
+
+    importer = commands.add_parser(
+        "import", help="add a local folder or a huggingface_hub cache repo to a repo, as one commit"
+    )
+    importer.add_argument("path", help="a folder, or a cache folder like .../hub/models--org--name")
+    importer.add_argument("--repo", required=True, help="NAMESPACE/NAME on this server")
+    importer.add_argument("--type", default="model", choices=["model", "dataset", "space"])
+    importer.add_argument("--revision", default="main", help="branch to commit to (default main)")
+    importer.add_argument("--source-revision", default=None, help="for a cache folder: the ref or commit to take")
+    importer.add_argument("--private", action="store_true", help="create the repo private")
+    importer.add_argument("-m", "--message", default=None, help="commit title")
+    _root_argument(importer)
+    importer.set_defaults(func=_import)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tunehub.hub.server.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise ServerError(f"--port {args.port} is not a port number.")
+    return serve(_root(args), args.host, args.port, page_size=args.page_size, log_level=args.log_level)
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    from tunehub.hub.server.storage import HubStore
+    from tunehub.hub.server.validation import InvalidInput
+
+    store = HubStore(_root(args))
+    try:
+        token = store.add_token(args.user, write=args.write, name=args.name)
+    except InvalidInput as exc:
+        raise ServerError(str(exc)) from exc
+    finally:
+        store.close()
+    print(token)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from tunehub.hub.server.storage import HubStore
+
+    store = HubStore(_root(args))
+    try:
+        tokens = store.list_tokens(args.user)
+    finally:
+        store.close()
+    for record in tokens:
+        created = datetime.datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M")
+        state = "revoked" if record.revoked else "active"
+        print(f"{record.id:>4}  {record.user:<20} {record.role:<5}  {state:<7}  {created}  {record.name}")
+    if not tokens:
+        print("no tokens", file=sys.stderr)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from tunehub.hub.server.storage import HubStore
+
+    store = HubStore(_root(args))
+    try:
+        revoked = store.revoke_token(args.id)
+    finally:
+        store.close()
+    if not revoked:
+        raise ServerError(f"No active token with id {args.id} (see `tunehub hub token list`).")
+    print(f"revoked token {args.id}", file=sys.stderr)
+    return 0
+
+
+def _org_add(args: argparse.Namespace) -> int:
+    from tunehub.hub.server.storage import HubStore
+    from tunehub.hub.server.validation import InvalidInput
+
+    store = HubStore(_root(args))
+    try:
+        for member in args.member:
+            store.add_org_member(args.org, member)
+    except InvalidInput as exc:
+        raise ServerError(str(exc)) from exc
+    finally:
+        store.close()
+    print(f"{args.org}: added {', '.join(args.member)}", file=sys.stderr)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from tunehub.hub.server.importer import import_folder
+
+    result = import_folder(
+        _root(args),
+        args.path,
+        args.repo,
+        repo_type=args.type,
+        revision=args.revision,
+        source_revision=args.source_revision,
+        private=args.private,
+        message=args.message,
+    )
+    print(
+        f"imported {result.files} file(s), {result.bytes} bytes from {result.source} "
+        f"into {result.repo_id}@{result.revision}: commit {result.commit}"
+    )
+    return 0

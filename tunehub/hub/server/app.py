@@ -1,0 +1,942 @@
+"""The HTTP side of the Hub server: routing on the raw path, auth, the endpoints of hub-protocol.md.
+
+Built on starlette's Request/Response and served by uvicorn. Routing is done here on
+``scope["raw_path"]`` rather than with starlette routes because revisions arrive
+percent-encoded (``refs%2Fpr%2F1``) and must stay one segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from tunehub.hub.server import problems
+from tunehub.hub.server.problems import ApiProblem
+from tunehub.hub.server.storage import (
+    AddFile,
+    BlobWriter,
+    DeleteFile,
+    FileEntry,
+    HubStore,
+    Principal,
+    Repo,
+)
+from tunehub.hub.server.validation import (
+    API_SEGMENT,
+    RESOLVE_PREFIX,
+    InvalidInput,
+    check_branch_name,
+    check_path,
+    check_repo_id,
+    check_sha256,
+    check_size,
+    git_blob_sha1,
+    lfs_pointer,
+    wants_lfs,
+)
+
+log = logging.getLogger("tunehub.hub.server")
+
+SEGMENT_TYPE = {segment: repo_type for repo_type, segment in API_SEGMENT.items()}
+UPLOAD_URL_LIFETIME_S = 3600
+# Big reads keep the loopback download path near disk/socket speed (Python per-chunk cost amortised).
+DOWNLOAD_CHUNK = 8 * 1024 * 1024
+# Upload bytes are hashed and written in a worker thread once this much has arrived.
+UPLOAD_FLUSH = 4 * 1024 * 1024
+
+
+@dataclass
+class ServerSettings:
+    """Limits and knobs of one server instance."""
+
+    page_size: int = 1000  # tree entries and model listings per page
+    commits_page_size: int = 50
+    max_json_body: int = 10 * 1024 * 1024
+    max_commit_body: int = 1024 * 1024 * 1024
+    max_commit_line: int = 64 * 1024 * 1024
+
+
+@dataclass
+class Ctx:
+    """One request being answered."""
+
+    request: Request
+    principal: Principal | None
+    segments: list[str]  # raw path split on '/', still percent-encoded
+
+    @property
+    def base_url(self) -> str:
+        return str(self.request.base_url).rstrip("/")
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def error_response(problem: ApiProblem, *, head: bool = False) -> Response:
+    # Header values must be one latin-1 line; the JSON body keeps the full message.
+    header_message = re.sub(r"[\r\n]+", " ", problem.message).encode("latin-1", "replace").decode("latin-1")
+    headers = {"X-Error-Code": problem.code, "X-Error-Message": header_message}
+    if head:
+        return Response(status_code=problem.status, headers=headers)
+    return JSONResponse({"error": problem.message}, status_code=problem.status, headers=headers)
+
+
+class BlobResponse:
+    """Sends a blob (or one byte range of it) in large chunks read in a worker thread."""
+
+    def __init__(self, path: str, start: int, end: int, status: int, headers: dict[str, str], head: bool) -> None:
+        self.path = path
+        self.start = start
+        self.end = end  # exclusive
+        self.status = status
+        self.headers = headers
+        self.head = head
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": raw_headers})
+        if self.head or self.start >= self.end:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        disconnected = asyncio.Event()
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set()
+                    return
+
+        watcher = asyncio.ensure_future(watch_disconnect())
+        fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+        try:
+            offset = self.start
+            # Read the next chunk while the current one is being sent.
+            pending = asyncio.ensure_future(
+                anyio.to_thread.run_sync(os.pread, fd, min(DOWNLOAD_CHUNK, self.end - offset), offset)
+            )
+            while offset < self.end and not disconnected.is_set():
+                chunk = await pending
+                if not chunk:
+                    raise OSError(f"blob {self.path} is shorter than expected")
+                offset += len(chunk)
+                more = offset < self.end
+                if more:
+                    pending = asyncio.ensure_future(
+                        anyio.to_thread.run_sync(os.pread, fd, min(DOWNLOAD_CHUNK, self.end - offset), offset)
+                    )
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if not pending.done():
+                await pending
+        finally:
+            watcher.cancel()
+            os.close(fd)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` range -> (start, end exclusive); None to send the whole file; ValueError if unsatisfiable."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not match:
+        return None  # multiple or malformed ranges: a server may ignore Range
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        if length == 0:
+            raise ValueError("empty suffix range")
+        return max(0, size - length), size
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start >= size or end < start:
+        raise ValueError("range outside the file")
+    return start, end + 1
+
+
+class HubApp:
+    """The ASGI application."""
+
+    def __init__(self, store: HubStore, settings: ServerSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings or ServerSettings()
+        self._signing_key = store.signing_key()
+
+    # --- ASGI entry and routing -------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        head = request.method == "HEAD"
+        try:
+            response = await self.dispatch(request)
+        except ApiProblem as problem:
+            response = error_response(problem, head=head)
+        except InvalidInput as exc:
+            response = error_response(problems.bad_request(str(exc)), head=head)
+        except Exception:  # noqa: BLE001 - answer 500 and keep serving
+            log.exception("internal error on %s %s", request.method, scope.get("path", ""))
+            response = error_response(ApiProblem(500, "InternalError", "Internal server error."), head=head)
+        await response(scope, receive, send)
+
+    def authenticate(self, request: Request) -> Principal | None:
+        header = request.headers.get("authorization")
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise problems.invalid_credentials()
+        principal = self.store.authenticate(token.strip())
+        if principal is None:
+            raise problems.invalid_credentials()
+        return principal
+
+    async def dispatch(self, request: Request) -> Any:
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+        raw = raw_path.decode("latin-1")
+        if "?" in raw:
+            raw = raw.split("?", 1)[0]
+        segments = raw.strip("/").split("/") if raw.strip("/") else []
+        method = request.method
+        if segments[:1] == ["api"] and segments[1:2] == ["lfs-upload"] and method == "PUT":
+            # Signed URL: the client sends no Authorization header here.
+            return await self.lfs_upload(Ctx(request, None, segments))
+        ctx = Ctx(request, self.authenticate(request), segments)
+        if segments[:1] == ["api"]:
+            return await self.dispatch_api(ctx, method, segments[1:])
+        return await self.dispatch_repo_urls(ctx, method, segments)
+
+    async def dispatch_api(self, ctx: Ctx, method: str, seg: list[str]) -> Any:
+        if seg == ["whoami-v2"] and method == "GET":
+            return self.whoami(ctx)
+        if seg == ["health"] and method in ("GET", "HEAD"):
+            return JSONResponse({"status": "ok"})
+        if seg == ["validate-yaml"] and method == "POST":
+            await self.read_json(ctx)
+            return JSONResponse({"errors": [], "warnings": []})
+        if seg == ["repos", "create"] and method == "POST":
+            return await self.create_repo(ctx)
+        if seg == ["repos", "delete"] and method == "DELETE":
+            return await self.delete_repo(ctx)
+        if seg[:1] == ["lfs-verify"] and len(seg) == 4 and method == "POST":
+            return await self.lfs_verify(ctx, SEGMENT_TYPE.get(seg[1], ""), f"{unquote(seg[2])}/{unquote(seg[3])}")
+        if len(seg) == 1 and seg[0] in SEGMENT_TYPE and method == "GET":
+            return self.list_repos(ctx, SEGMENT_TYPE[seg[0]])
+        if len(seg) >= 3 and seg[0] in SEGMENT_TYPE:
+            repo_type = SEGMENT_TYPE[seg[0]]
+            repo_id = f"{unquote(seg[1])}/{unquote(seg[2])}"
+            rest = seg[3:]
+            action = rest[0] if rest else ""
+            if not rest and method == "GET":
+                return self.repo_info(ctx, repo_type, repo_id, "main")
+            if action == "revision" and len(rest) == 2 and method == "GET":
+                return self.repo_info(ctx, repo_type, repo_id, unquote(rest[1]))
+            if action == "tree" and len(rest) >= 2 and method == "GET":
+                path = "/".join(unquote(s) for s in rest[2:])
+                return self.tree(ctx, repo_type, repo_id, unquote(rest[1]), path)
+            if action == "paths-info" and len(rest) == 2 and method == "POST":
+                return await self.paths_info(ctx, repo_type, repo_id, unquote(rest[1]))
+            if action == "commits" and len(rest) == 2 and method == "GET":
+                return self.commits(ctx, repo_type, repo_id, unquote(rest[1]))
+            if action == "refs" and len(rest) == 1 and method == "GET":
+                return self.list_refs(ctx, repo_type, repo_id)
+            if action == "branch" and len(rest) == 2 and method in ("POST", "DELETE"):
+                return await self.branch(ctx, repo_type, repo_id, unquote(rest[1]), method)
+            if action == "settings" and len(rest) == 1 and method == "PUT":
+                return await self.settings_update(ctx, repo_type, repo_id)
+            if action in ("xet-write-token", "xet-read-token"):
+                raise ApiProblem(
+                    400,
+                    "XetNotSupported",
+                    "This server speaks plain LFS, not Xet: set HF_HUB_DISABLE_XET=1 before importing huggingface_hub.",
+                )
+            if action == "preupload" and len(rest) == 2 and method == "POST":
+                return await self.preupload(ctx, repo_type, repo_id, unquote(rest[1]))
+            if action == "commit" and len(rest) == 2 and method == "POST":
+                return await self.commit(ctx, repo_type, repo_id, unquote(rest[1]))
+        raise ApiProblem(404, "NotFound", f"No such API endpoint: {method} /api/{'/'.join(seg)[:200]}")
+
+    async def dispatch_repo_urls(self, ctx: Ctx, method: str, seg: list[str]) -> Any:
+        repo_type = "model"
+        if seg[:1] in (["datasets"], ["spaces"]):
+            repo_type = SEGMENT_TYPE[seg[0]]
+            seg = seg[1:]
+        if len(seg) >= 4 and seg[2] == "resolve" and method in ("GET", "HEAD"):
+            repo_id = f"{unquote(seg[0])}/{unquote(seg[1])}"
+            path = "/".join(unquote(s) for s in seg[4:])
+            return self.resolve(ctx, repo_type, repo_id, unquote(seg[3]), path, head=method == "HEAD")
+        if len(seg) == 6 and seg[1].endswith(".git") and seg[2:] == ["info", "lfs", "objects", "batch"]:
+            if method == "POST":
+                repo_id = f"{unquote(seg[0])}/{unquote(seg[1])[:-4]}"
+                return await self.lfs_batch(ctx, repo_type, repo_id)
+        raise ApiProblem(404, "NotFound", f"Nothing at {method} /{'/'.join(seg)[:200]}")
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def readable_repo(self, ctx: Ctx, repo_type: str, repo_id: str) -> Repo:
+        check_repo_id(repo_id)
+        repo = self.store.get_repo(repo_type, repo_id)
+        if repo is None or (repo.private and not self.may_read(ctx.principal, repo)):
+            raise problems.repo_not_found(repo_id)
+        return repo
+
+    def may_read(self, principal: Principal | None, repo: Repo) -> bool:
+        if not repo.private:
+            return True
+        return principal is not None and self.store.may_act_for(principal.user, repo.namespace)
+
+    def require_write(self, ctx: Ctx, namespace: str) -> Principal:
+        principal = ctx.principal
+        if principal is None:
+            raise problems.unauthorized()
+        if principal.role != "write":
+            raise problems.forbidden(f"Your token {principal.token_name!r} is read-only: use a write token.")
+        if not self.store.may_act_for(principal.user, namespace):
+            raise problems.forbidden(f"{principal.user} may not write to the namespace {namespace}.")
+        return principal
+
+    def writable_repo(self, ctx: Ctx, repo_type: str, repo_id: str) -> tuple[Repo, Principal]:
+        if ctx.principal is None:
+            raise problems.unauthorized()
+        repo = self.readable_repo(ctx, repo_type, repo_id)
+        return repo, self.require_write(ctx, repo.namespace)
+
+    def revision_sha(self, repo: Repo, revision: str) -> str:
+        sha = self.store.resolve_revision(repo, revision)
+        if sha is None:
+            raise problems.revision_not_found(repo.repo_id, revision)
+        return sha
+
+    async def read_body(self, ctx: Ctx, limit: int) -> bytes:
+        declared = ctx.request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiProblem(413, "PayloadTooLarge", f"Request body over {limit} bytes.")
+        body = bytearray()
+        async for chunk in ctx.request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiProblem(413, "PayloadTooLarge", f"Request body over {limit} bytes.")
+        return bytes(body)
+
+    async def read_json(self, ctx: Ctx) -> Any:
+        body = await self.read_body(ctx, self.settings.max_json_body)
+        if not body.strip():
+            return {}
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise problems.bad_request(f"The request body is not valid JSON: {exc}") from exc
+
+    def next_link(self, ctx: Ctx, next_cursor: int) -> dict[str, str]:
+        params = [(k, v) for k, v in ctx.request.query_params.multi_items() if k != "cursor"]
+        params.append(("cursor", str(next_cursor)))
+        url = f"{ctx.base_url}{ctx.request.url.path}?{urlencode(params)}"
+        return {"Link": f'<{url}>; rel="next"'}
+
+    @staticmethod
+    def cursor(ctx: Ctx) -> int:
+        value = ctx.request.query_params.get("cursor", "0")
+        if not value.isdigit():
+            raise problems.bad_request(f"Invalid cursor {value[:40]!r}.")
+        return int(value)
+
+    def repo_url(self, ctx: Ctx, repo: Repo) -> str:
+        return f"{ctx.base_url}/{RESOLVE_PREFIX[repo.type]}{repo.repo_id}"
+
+    # --- read endpoints --------------------------------------------------------------------
+
+    def whoami(self, ctx: Ctx) -> Response:
+        principal = ctx.principal
+        if principal is None:
+            raise problems.unauthorized("Send a token (Authorization: Bearer ...) to know who you are.")
+        orgs = [
+            {"type": "org", "name": org, "fullname": org, "roleInOrg": "write"} for org in self.store.orgs_of(principal.user)
+        ]
+        return JSONResponse(
+            {
+                "type": "user",
+                "id": principal.user,
+                "name": principal.user,
+                "fullname": principal.user,
+                "email": None,
+                "emailVerified": False,
+                "isPro": False,
+                "canPay": False,
+                "avatarUrl": "",
+                "orgs": orgs,
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {"displayName": principal.token_name, "role": principal.role},
+                },
+            }
+        )
+
+    def sibling(self, entry: FileEntry, with_blobs: bool) -> dict[str, Any]:
+        sibling: dict[str, Any] = {"rfilename": entry.path}
+        if with_blobs:
+            sibling["size"] = entry.size
+            sibling["blobId"] = entry.git_oid
+            if entry.lfs:
+                sibling["lfs"] = {"sha256": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
+        return sibling
+
+    def repo_summary(self, repo: Repo, sha: str, siblings: list[dict[str, Any]] | None) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "_id": f"{repo.id:024x}",
+            "id": repo.repo_id,
+            "author": repo.namespace,
+            "sha": sha,
+            "lastModified": iso(self.store.last_modified(repo, sha)),
+            "createdAt": iso(repo.created),
+            "private": repo.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+        }
+        if repo.type == "model":
+            info["modelId"] = repo.repo_id
+        if siblings is not None:
+            info["siblings"] = siblings
+        return info
+
+    def repo_info(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str) -> Response:
+        repo = self.readable_repo(ctx, repo_type, repo_id)
+        sha = self.revision_sha(repo, revision)
+        with_blobs = ctx.request.query_params.get("blobs", "").lower() in ("1", "true")
+        files = self.store.files(sha)
+        info = self.repo_summary(repo, sha, [self.sibling(f, with_blobs) for f in files])
+        if with_blobs:
+            info["usedStorage"] = sum(f.size for f in files)
+        return JSONResponse(info)
+
+    def list_repos(self, ctx: Ctx, repo_type: str) -> Response:
+        params = ctx.request.query_params
+        author = params.get("author", "").lower()
+        search = params.get("search", "").lower()
+        full = params.get("full", "").lower() in ("1", "true")
+        expand = params.getlist("expand") + params.getlist("expand[]")
+        limit_text = params.get("limit", "")
+        page = self.settings.page_size
+        if limit_text.isdigit() and int(limit_text) > 0:
+            page = min(page, int(limit_text))
+        repos = [
+            repo
+            for repo in self.store.list_repos(repo_type)
+            if self.may_read(ctx.principal, repo)
+            and (not author or repo.namespace.lower() == author)
+            and (not search or search in repo.repo_id.lower())
+        ]
+        start = self.cursor(ctx)
+        chosen = repos[start : start + page]
+        items = []
+        for repo in chosen:
+            sha = self.store.resolve_revision(repo, "main") or ""
+            siblings = None
+            if full or "siblings" in expand:
+                siblings = [self.sibling(f, False) for f in self.store.files(sha)] if sha else []
+            items.append(self.repo_summary(repo, sha, siblings))
+        headers = self.next_link(ctx, start + page) if start + page < len(repos) else {}
+        return JSONResponse(items, headers=headers)
+
+    def tree_entry(self, entry: FileEntry) -> dict[str, Any]:
+        item: dict[str, Any] = {"type": "file", "oid": entry.git_oid, "size": entry.size, "path": entry.path}
+        if entry.lfs:
+            item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
+        return item
+
+    @staticmethod
+    def folder_oid(files: list[FileEntry]) -> str:
+        digest = hashlib.sha1()
+        for entry in files:
+            digest.update(f"{entry.path}\0{entry.git_oid}\n".encode())
+        return digest.hexdigest()
+
+    def tree_items(self, sha: str, prefix: str, recursive: bool) -> list[dict[str, Any]]:
+        files = self.store.files(sha, prefix)
+        start = len(prefix) + 1 if prefix else 0
+        folders: dict[str, list[FileEntry]] = {}
+        direct: list[FileEntry] = []
+        for entry in files:
+            relative = entry.path[start:]
+            parts = relative.split("/")
+            if len(parts) == 1:
+                direct.append(entry)
+            depth = len(parts) - 1 if recursive else min(1, len(parts) - 1)
+            for i in range(1, depth + 1):
+                folders.setdefault(entry.path[:start] + "/".join(parts[:i]), []).append(entry)
+        items: list[tuple[str, dict[str, Any]]] = [
+            (path, {"type": "directory", "oid": self.folder_oid(members), "path": path})
+            for path, members in folders.items()
+        ]
+        listed = files if recursive else direct
+        items.extend((entry.path, self.tree_entry(entry)) for entry in listed)
+        items.sort(key=lambda pair: pair[0])
+        return [item for _, item in items]
+
+    def add_last_commits(self, head: str, items: list[dict[str, Any]]) -> None:
+        """expand=true: the last commit that changed each file, and a 'safe' scan status."""
+        history = self.store.history(head, 0, 10_000)
+        for item in items:
+            if item["type"] != "file":
+                continue
+            current = self.store.get_file(head, item["path"])
+            last = history[0]
+            for commit in history[1:]:
+                older = self.store.get_file(commit.sha, item["path"])
+                if older is None or current is None or (older.sha256, older.lfs) != (current.sha256, current.lfs):
+                    break
+                last = commit
+            item["lastCommit"] = {"id": last.sha, "title": last.title, "date": iso(last.date)}
+            item["securityFileStatus"] = {"status": "safe", "avScan": {}, "pickleImportScan": {}}
+
+    def tree(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str, path: str) -> Response:
+        repo = self.readable_repo(ctx, repo_type, repo_id)
+        sha = self.revision_sha(repo, revision)
+        path = check_path(path.rstrip("/"), allow_empty=True)
+        if path and not self.store.is_folder(sha, path):
+            raise problems.entry_not_found(repo_id, revision, path)
+        params = ctx.request.query_params
+        recursive = params.get("recursive", "").lower() in ("1", "true")
+        expand = params.get("expand", "").lower() in ("1", "true")
+        items = self.tree_items(sha, path, recursive)
+        page = self.settings.page_size if not expand else min(self.settings.page_size, 50)
+        start = self.cursor(ctx)
+        chosen = items[start : start + page]
+        if expand:
+            self.add_last_commits(sha, chosen)
+        headers = self.next_link(ctx, start + page) if start + page < len(items) else {}
+        return JSONResponse(chosen, headers=headers)
+
+    async def paths_info(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str) -> Response:
+        repo = self.readable_repo(ctx, repo_type, repo_id)
+        sha = self.revision_sha(repo, revision)
+        body = await self.read_body(ctx, self.settings.max_json_body)
+        if "json" in ctx.request.headers.get("content-type", ""):
+            try:
+                data = json.loads(body or b"{}")
+            except json.JSONDecodeError as exc:
+                raise problems.bad_request(f"The request body is not valid JSON: {exc}") from exc
+            paths = data.get("paths", [])
+            expand = bool(data.get("expand"))
+        else:
+            form = parse_qs(body.decode("utf-8", "replace"))
+            paths = form.get("paths", [])
+            expand = form.get("expand", ["false"])[0].lower() in ("1", "true")
+        if not isinstance(paths, list):
+            raise problems.bad_request("'paths' must be a list of paths.")
+        items: list[dict[str, Any]] = []
+        for raw_path in paths:
+            path = check_path(str(raw_path).strip("/"))
+            entry = self.store.get_file(sha, path)
+            if entry is not None:
+                items.append(self.tree_entry(entry))
+            elif self.store.is_folder(sha, path):
+                items.append({"type": "directory", "oid": self.folder_oid(self.store.files(sha, path)), "path": path})
+        if expand:
+            self.add_last_commits(sha, items)
+        return JSONResponse(items)
+
+    def commits(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str) -> Response:
+        repo = self.readable_repo(ctx, repo_type, repo_id)
+        sha = self.revision_sha(repo, revision)
+        params = ctx.request.query_params
+        formatted = "formatted" in params.getlist("expand[]") + params.getlist("expand")
+        page = self.settings.commits_page_size
+        start = self.cursor(ctx)
+        chosen = self.store.history(sha, start, page + 1)
+        items = []
+        for commit in chosen[:page]:
+            item: dict[str, Any] = {
+                "id": commit.sha,
+                "title": commit.title,
+                "message": commit.message,
+                "date": iso(commit.date),
+                "authors": [{"user": commit.author, "avatar": ""}],
+            }
+            if formatted:
+                item["formatted"] = {"title": html.escape(commit.title), "message": html.escape(commit.message)}
+            items.append(item)
+        headers = self.next_link(ctx, start + page) if len(chosen) > page else {}
+        return JSONResponse(items, headers=headers)
+
+    def list_refs(self, ctx: Ctx, repo_type: str, repo_id: str) -> Response:
+        repo = self.readable_repo(ctx, repo_type, repo_id)
+        branches = [
+            {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
+            for name, sha in self.store.refs(repo).items()
+        ]
+        return JSONResponse({"branches": branches, "tags": [], "converts": []})
+
+    def resolve(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str, path: str, *, head: bool) -> Any:
+        repo = self.readable_repo(ctx, repo_type, repo_id)
+        sha = self.revision_sha(repo, revision)
+        path = check_path(path)
+        entry = self.store.get_file(sha, path)
+        if entry is None:
+            raise problems.entry_not_found(repo_id, revision, path)
+        blob = str(self.store.blob_path(entry.sha256))
+        headers = {
+            "X-Repo-Commit": sha,
+            "ETag": f'"{entry.etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f"inline; filename*=UTF-8''{quote(path.rsplit('/', 1)[-1])}",
+        }
+        if entry.lfs:
+            headers["X-Linked-Etag"] = f'"{entry.sha256}"'
+            headers["X-Linked-Size"] = str(entry.size)
+        start, end, status = 0, entry.size, 200
+        range_header = ctx.request.headers.get("range")
+        if range_header:
+            try:
+                chosen = parse_range(range_header, entry.size)
+            except ValueError:
+                headers["Content-Range"] = f"bytes */{entry.size}"
+                problem = ApiProblem(416, "RangeNotSatisfiable", f"Range {range_header[:60]} outside 0-{entry.size}.")
+                response = error_response(problem, head=head)
+                response.headers.update(headers)
+                return response
+            if chosen is not None:
+                start, end, status = chosen[0], chosen[1], 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+        headers["Content-Length"] = str(end - start)
+        return BlobResponse(blob, start, end, status, headers, head)
+
+    # --- repo management ------------------------------------------------------------------
+
+    def repo_id_from_body(self, ctx: Ctx, data: Any) -> tuple[str, str]:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise problems.bad_request("Expected a JSON object with 'name'.")
+        repo_type = data.get("type") or "model"
+        if repo_type not in API_SEGMENT:
+            raise problems.bad_request(f"Invalid repo type {str(repo_type)[:40]!r}.")
+        name = data["name"]
+        organization = data.get("organization")
+        if "/" in name:  # some clients send the full id
+            namespace, name = name.split("/", 1)
+        elif organization:
+            namespace = str(organization)
+        elif ctx.principal is not None:
+            namespace = ctx.principal.user
+        else:
+            raise problems.unauthorized()
+        repo_id = f"{namespace}/{name}"
+        check_repo_id(repo_id)
+        return repo_type, repo_id
+
+    async def create_repo(self, ctx: Ctx) -> Response:
+        data = await self.read_json(ctx)
+        if ctx.principal is None:
+            raise problems.unauthorized()
+        repo_type, repo_id = self.repo_id_from_body(ctx, data)
+        namespace = repo_id.split("/")[0]
+        self.require_write(ctx, namespace)
+        private = bool(data.get("private")) or data.get("visibility") == "private"
+        repo, created = await anyio.to_thread.run_sync(
+            lambda: self.store.create_repo(repo_type, repo_id, private=private)
+        )
+        url = self.repo_url(ctx, repo)
+        if not created:
+            return JSONResponse(
+                {"error": f"You already created this {repo_type} repo: {repo.repo_id}", "url": url},
+                status_code=409,
+                headers={"X-Error-Code": "RepoExists", "X-Error-Message": "You already created this repo"},
+            )
+        return JSONResponse({"url": url, "name": repo.repo_id, "id": f"{repo.id:024x}"})
+
+    async def delete_repo(self, ctx: Ctx) -> Response:
+        data = await self.read_json(ctx)
+        if ctx.principal is None:
+            raise problems.unauthorized()
+        repo_type, repo_id = self.repo_id_from_body(ctx, data)
+        repo, _ = self.writable_repo(ctx, repo_type, repo_id)
+        await anyio.to_thread.run_sync(self.store.delete_repo, repo)
+        return JSONResponse({})
+
+    async def settings_update(self, ctx: Ctx, repo_type: str, repo_id: str) -> Response:
+        repo, _ = self.writable_repo(ctx, repo_type, repo_id)
+        data = await self.read_json(ctx)
+        if not isinstance(data, dict):
+            raise problems.bad_request("Expected a JSON object.")
+        private = data.get("private")
+        if data.get("visibility") in ("private", "public"):
+            private = data["visibility"] == "private"
+        if private is not None:
+            await anyio.to_thread.run_sync(self.store.set_private, repo, bool(private))
+        return JSONResponse({})
+
+    async def branch(self, ctx: Ctx, repo_type: str, repo_id: str, branch: str, method: str) -> Response:
+        repo, _ = self.writable_repo(ctx, repo_type, repo_id)
+        if method == "DELETE":
+            await anyio.to_thread.run_sync(self.store.delete_branch, repo, branch)
+            return JSONResponse({})
+        check_branch_name(branch)
+        data = await self.read_json(ctx)
+        start = (data.get("startingPoint") if isinstance(data, dict) else None) or "main"
+        sha = self.revision_sha(repo, str(start))
+        await anyio.to_thread.run_sync(self.store.create_branch, repo, branch, sha)
+        return JSONResponse({})
+
+    # --- uploads ------------------------------------------------------------------------------
+
+    async def preupload(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str) -> Response:
+        repo, _ = self.writable_repo(ctx, repo_type, repo_id)
+        sha = self.revision_sha(repo, revision)
+        data = await self.read_json(ctx)
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, list):
+            raise problems.bad_request("Expected {'files': [{path, sample, size}, ...]}.")
+        answer = []
+        for item in files:
+            if not isinstance(item, dict):
+                raise problems.bad_request("Each entry of 'files' must be an object.")
+            path = check_path(str(item.get("path", "")))
+            size = check_size(item.get("size", 0))
+            try:
+                sample = base64.b64decode(item.get("sample") or "", validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise problems.bad_request(f"Invalid base64 sample for {path}.") from exc
+            current = self.store.get_file(sha, path)
+            answer.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if wants_lfs(path, size, sample) else "regular",
+                    "shouldIgnore": False,
+                    "oid": current.etag if current else None,
+                }
+            )
+        return JSONResponse({"files": answer, "commitOid": sha})
+
+    def upload_signature(self, repo: Repo, oid: str, size: int, expires: int) -> str:
+        message = f"{repo.type}\n{repo.repo_id.lower()}\n{oid}\n{size}\n{expires}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    async def lfs_batch(self, ctx: Ctx, repo_type: str, repo_id: str) -> Response:
+        repo, _ = self.writable_repo(ctx, repo_type, repo_id)
+        data = await self.read_json(ctx)
+        if not isinstance(data, dict) or data.get("operation") != "upload":
+            raise problems.bad_request("Only the LFS 'upload' operation is served here; download with resolve URLs.")
+        objects = data.get("objects")
+        if not isinstance(objects, list):
+            raise problems.bad_request("Expected 'objects': [{oid, size}, ...].")
+        expires = int(time.time()) + UPLOAD_URL_LIFETIME_S
+        segment = API_SEGMENT[repo.type]
+        answer = []
+        for obj in objects:
+            if not isinstance(obj, dict):
+                raise problems.bad_request("Each LFS object must be {oid, size}.")
+            oid = check_sha256(obj.get("oid"))
+            size = check_size(obj.get("size"))
+            item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+            if self.store.repo_has_lfs(repo, oid) and os.path.getsize(self.store.blob_path(oid)) == size:
+                answer.append(item)  # already stored for this repo: no actions, the client skips it
+                continue
+            query = urlencode(
+                {"size": size, "exp": expires, "sig": self.upload_signature(repo, oid, size, expires)}
+            )
+            item["actions"] = {
+                "upload": {
+                    "href": f"{ctx.base_url}/api/lfs-upload/{segment}/{repo.repo_id}/{oid}?{query}",
+                    "expires_in": UPLOAD_URL_LIFETIME_S,
+                },
+                "verify": {"href": f"{ctx.base_url}/api/lfs-verify/{segment}/{repo.repo_id}"},
+            }
+            answer.append(item)
+        return JSONResponse(
+            {"transfer": "basic", "objects": answer, "hash_algo": "sha256"},
+            media_type="application/vnd.git-lfs+json",
+        )
+
+    async def lfs_upload(self, ctx: Ctx) -> Response:
+        seg = ctx.segments
+        if len(seg) != 6 or seg[2] not in SEGMENT_TYPE:
+            raise ApiProblem(404, "NotFound", "Unknown upload URL.")
+        repo_type = SEGMENT_TYPE[seg[2]]
+        repo_id = f"{unquote(seg[3])}/{unquote(seg[4])}"
+        oid = check_sha256(seg[5])
+        params = ctx.request.query_params
+        try:
+            size = int(params.get("size", ""))
+            expires = int(params.get("exp", ""))
+        except ValueError as exc:
+            raise problems.forbidden("Upload URL is incomplete: ask the LFS batch endpoint for a new one.") from exc
+        repo = self.store.get_repo(repo_type, repo_id)
+        signature = params.get("sig", "")
+        if repo is None or not hmac.compare_digest(signature, self.upload_signature(repo, oid, size, expires)):
+            raise problems.forbidden("Upload URL signature is not valid.")
+        if expires < time.time():
+            raise problems.forbidden("Upload URL expired: ask the LFS batch endpoint for a new one.")
+        declared = ctx.request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) != size:
+            raise problems.bad_request(f"Content-Length {declared} differs from the declared size {size}.")
+        writer = await anyio.to_thread.run_sync(BlobWriter, self.store)
+        try:
+            pending = bytearray()
+            received = 0
+            async for chunk in ctx.request.stream():
+                received += len(chunk)
+                if received > size:
+                    raise problems.bad_request(f"More than the declared {size} bytes were sent.")
+                pending += chunk
+                if len(pending) >= UPLOAD_FLUSH:
+                    data, pending = pending, bytearray()
+                    await anyio.to_thread.run_sync(writer.write, data)
+            if pending:
+                await anyio.to_thread.run_sync(writer.write, pending)
+            await anyio.to_thread.run_sync(writer.commit, oid, size)
+        except BaseException:
+            await anyio.to_thread.run_sync(writer.abort)
+            raise
+        await anyio.to_thread.run_sync(self.store.grant_lfs, repo, oid)
+        return Response(status_code=200)
+
+    async def lfs_verify(self, ctx: Ctx, repo_type: str, repo_id: str) -> Response:
+        if not repo_type:
+            raise ApiProblem(404, "NotFound", "Unknown verify URL.")
+        repo, _ = self.writable_repo(ctx, repo_type, repo_id)
+        data = await self.read_json(ctx)
+        if not isinstance(data, dict):
+            raise problems.bad_request("Expected {oid, size}.")
+        oid = check_sha256(data.get("oid"))
+        size = check_size(data.get("size"))
+        if not self.store.repo_has_lfs(repo, oid) or os.path.getsize(self.store.blob_path(oid)) != size:
+            raise ApiProblem(404, "EntryNotFound", f"LFS object {oid} ({size} bytes) was not uploaded to {repo_id}.")
+        return JSONResponse({"oid": oid, "size": size})
+
+    async def iter_lines(self, ctx: Ctx) -> AsyncIterator[bytes]:
+        """The ndjson body, one line at a time, with the line and total size limits."""
+        limit_line = self.settings.max_commit_line
+        limit_total = self.settings.max_commit_body
+        buffer = bytearray()
+        scanned = 0
+        total = 0
+        async for chunk in ctx.request.stream():
+            total += len(chunk)
+            if total > limit_total:
+                raise ApiProblem(413, "PayloadTooLarge", f"Commit body over {limit_total} bytes.")
+            buffer += chunk
+            while True:
+                newline = buffer.find(b"\n", scanned)
+                if newline < 0:
+                    scanned = len(buffer)
+                    break
+                line = bytes(buffer[:newline])
+                del buffer[: newline + 1]
+                scanned = 0
+                if line.strip():
+                    yield line
+            if len(buffer) > limit_line:
+                raise ApiProblem(413, "PayloadTooLarge", f"One commit line is over {limit_line} bytes.")
+        if buffer.strip():
+            yield bytes(buffer)
+
+    async def commit(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str) -> Response:
+        repo, principal = self.writable_repo(ctx, repo_type, repo_id)
+        if ctx.request.query_params.get("create_pr", "").lower() in ("1", "true"):
+            raise problems.bad_request("Pull requests are not supported by this server: commit to a branch.")
+        if self.store.resolve_revision(repo, revision) is None or revision not in self.store.refs(repo):
+            raise problems.revision_not_found(repo_id, revision)
+        header: dict[str, Any] | None = None
+        operations: list[object] = []
+        async for line in self.iter_lines(ctx):
+            try:
+                item = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise problems.bad_request(f"Commit line is not valid JSON: {exc}") from exc
+            if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+                raise problems.bad_request("Each commit line must be {key, value}.")
+            key, value = item.get("key"), item["value"]
+            if key == "header":
+                header = value
+            elif key == "file":
+                operations.append(await self.regular_file(value))
+            elif key == "lfsFile":
+                operations.append(self.lfs_file(repo, value))
+            elif key in ("deletedFile", "deletedFolder"):
+                operations.append(DeleteFile(check_path(str(value.get("path", "")).rstrip("/")), key == "deletedFolder"))
+            else:
+                raise problems.bad_request(f"Unknown commit operation {str(key)[:40]!r}.")
+        if header is None:
+            raise problems.bad_request("The commit has no header line (summary, description).")
+        title = str(header.get("summary") or "").strip() or "Update files"
+        parent = header.get("parentCommit")
+        if parent is not None and not isinstance(parent, str):
+            raise problems.bad_request("parentCommit must be a commit sha.")
+        sha = await anyio.to_thread.run_sync(
+            lambda: self.store.commit(
+                repo,
+                revision,
+                operations,
+                parent_commit=parent,
+                title=title[:1000],
+                message=str(header.get("description") or ""),
+                author=principal.user,
+            )
+        )
+        commit_url = f"{self.repo_url(ctx, repo)}/commit/{sha}"
+        return JSONResponse({"success": True, "commitOid": sha, "commitUrl": commit_url, "hookOutput": ""})
+
+    async def regular_file(self, value: dict[str, Any]) -> AddFile:
+        path = check_path(str(value.get("path", "")))
+        encoding = value.get("encoding", "base64")
+        content = value.get("content", "")
+        if not isinstance(content, str):
+            raise problems.bad_request(f"Content of {path} must be a string.")
+        if encoding == "base64":
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise problems.bad_request(f"Invalid base64 content for {path}.") from exc
+        elif encoding in ("utf-8", "utf8"):
+            data = content.encode("utf-8")
+        else:
+            raise problems.bad_request(f"Unknown encoding {str(encoding)[:20]!r} for {path}.")
+        sha256 = await anyio.to_thread.run_sync(self.store.put_bytes, data)
+        return AddFile(path, sha256, len(data), False, git_blob_sha1(data))
+
+    def lfs_file(self, repo: Repo, value: dict[str, Any]) -> AddFile:
+        path = check_path(str(value.get("path", "")))
+        oid = check_sha256(value.get("oid"))
+        if value.get("algo", "sha256") != "sha256":
+            raise problems.bad_request(f"Only sha256 LFS oids are supported ({path}).")
+        if not self.store.repo_has_lfs(repo, oid):
+            raise problems.bad_request(f"LFS object {oid} for {path} was not uploaded to {repo.repo_id}.")
+        size = os.path.getsize(self.store.blob_path(oid))
+        if value.get("size") is not None and check_size(value.get("size")) != size:
+            raise problems.bad_request(f"Size of {path} ({value.get('size')}) differs from the stored object ({size}).")
+        return AddFile(path, oid, size, True, git_blob_sha1(lfs_pointer(oid, size)))
+
+
+def create_app(store: HubStore, settings: ServerSettings | None = None) -> HubApp:
+    return HubApp(store, settings)
+

@@ -1,0 +1,97 @@
+"""Run the Hub server with uvicorn until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from types import FrameType
+from typing import TextIO
+
+from tunehub.errors import ServerError
+from tunehub.hub.server.storage import HubStore
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen ourselves: port 0 picks a free port, and the URL is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def endpoint_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def serve(
+    root: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    page_size: int | None = None,
+    log_level: str = "warning",
+    out: TextIO | None = None,
+) -> int:
+    """Serve ``root`` until a signal; return the exit status (0 after a clean stop)."""
+    import uvicorn
+
+    from tunehub.hub.server.app import ServerSettings, create_app
+
+    out = out or sys.stdout
+    store = HubStore(root)
+    cleaned = store.clean_leftovers()
+    settings = ServerSettings()
+    if page_size:
+        settings.page_size = page_size
+        settings.commits_page_size = min(settings.commits_page_size, page_size)
+    app = create_app(store, settings)
+    sock = bind_socket(host, port)
+    url = endpoint_url(host, sock.getsockname()[1])
+
+    class _Server(uvicorn.Server):
+        # A signal means "stop": finish in-flight requests, then return normally (exit 0)
+        # instead of re-raising the signal as uvicorn does by default.
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,  # request lines carry upload signatures: keep them out of logs
+        lifespan="off",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = _Server(config)
+    logging.getLogger("tunehub.hub.server").setLevel(logging.INFO)
+    if cleaned["tmp"] or cleaned["blobs"]:
+        print(
+            f"cleaned {cleaned['tmp']} interrupted upload(s) and {cleaned['blobs']} unreferenced blob(s)",
+            file=sys.stderr,
+        )
+    print(f"Serving {store.root} at {url}", file=sys.stderr)
+    print(f"HF_ENDPOINT={url}", file=out, flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        store.close()
+    print("Hub server stopped", file=sys.stderr)
+    return 0
+
+
+__all__ = ["serve", "bind_socket", "endpoint_url"]
