@@ -88,7 +88,7 @@ def test_persistent_5xx_gives_up_with_partial_kept(range_server, tmp_path):  # n
     range_server.faults.fail_statuses = [500] * 3
     range_server.faults.retry_after = "0"
     with pytest.raises(HubError, match="HTTP 500"):
-        download_file(url, tmp_path / "e.bin", connections=1, max_retries=2)
+        download_file(url, tmp_path / "e.bin", connections=1, max_retries=2, backoff_s=0.05)
     assert not (tmp_path / "e.bin").exists()
 
 
@@ -99,7 +99,7 @@ def test_partial_resumes_from_record_in_a_new_call(range_server, tmp_path):  # n
     # First call dies on a connection that keeps dropping: the partial and its record stay.
     range_server.faults.drop_after = [1_500_000, 0, 0, 0]
     with pytest.raises(HubError, match="run the same command again"):
-        download_file(url, dest, connections=1, part_size=1 << 20, max_retries=3)
+        download_file(url, dest, connections=1, part_size=1 << 20, max_retries=3, backoff_s=0.05)
     part, record = part_paths(dest)
     assert part.exists() and record.exists() and not dest.exists()
     assert sum(json.loads(record.read_text())["done"]) >= 1 << 20
@@ -117,7 +117,7 @@ def test_changed_remote_restarts_from_zero(range_server, tmp_path):  # noqa: F81
     dest = tmp_path / "c.bin"
     range_server.faults.drop_after = [600_000, 0, 0]
     with pytest.raises(HubError):
-        download_file(url, dest, connections=1, part_size=1 << 20, max_retries=2)
+        download_file(url, dest, connections=1, part_size=1 << 20, max_retries=2, backoff_s=0.05)
     new_data = os.urandom(len(data))
     range_server.add("/c.bin", new_data)  # new ETag
     result = download_file(url, dest, connections=2, part_size=1 << 20)

@@ -233,11 +233,14 @@ def _request_target(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def _retry_delay(attempt: int, retry_after: str | None) -> float:
+BACKOFF_BASE_S = 1.0  # first wait after a failure without Retry-After; doubles, capped at 8x
+
+
+def _retry_delay(attempt: int, retry_after: str | None, base: float = BACKOFF_BASE_S) -> float:
     if retry_after:
         with contextlib.suppress(ValueError):
             return min(max(float(retry_after), 0.0), 300.0)
-    return min(8.0, 2.0**attempt) * (0.5 + random.random() / 2)
+    return base * min(8.0, 2.0 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
 
 def _plain_head(url: str, timeout: float, max_retries: int, context: str = "") -> RemoteFile:
@@ -365,7 +368,9 @@ class _Transfer:
         max_retries: int,
         progress: ProgressCallback | None,
         record_path: Path,
+        backoff_s: float = BACKOFF_BASE_S,
     ) -> None:
+        self.backoff_s = backoff_s
         self.remote = remote
         self.fd = fd
         self.part_size = part_size
@@ -460,7 +465,7 @@ class _Transfer:
                     if status not in RETRY_STATUSES or attempt >= self.max_retries:
                         raise _status_error(status, self.remote.url, self.context, response.reason)
                     attempt += 1
-                    time.sleep(_retry_delay(attempt, response.getheader("Retry-After")))
+                    time.sleep(_retry_delay(attempt, response.getheader("Retry-After"), self.backoff_s))
                     continue
                 if status >= 400:
                     response.read()
@@ -494,7 +499,7 @@ class _Transfer:
                         f"{self.remote.url}{self.context}: connection failed {attempt} times ({exc}); "
                         "run the same command again to resume"
                     ) from None
-                time.sleep(_retry_delay(attempt, None))
+                time.sleep(_retry_delay(attempt, None, self.backoff_s))
 
     def read_body(
         self, response: http.client.HTTPResponse, offset: int, end: int, index: int, view: memoryview
@@ -659,6 +664,7 @@ def download_file(
     connections: int = 4,
     part_size: int | None = None,
     max_retries: int = 5,
+    backoff_s: float = BACKOFF_BASE_S,
     timeout: float = 60.0,
     reserve_free_bytes: int = 0,
     remote: RemoteFile | None = None,
@@ -719,6 +725,7 @@ def download_file(
             max_retries=max_retries,
             progress=progress,
             record_path=record_path,
+            backoff_s=backoff_s,
         )
         transfer.emit("downloading" if resumed_from == 0 else "resuming")
         try:

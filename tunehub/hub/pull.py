@@ -1,0 +1,503 @@
+"""``tunehub pull``: fetch what resolving a definition names, verified, reusing what is on disk.
+
+For each file the resolution picks (``URLs``, ``URLs2``, the module variants, every
+``preload_URLs`` entry), in this order of preference:
+
+1. present and recorded as verified (same size, mtime and inode as when it was hashed):
+   used as is, not re-hashed;
+2. present but never verified: hashed once against the Hub's sha256 and recorded;
+3. the same sha256 elsewhere (another file recorded as verified, a same-size file in any
+   weights folder, or a blob of the huggingface_hub cache): linked (hardlink, falling back
+   to copy; ``link_mode``) after checking its hash;
+4. otherwise downloaded by :mod:`tunehub.hub.download` into the first weights folder.
+
+Verified files are recorded in ``<home>/.tunehub/verified.json`` (a cache: losing it only
+costs a re-hash). Offline mode (``HF_HUB_OFFLINE=1``) sends no request: present files
+succeed, missing ones fail with one message naming them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunehub.config import Config
+from tunehub.errors import (
+    DiskFullError,
+    HubError,
+    IntegrityError,
+    OfflineError,
+    TunehubError,
+)
+from tunehub.hub.download import (
+    ProgressCallback,
+    RemoteFile,
+    download_file,
+    offline_mode,
+    part_paths,
+    probe,
+)
+from tunehub.hub.urls import hub_resolve_url, is_url, parse_hub_url
+from tunehub.safeio import atomic_write_text, fsync_dir, temp_path_for
+
+__all__ = ["PullResult", "PulledFile", "VerifiedRecords", "pull", "hf_cache_dir", "hash_file", "place_link"]
+
+PUBLIC_HUB = "https://huggingface.co"
+_HASH_BLOCK = 8 << 20
+
+
+@dataclass
+class PulledFile:
+    role: str
+    source: str
+    filename: str
+    path: Path
+    status: str  # present | verified | linked | downloaded
+    size: int | None = None
+    sha256: str | None = None
+    bytes_transferred: int = 0
+    linked_from: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "source": self.source,
+            "filename": self.filename,
+            "path": str(self.path),
+            "status": self.status,
+            "size": self.size,
+            "sha256": self.sha256,
+            "bytes_transferred": self.bytes_transferred,
+            "linked_from": str(self.linked_from) if self.linked_from else None,
+        }
+
+
+@dataclass
+class PullResult:
+    id: str
+    files: list[PulledFile] = field(default_factory=list)
+    quantized: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(item.bytes_transferred for item in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "files": [item.to_json() for item in self.files],
+            "bytes_transferred": self.bytes_transferred,
+            "quantized": [str(path) for path in self.quantized],
+            "notes": self.notes,
+        }
+
+
+# --- verified-file records ---------------------------------------------------------
+
+
+class VerifiedRecords:
+    """``path -> {size, mtime_ns, ino, sha256, source}`` for files whose hash was checked."""
+
+    FILE = "verified.json"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / self.FILE
+        self.lock = threading.Lock()
+        self.entries: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and isinstance(data.get("files"), dict):
+                self.entries = {k: v for k, v in data["files"].items() if isinstance(v, dict)}
+
+    @staticmethod
+    def _stat_key(path: Path) -> dict[str, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino}
+
+    def lookup(self, path: Path) -> str | None:
+        """The recorded sha256 of ``path`` if the file is unchanged since it was verified."""
+        entry = self.entries.get(str(path.absolute()))
+        current = self._stat_key(path)
+        if entry is None or current is None:
+            return None
+        if any(entry.get(key) != value for key, value in current.items()):
+            return None
+        sha = entry.get("sha256")
+        return sha if isinstance(sha, str) else None
+
+    def find_sha256(self, sha256: str) -> Iterable[Path]:
+        for key, entry in list(self.entries.items()):
+            if entry.get("sha256") == sha256:
+                path = Path(key)
+                if self.lookup(path) == sha256:
+                    yield path
+
+    def add(self, path: Path, sha256: str, source: str | None = None) -> None:
+        current = self._stat_key(path)
+        if current is None:
+            return
+        with self.lock:
+            # merge with what another process may have recorded meanwhile
+            on_disk = VerifiedRecords(self.path.parent).entries
+            on_disk.update(self.entries)
+            on_disk[str(path.absolute())] = {**current, "sha256": sha256, "source": source}
+            self.entries = {k: v for k, v in on_disk.items() if os.path.exists(k)}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}, indent=1) + "\n")
+
+
+# --- hashing and linking -----------------------------------------------------------
+
+
+def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """sha256 of a file, read in large blocks (hashlib releases the GIL on them)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_HASH_BLOCK)
+    view = memoryview(buffer)
+    done = 0
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            got = handle.readinto(buffer)
+            if not got:
+                break
+            digest.update(view[:got])
+            done += got
+            if progress is not None:
+                progress(done)
+    return digest.hexdigest()
+
+
+def place_link(source: Path, dest: Path, mode: str) -> str:
+    """Make ``dest`` the same bytes as ``source`` atomically; returns how (hardlink|symlink|copy)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(dest)
+    how = mode
+    try:
+        if mode == "hardlink":
+            try:
+                os.link(source, tmp)
+            except OSError:
+                how = "copy"
+        elif mode == "symlink":
+            os.symlink(os.path.realpath(source), tmp)
+        if how == "copy":
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, _HASH_BLOCK)
+                dst.flush()
+                os.fsync(dst.fileno())
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return how
+
+
+def hf_cache_dir() -> Path:
+    """huggingface_hub's cache folder, read now (the library reads it once at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hf_cache_blobs(sha256: str) -> list[Path]:
+    cache = hf_cache_dir()
+    if not cache.is_dir():
+        return []
+    found = []
+    with contextlib.suppress(OSError):
+        for repo_dir in cache.iterdir():
+            blob = repo_dir / "blobs" / sha256
+            if blob.is_file():
+                found.append(blob)
+    return found
+
+
+# --- the flow ----------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    role: str
+    source: str
+    filename: str
+    path: Path  # where it is, or where it will be placed
+    present: bool
+    fetch_url: str | None = None
+    endpoint: str | None = None
+    token: bool | None = None  # None: the user's token; False: never send it
+    remote: RemoteFile | None = None
+
+
+def _fetch_target(cfg: Config, source: str) -> tuple[str, str | None, bool | None]:
+    """The URL to fetch for a definition entry, the Hub endpoint to use, and the token policy.
+
+    Entries written for the public Hub follow ``HF_ENDPOINT`` (a mirror, a local Hub), as
+    WanGP's ``hf_hub_download`` does. The user's token goes only to the configured endpoint.
+    """
+    hub = parse_hub_url(source)
+    if hub is None:
+        return source, None, False
+    if hub.endpoint.rstrip("/") == cfg.endpoint.rstrip("/"):
+        return source, cfg.endpoint, None
+    if hub.endpoint.rstrip("/") == PUBLIC_HUB:
+        return hub_resolve_url(cfg.endpoint, hub.repo_id, hub.revision, hub.path, hub.repo_type), cfg.endpoint, None
+    return source, hub.endpoint, False
+
+
+def _jobs(cfg: Config, registry: Any, definition_id: str, quantization: str | None, dtype: str | None,
+          all_variants: bool) -> tuple[list[_Job], Any]:
+    resolution = registry.resolve(definition_id, quantization=quantization, dtype=dtype)
+    definition = registry.get(definition_id)
+    jobs: list[_Job] = []
+    seen: set[str] = set()
+
+    def add(role: str, source: str) -> None:
+        from tunehub.hub.urls import local_name
+
+        name = local_name(source)
+        if name in seen:
+            return
+        seen.add(name)
+        path, present = registry.locate_source(source, definition.origin)
+        jobs.append(_Job(role, source, name, Path(path), present))
+
+    for choice in resolution.all_files():
+        sources = choice.candidates if all_variants and choice.role != "preload" else [choice.source]
+        if choice.source in sources:  # the chosen one first
+            sources = [choice.source, *[s for s in sources if s != choice.source]]
+        for source in sources:
+            add(choice.role, source)
+    return jobs, resolution
+
+
+def pull(
+    cfg: Config,
+    registry: Any,
+    id: str,
+    quantization: str | None = None,
+    dtype: str | None = None,
+    all_variants: bool = False,
+    progress: ProgressCallback | None = None,
+    *,
+    connections: int = 4,
+    parallel_files: int = 2,
+    link_mode: str | None = None,
+    quantize: bool = True,
+) -> PullResult:
+    """Fetch every file ``registry.resolve(id, ...)`` names into the first weights folder.
+
+    ``progress(event)`` receives ``{file, total, completed, status}`` (status: checking,
+    hashing, downloading, resuming, verifying, linked, present, done, failed), from one
+    thread at a time. Raises the first error after every other file has been tried.
+    """
+    definition_id = id
+    link_mode = link_mode or cfg.link_mode
+    emit_lock = threading.Lock()
+
+    def emit(event: dict[str, Any]) -> None:
+        if progress is not None:
+            with emit_lock:
+                progress(event)
+
+    jobs, resolution = _jobs(cfg, registry, definition_id, quantization, dtype, all_variants)
+    records = VerifiedRecords(cfg.state_dir)
+    offline = offline_mode()
+    result = PullResult(id=definition_id)
+    results: dict[str, PulledFile] = {}
+    context = f" (definition '{definition_id}')"
+
+    missing_local = [job for job in jobs if not is_url(job.source) and not job.present]
+    if missing_local:
+        names = ", ".join(f"{job.source} ({job.role})" for job in missing_local)
+        folders = ", ".join(str(d) for d in cfg.weights_dirs)
+        raise TunehubError(
+            f"definition '{definition_id}' names local file(s) that are in no weights folder ({folders}): {names}"
+        )
+    for job in jobs:
+        if not is_url(job.source):
+            results[job.filename] = PulledFile(job.role, job.source, job.filename, job.path, "present",
+                                               size=job.path.stat().st_size, sha256=records.lookup(job.path))
+            continue
+        job.fetch_url, job.endpoint, job.token = _fetch_target(cfg, job.source)
+        if job.present:
+            recorded = records.lookup(job.path)
+            if recorded is not None or offline:
+                results[job.filename] = PulledFile(job.role, job.source, job.filename, job.path, "present",
+                                                   size=job.path.stat().st_size, sha256=recorded)
+                emit({"file": job.filename, "total": job.path.stat().st_size,
+                      "completed": job.path.stat().st_size, "status": "present"})
+    url_jobs = [job for job in jobs if job.filename not in results]
+    if offline and url_jobs:
+        names = ", ".join(job.filename for job in url_jobs)
+        raise OfflineError(
+            f"offline mode (HF_HUB_OFFLINE=1) is on and definition '{definition_id}' needs file(s) that are "
+            f"not in any weights folder: {names}; unset HF_HUB_OFFLINE to download them"
+        )
+
+    # metadata first (small requests), so the disk check covers everything before any byte moves
+    for job in url_jobs:
+        emit({"file": job.filename, "total": None, "completed": 0, "status": "checking"})
+        job.remote = probe(job.fetch_url or job.source, endpoint=job.endpoint, token=job.token,
+                           context=f"{context} for {job.filename}")
+    to_download = [job for job in url_jobs if not job.present]
+    needed = 0
+    for job in to_download:
+        part, _ = part_paths(job.path)
+        already = part.stat().st_size if part.exists() else 0
+        needed += max(0, job.remote.size - already) if job.remote else 0
+    if to_download:
+        folder = to_download[0].path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise DiskFullError(
+                f"not enough free space in {folder} to pull '{definition_id}': "
+                f"{needed / 1e9:.2f} GB to fetch, {free / 1e9:.2f} GB free"
+            )
+
+    errors: list[BaseException] = []
+
+    def process(job: _Job) -> None:
+        try:
+            results[job.filename] = _process_url_job(cfg, job, records, link_mode, emit, connections, context)
+        except BaseException as exc:  # reported after the other files are done
+            emit({"file": job.filename, "total": job.remote.size if job.remote else None, "completed": 0,
+                  "status": "failed"})
+            errors.append(exc)
+
+    if url_jobs:
+        with ThreadPoolExecutor(max_workers=max(1, parallel_files), thread_name_prefix="tunehub-pull") as pool:
+            list(pool.map(process, url_jobs))
+    result.files = [results[job.filename] for job in jobs if job.filename in results]
+    if errors:
+        raise errors[0]
+
+    if quantize and resolution.needs_quantization and resolution.auto_quantize:
+        result.quantized, note = _auto_quantize(cfg, registry, definition_id, resolution, progress)
+        if note:
+            result.notes.append(note)
+    return result
+
+
+def _process_url_job(
+    cfg: Config,
+    job: _Job,
+    records: VerifiedRecords,
+    link_mode: str,
+    emit: Callable[[dict[str, Any]], None],
+    connections: int,
+    context: str,
+) -> PulledFile:
+    remote = job.remote
+    assert remote is not None
+    expected = remote.sha256
+    label = job.filename
+
+    def hashing(total: int) -> Callable[[int], None]:
+        return lambda done: emit({"file": label, "total": total, "completed": done, "status": "hashing"})
+
+    if job.present:
+        size = job.path.stat().st_size
+        if size != remote.size:
+            raise IntegrityError(
+                f"{job.path} is {size} bytes but {job.fetch_url} is {remote.size}{context}; "
+                "move or delete the local file to download the published one"
+            )
+        if expected:
+            digest = hash_file(job.path, hashing(size))
+            if digest != expected:
+                raise IntegrityError(
+                    f"{job.path} differs from {job.fetch_url}{context} (sha256 {digest}, expected {expected}); "
+                    "move or delete the local file to download the published one"
+                )
+            records.add(job.path, digest, job.source)
+        emit({"file": label, "total": size, "completed": size, "status": "present"})
+        return PulledFile(job.role, job.source, label, job.path, "verified", size=size, sha256=expected)
+
+    # same bytes already somewhere? (only when the content hash is known)
+    if expected:
+        for candidate in _link_candidates(cfg, records, expected, remote.size, job.path):
+            recorded = records.lookup(candidate) == expected
+            if not recorded and hash_file(candidate, hashing(remote.size)) != expected:
+                continue
+            how = place_link(candidate, job.path, link_mode)
+            records.add(job.path, expected, job.source)
+            emit({"file": label, "total": remote.size, "completed": remote.size, "status": "linked"})
+            return PulledFile(job.role, job.source, label, job.path, f"linked ({how})", size=remote.size,
+                              sha256=expected, linked_from=candidate)
+
+    result = download_file(
+        job.fetch_url or job.source,
+        job.path,
+        remote=remote,
+        progress=emit,
+        connections=connections,
+        label=label,
+        context=context,
+    )
+    records.add(job.path, result.sha256, job.source)
+    return PulledFile(job.role, job.source, label, job.path, "downloaded", size=result.size, sha256=result.sha256,
+                      bytes_transferred=result.bytes_transferred)
+
+
+def _link_candidates(cfg: Config, records: VerifiedRecords, sha256: str, size: int, target: Path) -> Iterable[Path]:
+    seen: set[str] = {str(target.absolute())}
+
+    def fresh(path: Path) -> bool:
+        key = str(path.absolute())
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    for path in records.find_sha256(sha256):
+        if fresh(path):
+            yield path
+    for blob in _hf_cache_blobs(sha256):
+        with contextlib.suppress(OSError):
+            if blob.stat().st_size == size and fresh(blob):
+                yield blob
+    for folder in cfg.weights_dirs:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if entry.is_file() and not entry.name.startswith(".") and entry.stat().st_size == size:
+                    path = Path(entry.path)
+                    if fresh(path):
+                        yield path
+
+
+def _auto_quantize(cfg: Config, registry: Any, definition_id: str, resolution: Any,
+                   progress: ProgressCallback | None) -> tuple[list[Path], str | None]:
+    """``auto_quantize``: the user wants int8, only a 16-bit file exists: make it here."""
+    try:
+        from tunehub.quant.flow import quantize_definition
+    except ImportError as exc:
+        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
+    paths = quantize_definition(cfg, registry, definition_id, dtype=resolution.dtype, progress=progress)
+    return list(paths), None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error from a pull, never with a token."""
+    from tunehub.hub.download import redact
+
+    return redact(str(exc)) if isinstance(exc, (TunehubError, HubError)) else redact(repr(exc))
