@@ -1,0 +1,89 @@
+"""Follow a daemon's ``/events`` feed and turn its events into the TUI's messages.
+
+Runs in a thread worker. Job events (``job.*``) become JobUpdate / JobFinished for
+the job's line in the jobs panel, whether this app submitted the job or another client
+did; update events mark definitions "update available"; anything touching definitions
+makes the screen re-resolve.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from tunehub.errors import DaemonError
+from tunehub.tui.messages import DaemonStatus, JobFinished, JobUpdate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from textual.worker import Worker
+
+    from tunehub.tui.app import TunehubApp
+    from tunehub.tui.screens.main import MainScreen
+
+LONG_POLL_S = 5.0
+FINISHED = ("finished", "done", "succeeded", "completed", "success")
+FAILED = ("failed", "error", "cancelled", "canceled")
+
+
+def _job_id(event: dict[str, Any]) -> Any:
+    job = event.get("job")
+    if isinstance(job, dict):
+        return job.get("id")
+    return event.get("job_id", job)
+
+
+def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> None:
+    """Post the message(s) one daemon event means for the UI."""
+    event_type = str(event.get("type", ""))
+    job = event.get("job") if isinstance(event.get("job"), dict) else {}
+    definition_id = str(event.get("definition_id") or job.get("definition_id") or "")
+    if event_type.startswith("job"):
+        job_id = _job_id(event)
+        key = app.job_key_for_daemon(job_id) or f"daemon-{job_id}"
+        kind = str(event.get("kind") or job.get("kind") or "job")
+        suffix = event_type.split(".")[-1]
+        state = str(event.get("state") or job.get("state") or suffix)
+        if suffix in FINISHED or state in FINISHED:
+            summary = str(event.get("summary") or event.get("result") or f"{kind} done (daemon job {job_id})")
+            app.post_message(JobFinished(key, kind, definition_id, True, summary))
+        elif suffix in FAILED or state in FAILED:
+            error = event.get("error") or job.get("error") or state
+            app.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}"))
+        else:
+            progress = {k: event[k] for k in ("completed", "total", "status", "file", "message") if k in event}
+            progress.setdefault("status", state)
+            app.post_message(JobUpdate(key, kind, definition_id, progress))
+    elif "update" in event_type and definition_id:
+        app.updates.add(definition_id)
+        app.call_from_thread(screen.refill_states)
+    elif event_type.startswith(("definition", "weights", "file")):
+        app.call_from_thread(screen.refill_states)
+
+
+def follow(app: TunehubApp, screen: MainScreen, worker: Worker[Any]) -> None:
+    """Long-poll until the worker is cancelled; on a lost daemon, go back to local mode."""
+    client = app.daemon_client
+    since = 0
+    try:
+        since = int(client.events(since=0, timeout=0).get("last_id", 0))
+    except DaemonError:
+        pass
+    failures = 0
+    while not worker.is_cancelled:
+        try:
+            answer = client.events(since=since, timeout=LONG_POLL_S)
+        except DaemonError as exc:
+            failures += 1
+            if failures >= 3:
+                app.daemon_client = None
+                screen.post_message(DaemonStatus(False, f"daemon lost: {exc}"))
+                return
+            time.sleep(0.5)
+            continue
+        failures = 0
+        if answer.get("missed"):
+            app.call_from_thread(screen.refill_states)
+        for event in answer.get("events", []):
+            since = max(since, int(event.get("id", since)))
+            handle_event(app, screen, event)
+        since = max(since, int(answer.get("last_id", since)))

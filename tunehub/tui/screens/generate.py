@@ -1,0 +1,170 @@
+"""The generate form: pre-filled from the definition's settings, a progress bar per step,
+and the output path and settings when done."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static
+
+from tunehub.tui.messages import JobFinished, JobUpdate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tunehub.registry import Definition
+    from tunehub.tui.app import TunehubApp
+
+# (settings key, label, input type): the keys are the definition's own setting names.
+FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("prompt", "Prompt", "text"),
+    ("negative_prompt", "Negative prompt", "text"),
+    ("resolution", "Resolution (WxH)", "text"),
+    ("video_length", "Frames", "integer"),
+    ("num_inference_steps", "Steps", "integer"),
+    ("guidance_scale", "Guidance", "number"),
+    ("seed", "Seed (-1 random)", "integer"),
+)
+IMAGE_FIELD = ("image", "Start image (i2v)", "text")
+IMAGE_ARCHITECTURES = ("i2v", "i2v_720p", "hunyuan_i2v")
+
+
+def form_fields(definition: Definition) -> list[tuple[str, str, str]]:
+    fields = list(FIELDS)
+    if (definition.architecture or "") in IMAGE_ARCHITECTURES:
+        fields.append(IMAGE_FIELD)
+    return fields
+
+
+def parse_form(values: dict[str, str], fields: list[tuple[str, str, str]]) -> tuple[dict[str, Any], list[str]]:
+    """Typed settings from the form's text, and the errors that name the bad field."""
+    settings: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, label, kind in fields:
+        text = values.get(key, "").strip()
+        if not text:
+            continue
+        if kind == "integer":
+            try:
+                settings[key] = int(text)
+            except ValueError:
+                errors.append(f"{label}: '{text}' is not a whole number")
+        elif kind == "number":
+            try:
+                settings[key] = float(text)
+            except ValueError:
+                errors.append(f"{label}: '{text}' is not a number")
+        else:
+            settings[key] = text
+    resolution = settings.get("resolution")
+    if isinstance(resolution, str):
+        parts = resolution.lower().split("x")
+        if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+            errors.append(f"Resolution: '{resolution}' must look like 832x480")
+    return settings, errors
+
+
+class GenerateScreen(Screen[None]):
+    """One generation for one definition; escape goes back (the job keeps running)."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("ctrl+g", "start", "Generate"),
+    ]
+
+    app: TunehubApp  # type: ignore[assignment]
+
+    def __init__(self, definition: Definition) -> None:
+        super().__init__()
+        self.definition = definition
+        self.fields = form_fields(definition)
+        self.job_key: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="≋")
+        with VerticalScroll(id="generate-body"):
+            yield Label(f"Generate with {self.definition.name}", id="generate-title")
+            with Grid(id="generate-form"):
+                settings = self.definition.settings
+                for key, label, kind in self.fields:
+                    yield Label(label, classes="form-label")
+                    value = settings.get(key)
+                    yield Input(
+                        "" if value is None else str(value),
+                        id=f"field-{key}",
+                        type=kind if kind in ("integer", "number") else "text",
+                        compact=True,
+                    )
+            yield Static("", id="generate-errors", markup=False)
+            with Horizontal(id="generate-actions"):
+                yield Button("Generate", id="generate-start", variant="success")
+            yield ProgressBar(total=None, show_eta=True, id="generate-progress")
+            yield Static("", id="generate-status", markup=False)
+            yield Static("", id="generate-result", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "tunehub · generate"
+        self.sub_title = f"{self.definition.id} · {self.app.mode_label} · {self.app.preferences_label}"
+        self.query_one("#generate-progress", ProgressBar).display = False
+        self.query_one(f"#field-{self.fields[0][0]}", Input).focus()
+
+    def values(self) -> dict[str, str]:
+        return {key: self.query_one(f"#field-{key}", Input).value for key, _, _ in self.fields}
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "generate-start":
+            self.action_start()
+
+    def action_start(self) -> None:
+        if self.job_key is not None and self.app.jobs.get(self.job_key, {}).get("state") == "running":
+            self.notify("A generation is already running for this form.", severity="warning")
+            return
+        settings, errors = parse_form(self.values(), self.fields)
+        errors_widget = self.query_one("#generate-errors", Static)
+        if errors:
+            errors_widget.update("\n".join(errors))
+            return
+        errors_widget.update("")
+        settings["quantization"] = self.app.quantization
+        if self.app.dtype:
+            settings["dtype"] = self.app.dtype
+        bar = self.query_one("#generate-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self.query_one("#generate-result", Static).update("")
+        self.query_one("#generate-status", Static).update("starting…")
+        self.job_key = self.app.start_job("generate", self.definition.id, settings)
+
+    def on_job_update(self, message: JobUpdate) -> None:
+        if message.key != self.job_key:
+            return
+        event = message.event
+        bar = self.query_one("#generate-progress", ProgressBar)
+        if event.get("total"):
+            bar.update(total=event["total"], progress=event.get("completed") or 0)
+        status = event.get("status") or event.get("message")
+        if event.get("total"):
+            status = f"{status or 'step'} {event.get('completed') or 0}/{event['total']}"
+        if status:
+            self.query_one("#generate-status", Static).update(str(status))
+
+    def on_job_finished(self, message: JobFinished) -> None:
+        if message.key != self.job_key:
+            return
+        status = self.query_one("#generate-status", Static)
+        result = self.query_one("#generate-result", Static)
+        if not message.ok:
+            status.update(message.summary)
+            return
+        bar = self.query_one("#generate-progress", ProgressBar)
+        bar.update(total=bar.total or 1, progress=bar.total or 1)
+        status.update("done")
+        lines = [message.summary]
+        used = getattr(message.result, "settings", None)
+        if isinstance(used, dict):
+            lines.append("Settings used:")
+            lines.extend(f"  {key}: {value}" for key, value in used.items())
+        result.update("\n".join(lines))
