@@ -149,15 +149,16 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     return SafetensorsHeader(file_path, {str(k): str(v) for k, v in metadata.items()}, tensors, data_start)
 
 
-def encode_header(tensors: list[TensorEntry], metadata: dict[str, str]) -> bytes:
-    """The length prefix plus the JSON header, padded with spaces to 8 bytes (as safetensors does)."""
+def encode_header(tensors: list[TensorEntry], metadata: dict[str, str], *, pad_to: int = 8, extra: int = 0) -> bytes:
+    """The length prefix plus the JSON header, padded with spaces to ``pad_to`` bytes (8, as
+    safetensors does), plus ``extra`` more spaces to move the data section where wanted."""
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = metadata
     for entry in tensors:
         header[entry.key] = {"dtype": entry.dtype, "shape": list(entry.shape), "data_offsets": [entry.start, entry.end]}
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * ((8 - len(raw) % 8) % 8)
+    raw += b" " * ((pad_to - len(raw) % pad_to) % pad_to + extra)
     return struct.pack("<Q", len(raw)) + raw
 
 

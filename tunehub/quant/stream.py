@@ -187,16 +187,21 @@ def plan_quantization(
         units.append(unit)
 
     # Lay the tensors out so that each starts aligned to its element size (torch needs it to
-    # view them in place): 8-byte, then 4-byte element types first, then the 16-bit and int8
-    # stream in source order, with any odd-length 1-byte tensor moved to the very end.
+    # view them in place): 8-byte, then 4-byte element types, then the int8 data, then the
+    # 16-bit tensors, then any odd-length 1-byte tensor. The header is padded so that the int8
+    # block starts on a 64-byte file offset: int8 matmul kernels fault on unaligned weights
+    # viewed straight from a memory-mapped file.
     all_outputs = [out for unit in units for out in unit.outputs]
-    wide8 = [o for o in all_outputs if DTYPE_SIZES[o.dtype] >= 8]
-    wide4 = [o for o in all_outputs if DTYPE_SIZES[o.dtype] == 4]
-    narrow = [o for o in all_outputs if DTYPE_SIZES[o.dtype] <= 2 and not (DTYPE_SIZES[o.dtype] == 1 and o.nbytes % 2)]
-    odd = [o for o in all_outputs if DTYPE_SIZES[o.dtype] == 1 and o.nbytes % 2]
+    size_of = {o.key: DTYPE_SIZES[o.dtype] for o in all_outputs}
+    wide8 = [o for o in all_outputs if size_of[o.key] >= 8]
+    wide4 = [o for o in all_outputs if size_of[o.key] == 4]
+    bytes1 = [o for o in all_outputs if size_of[o.key] == 1 and o.nbytes % 2 == 0]
+    bytes1.sort(key=lambda o: o.nbytes % 64 != 0)  # stable: the 64-multiples first keep alignment
+    bytes2 = [o for o in all_outputs if size_of[o.key] == 2]
+    odd = [o for o in all_outputs if size_of[o.key] == 1 and o.nbytes % 2]
     placed: dict[str, TensorEntry] = {}
     offset = 0
-    for entry in wide8 + wide4 + narrow + odd:
+    for entry in wide8 + wide4 + bytes1 + bytes2 + odd:
         placed[entry.key] = TensorEntry(entry.key, entry.dtype, entry.shape, offset, offset + entry.nbytes)
         offset += entry.nbytes
     for unit in units:
@@ -204,6 +209,8 @@ def plan_quantization(
     ordered = sorted(placed.values(), key=lambda entry: entry.start)
     if len(placed) != len(all_outputs):
         raise QuantizationError(f"{header.path}: two output tensors would share a name; refusing to write")
+    wide_bytes = sum(o.nbytes for o in wide8 + wide4)
+    data_alignment = 8 if wide8 else 4
 
     metadata = dict(header.metadata)
     metadata.setdefault("format", "pt")
@@ -221,6 +228,12 @@ def plan_quantization(
     )
     metadata[MAP_KEY] = encode_map(plan.quantization_map)
     plan.header_bytes = encode_header(ordered, metadata)
+    # Pad the header (JSON allows trailing spaces) so the int8 block lands on 64 bytes.
+    for extra in range(0, 64, data_alignment):
+        candidate = encode_header(ordered, metadata, pad_to=data_alignment, extra=extra)
+        if (len(candidate) + wide_bytes) % 64 == 0:
+            plan.header_bytes = candidate
+            break
     return plan
 
 
