@@ -358,7 +358,9 @@ class HubApp:
     def next_link(self, ctx: Ctx, next_cursor: int) -> dict[str, str]:
         params = [(k, v) for k, v in ctx.request.query_params.multi_items() if k != "cursor"]
         params.append(("cursor", str(next_cursor)))
-        url = f"{ctx.base_url}{ctx.request.url.path}?{urlencode(params)}"
+        # The raw path keeps an encoded revision (feature%2Fx) as one segment.
+        raw_path = (ctx.request.scope.get("raw_path") or b"").decode("latin-1") or ctx.request.url.path
+        url = f"{ctx.base_url}{raw_path}?{urlencode(params)}"
         return {"Link": f'<{url}>; rel="next"'}
 
     @staticmethod
