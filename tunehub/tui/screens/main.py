@@ -108,7 +108,6 @@ class MainScreen(Screen[None]):
         definitions.focus()
         self.query_one(DetailPane).show_message("Loading definitions…")
         self.load_registry()
-        self.check_capabilities()
         if self.app.use_daemon:
             self.check_daemon()
         if self.app.watch_files:
@@ -158,6 +157,8 @@ class MainScreen(Screen[None]):
         self.apply_filter()
         if self.first_rows_shown_at is None:
             self.first_rows_shown_at = time.perf_counter()
+            # Importing the action modules competes for the GIL: after the first paint.
+            self.set_timer(0.2, self.check_capabilities)
         self.refill_states()
 
     def _refresh_arch_facet(self) -> None:
