@@ -9,6 +9,7 @@ the engine under test talks to it with real sockets.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import threading
 import time
 from dataclasses import dataclass, field
@@ -138,3 +139,104 @@ def range_server():
     server = RangeServer()
     yield server
     server.close()
+
+
+class FaultProxy:
+    """A forwarding proxy in front of a real server (``tunehub hub serve``) that injects faults.
+
+    GETs can be answered with 429/503 + Retry-After, bodies can be slowed to a byte rate
+    (so that a test can kill a client half-way), and every forwarded body byte is counted.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(upstream)
+        self.upstream_host, self.upstream_port = parts.hostname, parts.port
+        self.faults = Faults()
+        self.rate_bytes_per_s: float = 0.0
+        self.lock = threading.Lock()
+        self.bytes_sent = 0
+        self.requests: list[tuple[str, str, dict[str, str], float]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self, method: str) -> None:
+                proxy.requests.append((method, self.path, dict(self.headers), time.monotonic()))
+                if method == "GET":
+                    with proxy.lock:
+                        status = proxy.faults.fail_statuses.pop(0) if proxy.faults.fail_statuses else None
+                    if status is not None:
+                        self.send_response(status)
+                        if proxy.faults.retry_after is not None:
+                            self.send_header("Retry-After", proxy.faults.retry_after)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+                try:
+                    conn.request(method, self.path, body=body, headers=headers)
+                    answer = conn.getresponse()
+                    self.send_response(answer.status)
+                    for key, value in answer.getheaders():
+                        if key.lower() not in ("connection", "transfer-encoding", "keep-alive", "date", "server"):
+                            self.send_header(key, value)
+                    data_length = answer.getheader("Content-Length")
+                    if data_length is None:
+                        data = answer.read()
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
+                    self.end_headers()
+                    if method == "HEAD":
+                        return
+                    started = time.monotonic()
+                    sent = 0
+                    while True:
+                        chunk = answer.read(256 * 1024)
+                        if not chunk:
+                            break
+                        try:
+                            self.wfile.write(chunk)
+                        except OSError:
+                            return
+                        sent += len(chunk)
+                        with proxy.lock:
+                            proxy.bytes_sent += len(chunk)
+                        if proxy.rate_bytes_per_s:
+                            ahead = sent / proxy.rate_bytes_per_s - (time.monotonic() - started)
+                            if ahead > 0:
+                                time.sleep(ahead)
+                finally:
+                    conn.close()
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_HEAD(self) -> None:
+                self._forward("HEAD")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def gets(self) -> list[tuple[str, str, dict[str, str], float]]:
+        return [r for r in self.requests if r[0] == "GET"]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

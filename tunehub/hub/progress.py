@@ -1,0 +1,86 @@
+"""Progress events ``{file, total, completed, status}`` shown as rich bars (one per file + total).
+
+The same events feed the daemon and the TUI; this is only the terminal view. Not a
+terminal (a pipe, a log file): one line per file when its status changes, nothing else.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, TextIO
+
+__all__ = ["ProgressDisplay"]
+
+_FINAL = {"done", "present", "linked", "failed", "uploaded", "skipped"}
+
+
+class ProgressDisplay:
+    """A callable progress sink; use as a context manager around the pull or publish."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if enabled is None else enabled
+        self.lock = threading.Lock()
+        self.tasks: dict[str, Any] = {}
+        self.totals: dict[str, int] = {}
+        self.completed: dict[str, int] = {}
+        self.last_status: dict[str, str] = {}
+        self.progress: Any = None
+        self.total_task: Any = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}", justify="left"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self.progress.start()
+            self.total_task = self.progress.add_task("total", total=None, status="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        name = str(event.get("file"))
+        total = event.get("total")
+        completed = int(event.get("completed") or 0)
+        status = str(event.get("status") or "")
+        with self.lock:
+            if isinstance(total, int):
+                self.totals[name] = total
+            self.completed[name] = completed
+            if self.progress is None:
+                if self.last_status.get(name) != status and status in _FINAL | {"downloading", "resuming", "hashing", "uploading"}:
+                    size = f" ({total / 1e6:.1f} MB)" if isinstance(total, int) else ""
+                    print(f"{name}: {status}{size}", file=self.stream, flush=True)
+                self.last_status[name] = status
+                return
+            task = self.tasks.get(name)
+            if task is None:
+                task = self.progress.add_task(name, total=total, status=status)
+                self.tasks[name] = task
+            self.progress.update(task, total=total, completed=completed, status=status)
+            self.progress.update(
+                self.total_task,
+                total=sum(self.totals.values()) or None,
+                completed=sum(self.completed.get(key, 0) for key in self.totals),
+            )
