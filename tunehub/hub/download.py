@@ -70,7 +70,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _CHUNK = 1 << 20  # readinto buffer per connection
 _HASH_CHUNK = 4 << 20
-_RECORD_INTERVAL_S = 1.0
+_RECORD_INTERVAL_S = 0.5
 _PROGRESS_INTERVAL_S = 0.2
 
 ProgressCallback = Callable[[dict[str, Any]], None]
