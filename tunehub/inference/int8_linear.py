@@ -97,9 +97,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
         self.kernel = "dequant"
-        # fp8 form of the weight, made once by prepare("fp8")
-        self.weight_fp8: torch.Tensor | None = None
-        self.weight_fp8_scale: torch.Tensor | None = None
+        # fp8 form of the weight, made once by prepare("fp8"); buffers so that offloading
+        # hooks and .to() move them
+        self.register_buffer("weight_fp8", None)
+        self.register_buffer("weight_fp8_scale", None)
 
     @classmethod
     def from_quantized(
@@ -114,8 +115,8 @@ class Int8Linear(nn.Module):
         layer.register_buffer("weight_scale", scale.reshape(out_features, 1).to(dtype))
         layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False) if bias is not None else None
         layer.kernel = "dequant"
-        layer.weight_fp8 = None
-        layer.weight_fp8_scale = None
+        layer.register_buffer("weight_fp8", None)
+        layer.register_buffer("weight_fp8_scale", None)
         return layer
 
     def extra_repr(self) -> str:
