@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import random
 import shutil
@@ -121,10 +122,14 @@ def _summary(value: Any) -> Any:
 def run_pull(ctx: JobContext) -> Any:
     pull = _capability("tunehub.hub.pull", "pull", "pulling (tunehub.hub.pull)")
     params = ctx.job["params"]
+    extra: dict[str, Any] = {}
+    if "quantize" in inspect.signature(pull).parameters:
+        # Quantization is its own journaled job (one at a time), not part of the download.
+        extra["quantize"] = False
     return pull(
         ctx.cfg, ctx.registry(), ctx.job["definition_id"],
         quantization=params.get("quantization"), dtype=params.get("dtype"),
-        all_variants=bool(params.get("all_variants", False)), progress=ctx.progress,
+        all_variants=bool(params.get("all_variants", False)), progress=ctx.progress, **extra,
     )
 
 

@@ -1,0 +1,177 @@
+"""Remote repos through the real huggingface_hub client against `tunehub hub serve`,
+with a fault-injecting proxy in between; and a download killed with SIGKILL mid-way."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon.conftest import definition_in
+from tunehub.safeio import update_definition
+
+REPO = "alice/defs"
+
+
+def _upload(hub_server: Any, path: str, data: Any, message: str = "update") -> None:
+    api = hub_server.api()
+    payload = data if isinstance(data, bytes) else json.dumps(data, indent=2).encode()
+    api.upload_file(path_or_fileobj=io.BytesIO(payload), path_in_repo=path, repo_id=REPO, commit_message=message)
+
+
+def _delete(hub_server: Any, path: str) -> None:
+    hub_server.api().delete_file(path_in_repo=path, repo_id=REPO, commit_message=f"remove {path}")
+
+
+def _definition(name: str, urls: list[str], **model: Any) -> dict[str, Any]:
+    return {"prompt": "a cat", "model": {"name": name, "architecture": "t2v", "URLs": urls, **model}}
+
+
+def _env(hub_server: Any, endpoint: str) -> dict[str, str]:
+    env = {**os.environ, **hub_server.env()}
+    env["HF_ENDPOINT"] = endpoint
+    return env
+
+
+def _events(daemon: Any, kind: str) -> list[dict[str, Any]]:
+    return [e for e in daemon.client.events(0)["events"] if e["type"] == kind]
+
+
+@pytest.fixture
+def remote_repo(hub_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    hub_server.use_in_process(monkeypatch)
+    hub_server.api().create_repo(REPO)
+    _upload(hub_server, "README.md", b"# definitions\n", "init")
+    return hub_server
+
+
+def test_remote_definitions_overlay_refusals_removal(home: Any, remote_repo: Any, fault_proxy: Any, daemon_factory: Any) -> None:
+    hub_server = remote_repo
+    bf16 = f"{hub_server.url}/alice/weights/resolve/main/remote_ft_bf16.safetensors"
+    _upload(hub_server, "finetunes/t2v_remote.json", _definition("Remote FT", [bf16]))
+    _upload(hub_server, "finetunes/t2v_evil.json", _definition("Evil", [bf16, "/etc/passwd"]))
+    _upload(hub_server, "other/t2v_elsewhere.json", _definition("Not under path", [bf16]))
+    home.write_config(f'[daemon]\npull = "none"\n[[remote]]\nrepo = "{REPO}"\npath = "finetunes/"\ninterval = "1s"\n')
+    token = hub_server.write_token
+    daemon = daemon_factory(home.root, env=_env(hub_server, fault_proxy.url))
+
+    entry = daemon.wait_for(lambda s: definition_in(s, "t2v_remote"), what="remote definition")
+    assert entry["origin"] == "remote"
+    working = home.root / "remote" / "alice--defs" / "t2v_remote.json"
+    assert working.is_file()
+    status = daemon.client.status()
+    assert definition_in(status, "t2v_evil") is None and definition_in(status, "t2v_elsewhere") is None
+    remote = status["remotes"][0]
+    assert remote["state"] == "ok" and remote["sha"]
+    assert [r["file"] for r in remote["refused"]] == ["finetunes/t2v_evil.json"]
+    assert "/etc/passwd" in remote["refused"][0]["problem"]
+
+    # nothing changed upstream: exactly one HTTP request per poll
+    before_requests = daemon.client.status()["remotes"][0]["requests"]
+    before_proxy = len(fault_proxy.requests)
+    time.sleep(3.5)
+    polls = daemon.client.status()["remotes"][0]["requests"] - before_requests
+    assert polls >= 2
+    assert len(fault_proxy.requests) - before_proxy == polls
+
+    # what this machine adds (a quantized file) survives the remote's next edit
+    def add_local(data: dict[str, Any]) -> None:
+        data["model"]["URLs"].append("remote_ft_quanto_mbf16_int8.safetensors")
+
+    update_definition(working, add_local)
+    _upload(hub_server, "finetunes/t2v_remote.json", _definition("Remote FT v2", [bf16]), "rename")
+    daemon.wait_for(lambda s: (e := definition_in(s, "t2v_remote")) and e["name"] == "Remote FT v2", what="the remote edit")
+    merged = json.loads(working.read_text())
+    assert merged["model"]["name"] == "Remote FT v2"
+    assert merged["model"]["URLs"] == [bf16, "remote_ft_quanto_mbf16_int8.safetensors"]
+
+    # a definition removed upstream is marked, not deleted
+    _delete(hub_server, "finetunes/t2v_remote.json")
+    entry = daemon.wait_for(
+        lambda s: (e := definition_in(s, "t2v_remote")) and e.get("remote", {}).get("upstream") == "gone" and e,
+        what="removal marked",
+    )
+    assert working.is_file() and entry["state"] != "invalid"
+    assert daemon.client.status()["remotes"][0]["removed"] == ["finetunes/t2v_remote.json"]
+    assert token not in (home.root / ".tunehub" / "daemon.log").read_text()
+
+
+def test_remote_429_then_500_backs_off_and_says_so(home: Any, remote_repo: Any, fault_proxy: Any, daemon_factory: Any) -> None:
+    hub_server = remote_repo
+    _upload(hub_server, "t2v_flaky.json", _definition("Flaky", ["flaky_bf16.safetensors"]))
+    fault_proxy.faults = [
+        (f"/api/models/{REPO}", 429, {"Retry-After": "2"}),
+        (f"/api/models/{REPO}", 500, {}),
+    ]
+    home.write_config(f'[daemon]\npull = "none"\n[[remote]]\nrepo = "{REPO}"\ninterval = "1s"\n')
+    daemon = daemon_factory(home.root, env=_env(hub_server, fault_proxy.url))
+    remote = daemon.wait_for(
+        lambda s: s["remotes"][0]["state"] == "backoff" and s["remotes"][0], timeout=10, what="backoff state"
+    )
+    assert remote["failures"] >= 1 and "HTTP 429" in remote["last_error"]
+    daemon.wait_for(lambda s: definition_in(s, "t2v_flaky"), timeout=30, what="the definition after recovery")
+    errors = _events(daemon, "remote.error")
+    assert [e["status"] for e in errors] == [429, 500]
+    assert errors[0]["retry_after"] == 2.0 and errors[0]["retry_in"] >= 2.0
+    assert errors[1]["failures"] == 2
+    assert _events(daemon, "remote.ok")
+    api_calls = [(m, p) for m, p, _ in fault_proxy.requests if p.startswith(f"/api/models/{REPO}")]
+    assert len(api_calls) >= 3  # the two failures were retried
+    assert daemon.client.status()["remotes"][0]["state"] == "ok"
+
+
+def test_sigkill_during_download_then_resume(home: Any, remote_repo: Any, fault_proxy: Any, daemon_factory: Any) -> None:
+    hub_server = remote_repo
+    payload = os.urandom(12 * 1024 * 1024)
+    api = hub_server.api()
+    api.create_repo("alice/weights")
+    api.upload_file(path_or_fileobj=io.BytesIO(payload), path_in_repo="big_bf16.safetensors", repo_id="alice/weights")
+    url = f"{fault_proxy.url}/alice/weights/resolve/main/big_bf16.safetensors"
+    (home.finetunes / "t2v_big.json").write_text(json.dumps(_definition("Big", [url])))
+    home.write_config('[daemon]\npull = "all"\nquantize = "never"\n')
+    fault_proxy.throttle = 2e6  # about 6 s for the whole file
+    env = _env(hub_server, fault_proxy.url)
+    daemon = daemon_factory(home.root, env=env)
+    part = home.ckpts / ".big_bf16.safetensors.tunehub-part"
+    record = home.ckpts / ".big_bf16.safetensors.tunehub-part.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if record.exists() and part.exists() and part.stat().st_size > len(payload) // 4:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the download did not start:\n{daemon.stderr_text()}")
+    time.sleep(0.6)  # let the progress record catch up with the bytes
+    daemon.kill()
+    assert not (home.ckpts / "big_bf16.safetensors").exists()
+    job = next(j for j in _jobs(home) if j["kind"] == "pull")
+    assert job["state"] == "running"  # as the crash left it
+
+    first_run_requests = len(fault_proxy.requests)
+    fault_proxy.throttle = None
+    restarted = daemon_factory(home.root, env=env)
+    restarted.wait_for(lambda s: (e := definition_in(s, "t2v_big")) and e["state"] == "ready", timeout=60, what="pull done")
+    final = home.ckpts / "big_bf16.safetensors"
+    assert hashlib.sha256(final.read_bytes()).digest() == hashlib.sha256(payload).digest()
+    ranges = [r for m, p, r in fault_proxy.requests[first_run_requests:] if m == "GET" and "big_bf16" in p]
+    assert ranges and all(r and not r.startswith("bytes=0-") for r in ranges), ranges  # resumed, not restarted
+    jobs = [j for j in _jobs(home) if j["kind"] == "pull"]
+    assert len(jobs) == 1 and jobs[0]["state"] == "done"
+    assert any(e["type"] == "jobs.requeued" for e in restarted.client.events(0)["events"])
+
+
+def _jobs(home: Any) -> list[dict[str, Any]]:
+    from tunehub.daemon.journal import Journal
+
+    journal = Journal(home.root / ".tunehub" / "state.db", readonly=True)
+    try:
+        return journal.jobs()
+    finally:
+        journal.close()
