@@ -78,6 +78,10 @@ class TunehubApp(App[None]):
 
     # -- jobs ---------------------------------------------------------------------------
 
+    @property
+    def capabilities_checked(self) -> bool:
+        return all(status != "checking…" for status in self.capability_status.values())
+
     def can_run(self, kind: str) -> bool:
         return self.capability_status.get(kind) is None
 

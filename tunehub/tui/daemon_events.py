@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LONG_POLL_S = 5.0
 FINISHED = ("finished", "done", "succeeded", "completed", "success")
-FAILED = ("failed", "error", "cancelled", "canceled")
+FAILED = ("failed", "error", "cancelled", "canceled", "interrupted")
 
 
 def _job_id(event: dict[str, Any]) -> Any:
@@ -36,8 +36,8 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
     """Post the message(s) one daemon event means for the UI."""
     event_type = str(event.get("type", ""))
     job = event.get("job") if isinstance(event.get("job"), dict) else {}
-    definition_id = str(event.get("definition_id") or job.get("definition_id") or "")
-    if event_type.startswith("job"):
+    definition_id = str(event.get("definition") or event.get("definition_id") or job.get("definition_id") or "")
+    if event_type.startswith("job."):
         job_id = _job_id(event)
         key = app.job_key_for_daemon(job_id) or f"daemon-{job_id}"
         kind = str(event.get("kind") or job.get("kind") or "job")
@@ -53,10 +53,24 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
             progress = {k: event[k] for k in ("completed", "total", "status", "file", "message") if k in event}
             progress.setdefault("status", state)
             app.post_message(JobUpdate(key, kind, definition_id, progress))
-    elif "update" in event_type and definition_id:
-        app.updates.add(definition_id)
-        app.call_from_thread(screen.refill_states)
-    elif event_type.startswith(("definition", "weights", "file")):
+    if event_type.startswith(("job.done", "job.failed", "definition", "weights", "remote.changed", "registry")):
+        refresh_updates(app, screen)
+
+
+def refresh_updates(app: TunehubApp, screen: MainScreen) -> None:
+    """Definitions the daemon has work pending for (a newer upstream, a file its policy
+    wants) are shown as "update available"; re-read them from ``/status``."""
+    try:
+        status = app.daemon_client.status()
+    except (DaemonError, AttributeError):
+        return
+    pending = {
+        entry["id"]
+        for entry in status.get("definitions", [])
+        if entry.get("state") == "pending" and entry.get("needs")
+    }
+    if pending != app.updates:
+        app.updates = pending
         app.call_from_thread(screen.refill_states)
 
 
@@ -68,6 +82,7 @@ def follow(app: TunehubApp, screen: MainScreen, worker: Worker[Any]) -> None:
         since = int(client.events(since=0, timeout=0).get("last_id", 0))
     except DaemonError:
         pass
+    refresh_updates(app, screen)
     failures = 0
     while not worker.is_cancelled:
         try:

@@ -61,8 +61,12 @@ class DaemonStatus(Message):
         self.detail = detail
 
 
-class JobUpdate(Message):
-    """Progress of a job, local or the daemon's: ``event`` has completed/total/status."""
+class JobUpdate(Message, bubble=False):
+    """Progress of a job, local or the daemon's: ``event`` has completed/total/status.
+
+    Posted to the app, which forwards a copy to each screen; copies must not bubble
+    back up to the app."""
+
 
     def __init__(self, key: str, kind: str, definition_id: str, event: dict[str, Any]) -> None:
         super().__init__()
@@ -72,8 +76,9 @@ class JobUpdate(Message):
         self.event = event
 
 
-class JobFinished(Message):
+class JobFinished(Message, bubble=False):
     """A job ended: ``ok``, a one-line ``summary`` (or the error), and its result object."""
+
 
     def __init__(
         self, key: str, kind: str, definition_id: str, ok: bool, summary: str, result: Any = None

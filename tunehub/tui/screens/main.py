@@ -82,6 +82,8 @@ class MainScreen(Screen[None]):
         self._reload_timer: Any = None
         self._observer: Any = None
         self._loaded = False
+        # True once every row has its state for the current preferences (tests wait on it).
+        self.states_ready = False
         self._just_changed_ids: set[str] = set()
         self.first_rows_shown_at: float | None = None
 
@@ -170,6 +172,7 @@ class MainScreen(Screen[None]):
             select.value = current
 
     def refill_states(self) -> None:
+        self.states_ready = False
         self._state_generation += 1
         self.index = WeightsIndex(self.app.cfg.weights_dirs, self.app.cfg.home)
         self._fill_states(self._state_generation, list(self.all_rows), self.index)
@@ -206,6 +209,7 @@ class MainScreen(Screen[None]):
         else:
             self.query_one(DefinitionList).refresh_rows()
         if message.done:
+            self.states_ready = True
             self._just_changed_ids = set()
             self._show_detail(self.query_one(DefinitionList).highlighted)
 
@@ -269,7 +273,7 @@ class MainScreen(Screen[None]):
                 resolve_error = str(exc)
         if self.index is None:
             self.index = WeightsIndex(self.app.cfg.weights_dirs, self.app.cfg.home)
-        detail.show(definition, resolution, self.index, resolve_error)
+        detail.show(definition, resolution, self.index, resolve_error, home=self.app.cfg.home)
 
     def highlighted_id(self) -> str | None:
         row = self.query_one(DefinitionList).highlighted
@@ -510,7 +514,7 @@ class MainScreen(Screen[None]):
     @work(thread=True, group="delete")
     def _delete(self, plan: Any) -> None:
         freed = execute_deletion(plan)
-        self.post_message(
+        self.app.post_message(
             JobFinished("delete", "delete", plan.definition_id, True, f"deleted {format_size(freed)} of weights")
         )
 

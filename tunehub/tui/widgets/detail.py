@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -43,6 +44,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         resolution: Resolution | None,
         index: WeightsIndex,
         resolve_error: str | None = None,
+        home: Path | None = None,
     ) -> None:
         self.set_class(False, "-empty")
         self.border_title = definition.id
@@ -65,7 +67,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         if problems or resolve_error:
             text = Text("Invalid definition\n", style="bold red")
             for problem in problems:
-                text.append(f"• {problem.file}: {problem.key}: {problem.message}\n", style="red")
+                text.append(f"• {_short(problem.file, home)}: {problem.key}: {problem.message}\n", style="red")
             if resolve_error:
                 text.append(f"• {resolve_error}\n", style="red")
             errors.update(text)
@@ -107,6 +109,16 @@ class DetailPane(VerticalScroll, can_focus=True):
             settings.append(f"  {key}: ", style="cyan")
             settings.append(f"{value}\n")
         self.query_one("#detail-settings", Static).update(settings)
+
+
+def _short(file: str, home: Path | None) -> str:
+    """A problem's file relative to the home: shorter, and the same on every machine."""
+    if home is None:
+        return file
+    try:
+        return str(Path(file).relative_to(home))
+    except ValueError:
+        return file
 
 
 __all__ = ["DetailPane"]
