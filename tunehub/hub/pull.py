@@ -493,7 +493,10 @@ def _auto_quantize(cfg: Config, registry: Any, definition_id: str, resolution: A
         from tunehub.quant.flow import quantize_definition
     except ImportError as exc:
         return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
-    paths = quantize_definition(cfg, registry, definition_id, dtype=resolution.dtype, progress=progress)
+    try:
+        paths = quantize_definition(cfg, registry, definition_id, dtype=resolution.dtype, progress=progress)
+    except ImportError as exc:  # torch / optimum-quanto not installed
+        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
     return list(paths), None
 
 
