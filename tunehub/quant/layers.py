@@ -55,7 +55,7 @@ LAYOUTS: tuple[Layout, ...] = (
         id="wan",
         family="wan",
         label="Wan 2.1, original layout (blocks.N.self_attn.q, ...)",
-        marker=r"blocks\.\d+\.(self_attn|cross_attn|ffn\.0)\..*",
+        marker=r"(vace_)?blocks\.\d+\.(self_attn|cross_attn|ffn\.0)\..*",
         linear_modules=(
             rf"(vace_)?blocks\.\d+\.((self_attn|cross_attn)\.{_WAN_ATTN}|ffn\.(0|2)|before_proj|after_proj)"
         ),
@@ -64,7 +64,7 @@ LAYOUTS: tuple[Layout, ...] = (
         id="wan_diffusers",
         family="wan",
         label="Wan 2.1, diffusers layout (blocks.N.attn1.to_q, ...)",
-        marker=r"blocks\.\d+\.(attn1|attn2|ffn\.net)\..*",
+        marker=r"(vace_)?blocks\.\d+\.(attn1|attn2|ffn\.net)\..*",
         linear_modules=(
             rf"(vace_)?blocks\.\d+\.((attn1|attn2)\.{_WAN_DIFFUSERS_ATTN}|ffn\.net\.(0\.proj|2)|proj_in|proj_out)"
         ),
