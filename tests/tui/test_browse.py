@@ -82,7 +82,7 @@ async def test_switching_preferences_re_resolves_everything(tui_home: Home) -> N
         await pilot.press("d")
         await settle(pilot)
         assert "16-bit · fp16" in screen_text(app)
-        assert "Preferences: bf16 / fp16 (your preference)" in screen_text(app)
+        assert "Preferences: bf16 / fp16: your preference" in screen_text(app)
 
 
 async def test_definition_added_edited_removed_on_disk_appears_live(tui_home: Home) -> None:

@@ -88,7 +88,7 @@ def _summary(kind: str, result: Any) -> str:
     if isinstance(result, (list, tuple)):
         names = [getattr(item, "name", str(item)) for item in result]
         return f"{kind} done: " + (", ".join(names) if names else "nothing to do")
-    for attribute in ("output", "output_path", "path"):
+    for attribute in ("video", "output", "output_path", "path"):
         value = getattr(result, attribute, None)
         if value:
             return f"{kind} done: {value}"

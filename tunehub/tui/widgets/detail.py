@@ -26,7 +26,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         yield Static("", id="detail-errors", markup=False)
         yield Static("Variants", id="detail-variants-title", classes="section-title")
         table: DataTable[str | Text] = DataTable(id="detail-variants", cursor_type="none", zebra_stripes=False)
-        table.add_columns("", "role", "file", "variant", "on disk", "why")
+        table.add_columns("", "role", "file", "variant", "on disk")
         yield table
         yield Static("", id="detail-files", markup=False)
         yield Static("", id="detail-settings", markup=False)
@@ -57,7 +57,7 @@ class DetailPane(VerticalScroll, can_focus=True):
             header.append(f"\n{definition.description}\n")
         if resolution is not None:
             header.append(
-                f"\nPreferences: {resolution.quantization} / {resolution.dtype} ({resolution.dtype_reason})",
+                f"\nPreferences: {resolution.quantization} / {resolution.dtype}: {resolution.dtype_reason}",
                 style="italic",
             )
         self.query_one("#detail-header", Static).update(header)
@@ -78,6 +78,8 @@ class DetailPane(VerticalScroll, can_focus=True):
 
         table = self.query_one("#detail-variants", DataTable)
         table.clear()
+        # Nothing to pick from for an unresolvable definition: no empty table.
+        self.set_class(resolution is None, "-unresolved")
         files_text = Text()
         if resolution is not None:
             for row in variant_rows(resolution, index):
@@ -89,11 +91,14 @@ class DetailPane(VerticalScroll, can_focus=True):
                     Text(row.file, style="bold" if row.selected else ""),
                     f"{row.quantization} {row.dtype}" if row.dtype != "-" else row.quantization,
                     Text(presence, style="green" if row.present else "yellow"),
-                    row.reason,
                 )
+                if row.selected and row.reason:
+                    # Under the table rather than in a column: it stays readable at 80 columns.
+                    files_text.append(f"Why {row.file}: ", style="bold")
+                    files_text.append(f"{row.reason}\n")
             modules = [choice.filename for choice in resolution.modules]
             preload = [choice.filename for choice in resolution.preload]
-            files_text.append("Modules: ", style="bold")
+            files_text.append("\nModules: ", style="bold")
             files_text.append(", ".join(modules) if modules else "none")
             files_text.append("\nPreload: ", style="bold")
             files_text.append(", ".join(preload) if preload else "none")
