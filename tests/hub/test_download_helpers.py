@@ -157,6 +157,7 @@ class FaultProxy:
         self.rate_bytes_per_s: float = 0.0
         self.lock = threading.Lock()
         self.bytes_sent = 0
+        self.active = 0  # requests being forwarded right now
         self.requests: list[tuple[str, str, dict[str, str], float]] = []
         proxy = self
 
@@ -219,20 +220,35 @@ class FaultProxy:
                 finally:
                     conn.close()
 
+            def _counted(self, method: str) -> None:
+                with proxy.lock:
+                    proxy.active += 1
+                try:
+                    self._forward(method)
+                finally:
+                    with proxy.lock:
+                        proxy.active -= 1
+
             def do_GET(self) -> None:
-                self._forward("GET")
+                self._counted("GET")
 
             def do_HEAD(self) -> None:
-                self._forward("HEAD")
+                self._counted("HEAD")
 
             def do_POST(self) -> None:
-                self._forward("POST")
+                self._counted("POST")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no request is being forwarded (a killed client's streams have ended)."""
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def gets(self) -> list[tuple[str, str, dict[str, str], float]]:
         return [r for r in self.requests if r[0] == "GET"]

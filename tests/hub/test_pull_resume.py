@@ -63,6 +63,7 @@ def test_sigkilled_pull_resumes_and_transfers_at_most_60_percent(home, hub_serve
         assert not target.exists() and part.exists()
 
         proxy.rate_bytes_per_s = 0
+        proxy.wait_idle()  # the killed client's streams end once their sockets fail
         proxy.bytes_sent = 0
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 0, second.stderr
