@@ -208,7 +208,8 @@ def build_pipeline(
     if progress:
         progress({"status": "loading transformer", "files": [str(p) for p in transformer_files]})
     # The transformer is built on CPU; placement below depends on the offload mode.
-    transformer = load_transformer(model_class, config, transformer_files, dtype, "cpu", "dequant")
+    initial_kernel = "quanto" if int8_kernel == "quanto" else "dequant"  # fast kernels: after placement
+    transformer = load_transformer(model_class, config, transformer_files, dtype, "cpu", initial_kernel)
     torch_dtype = DTYPES[dtype]
     component_dtypes: dict[str, Any] = {"default": torch_dtype}
     if spec.family == "wan":
@@ -227,7 +228,9 @@ def build_pipeline(
         pipe.vae.enable_tiling()
     place(pipe, device, offload)
     kernels: dict[str, int] = {}
-    if any(True for _ in int8_layers(transformer)):
+    if int8_kernel == "quanto":
+        kernels = {"quanto": sum(1 for m in transformer.modules() if type(m).__name__ == "QLinear")}
+    elif any(True for _ in int8_layers(transformer)):
         from tunehub.inference.int8_linear import set_int8_kernel
 
         kernels = set_int8_kernel(transformer, int8_kernel, device)
@@ -260,31 +263,15 @@ def _ftfy_fallback(pipeline_class: Any) -> None:
 
 
 def place(pipe: Any, device: str, offload: str) -> None:
-    """Move the pipeline to ``device`` whole (``none``), one model at a time (``model``,
-    needs accelerate), or in groups of transformer blocks streamed from CPU (``group``)."""
-    import torch
-
+    """Move the pipeline to ``device`` whole (``none``), one model at a time (``model``),
+    or that plus the transformer's blocks streamed from the CPU (``group``); see
+    :mod:`tunehub.inference.offload` (pure torch, no accelerate needed)."""
     if offload == "none":
         pipe.to(device)
-    elif offload == "model":
-        try:
-            import accelerate  # noqa: F401
-        except ImportError:
-            raise InferenceError(
-                "--offload model needs the 'accelerate' package (pip install accelerate); "
-                "--offload group works without it"
-            ) from None
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        onload = torch.device(device)
-        use_stream = onload.type == "cuda"
-        pipe.enable_group_offload(
-            onload_device=onload,
-            offload_device=torch.device("cpu"),
-            offload_type="block_level",
-            num_blocks_per_group=1,
-            use_stream=use_stream,
-        )
+        return
+    from tunehub.inference.offload import enable_offload
+
+    enable_offload(pipe, device, offload)
 
 
 # ------------------------------------------------------------------ running

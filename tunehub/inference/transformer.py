@@ -120,12 +120,21 @@ def load_transformer(
     int8_kernel: str = "auto",
 ) -> nn.Module:
     """A ready transformer from original-layout ``files`` (the main file, then modules
-    such as VACE's, merged in order) and a diffusers config."""
+    such as VACE's, merged in order) and a diffusers config.
+
+    ``int8_kernel`` for int8 files: ``quanto`` builds optimum-quanto QLinear modules
+    (through :mod:`tunehub.quant.load`); the others build :class:`Int8Linear` layers
+    running that kernel (see :mod:`tunehub.inference.int8_linear`)."""
     from safetensors import safe_open
 
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     config_dict = read_config(config)
     model = build_empty(model_class, config_dict)
+    # Declared dtypes (cheap on meta): the target dtype, float32 where diffusers keeps it.
+    model.to(torch_dtype)
+    for name, module in model.named_modules():
+        if name and _keep_fp32(model, name):
+            module.to(torch.float32)
     hidden = None
     if "Hunyuan" in model_class:
         hidden = int(config_dict.get("num_attention_heads", 24)) * int(config_dict.get("attention_head_dim", 128))
@@ -157,6 +166,18 @@ def load_transformer(
                 state[f"{new_module}.weight._scale"] = scale.to(torch_dtype)
                 quantized_modules.append(new_module)
                 origin_of[new_module] = path
+    if quantized_modules and int8_kernel == "quanto":
+        # optimum-quanto's own QLinear modules, built straight from the int8 tensors
+        from tunehub.errors import QuantizationError
+        from tunehub.quant.load import load_quantized
+
+        qmap = {name: {"weights": "qint8", "activations": "none"} for name in quantized_modules}
+        try:
+            load_quantized(model, state, qmap, "cpu", strict=True)
+        except QuantizationError as exc:
+            raise InferenceError(f"{files[0]}: does not fit {model_class}: {exc}") from None
+        _finish(model, device)
+        return model
     if quantized_modules:
         try:
             replace_with_int8(model, state, quantized_modules, torch_dtype)
@@ -177,10 +198,14 @@ def load_transformer(
             f"{files[0]}: {len(missing)} weight(s) of {model_class} are missing "
             f"(e.g. {', '.join(missing[:3])}); is the file complete and the architecture right?"
         )
+    _finish(model, device)
+    if quantized_modules:
+        set_int8_kernel(model, int8_kernel, device)
+    return model
+
+
+def _finish(model: nn.Module, device: str | torch.device) -> None:
     for param in model.parameters():
         param.requires_grad_(False)
     model.eval()
     model.to(device)
-    if quantized_modules:
-        set_int8_kernel(model, int8_kernel, device)
-    return model

@@ -1,0 +1,199 @@
+"""Acceptance: `tunehub generate` for every architecture, 16-bit and int8, end to end.
+
+Tiny random base repos are published to a real `tunehub hub serve` and fetched from it
+by huggingface_hub (the home's tunehub.toml maps each architecture to its test repo);
+each finetune is a tiny original-layout 16-bit file, quantized by `tunehub quantize`.
+The CLI entry point runs in-process for the matrix (one real subprocess run below
+covers the process path): a process per run would cost a torch import each.
+
+Closeness of int8 to 16-bit, the stated measure: the mean absolute pixel difference
+between the int8 and the 16-bit video (same seed) is at most a quarter of the mean
+absolute difference between two 16-bit videos of different seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import tunehub.registry  # noqa: F401  (first: importing tunehub.quant.flow first hits a registry<->hub.urls import cycle)
+from tests.fixtures.tiny_models import ARCHS, TinyModels, base_repo_id, publish_base_repo
+from tunehub.cli.main import main as tunehub_main
+from tunehub.inference.video import read_video
+
+SIZE = (32, 32)  # width, height
+FRAMES = 5
+STEPS = 2
+NEEDS_IMAGE = {"i2v", "i2v_720p", "hunyuan_i2v"}
+
+
+class Setup:
+    def __init__(self, root: Path, server: Any, repos: dict[str, str], image: Path) -> None:
+        self.root = root
+        self.server = server
+        self.repos = repos
+        self.image = image
+
+    def generate(self, arch: str, *extra: str, quantization: str = "bf16") -> tuple[int, Path]:
+        out = self.root / "videos" / f"{arch}-{quantization}-{uuid.uuid4().hex[:6]}.mp4"
+        argv = ["--home", str(self.root), "generate", f"tiny_{arch}", "--device", "cpu",
+                "--quantization", quantization, "--out", str(out), *extra]  # fmt: skip
+        if arch in NEEDS_IMAGE and "--image" not in extra:
+            argv += ["--image", str(self.image)]
+        return tunehub_main(argv), out
+
+
+def _frames(path: Path) -> np.ndarray:
+    frames, _ = read_video(path)
+    return frames.astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models: TinyModels, hub_server_session: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    server = hub_server_session
+    root = tmp_path_factory.mktemp("generate_home")
+    (root / "finetunes").mkdir()
+    (root / "ckpts").mkdir()
+    tag = "-" + uuid.uuid4().hex[:6]
+    repos = {arch: publish_base_repo(server, tiny_models.base_repo(arch), base_repo_id(arch, tag=tag)) for arch in ARCHS}
+    toml = [f'endpoint = "{server.url}"', "[base_repos]"] + [f'"{arch}" = "{repo}"' for arch, repo in repos.items()]
+    (root / "tunehub.toml").write_text("\n".join(toml) + "\n", encoding="utf-8")
+    for arch in ARCHS:
+        files = tiny_models.finetune(arch)
+        for path in files.values():
+            shutil.copy2(path, root / "ckpts" / path.name)
+        model: dict[str, Any] = {"name": f"tiny {arch}", "architecture": arch, "URLs": [files["transformer"].name]}
+        if "module" in files:
+            model["modules"] = [[files["module"].name]]
+        definition = {
+            "prompt": "a red cat dances in the city at night",
+            "resolution": f"{SIZE[0]}x{SIZE[1]}",
+            "video_length": FRAMES,
+            "num_inference_steps": STEPS,
+            "seed": 7,
+            "model": model,
+        }
+        (root / "finetunes" / f"tiny_{arch}.json").write_text(json.dumps(definition, indent=4), encoding="utf-8")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = root / "start.png"
+    Image.fromarray((rng.random((48, 48, 3)) * 255).astype("uint8")).save(image)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        server.use_in_process(monkeypatch)
+        monkeypatch.setenv("TUNEHUB_NO_COMPILE", "1")
+        module = tiny_models.finetune("vace_14B")["module"]
+        # The quantizer does not detect the VACE module's layout (vace_blocks.*) by itself yet:
+        # quantize that file with explicit layers first; `quantize ID` then finds it done.
+        assert tunehub_main(["--home", str(root), "quantize", "--file", str(root / "ckpts" / module.name),
+                             "--layers", "vace_blocks.*", "--quiet"]) == 0  # fmt: skip
+        for arch in ARCHS:
+            assert tunehub_main(["--home", str(root), "quantize", f"tiny_{arch}", "--quiet"]) == 0
+        yield Setup(root, server, repos, image)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_16bit_and_int8(setup: Setup, arch: str) -> None:
+    definition = json.loads((setup.root / "finetunes" / f"tiny_{arch}.json").read_text())
+    int8_names = [Path(url).name for url in definition["model"]["URLs"] if "int8" in url]
+    assert int8_names, "tunehub quantize appended the int8 file to URLs"
+
+    code, video16 = setup.generate(arch)
+    assert code == 0
+    frames16 = _frames(video16)
+    assert frames16.shape == (FRAMES, SIZE[1], SIZE[0], 3)
+    exported = json.loads(video16.with_suffix(".json").read_text())
+    assert exported["model_type"] == f"tiny_{arch}"
+    assert exported["model_filename"].endswith("_mbf16.safetensors")
+    assert exported["seed"] == 7 and exported["resolution"] == "32x32" and exported["video_length"] == FRAMES
+
+    code, video8 = setup.generate(arch, quantization="int8")
+    assert code == 0
+    frames8 = _frames(video8)
+    assert frames8.shape == frames16.shape
+    exported8 = json.loads(video8.with_suffix(".json").read_text())
+    assert exported8["model_filename"] == int8_names[0]
+    if arch == "vace_14B":
+        assert "int8" in json.dumps(definition["model"]["modules"]), "the VACE module was quantized too"
+
+    code, other_seed = setup.generate(arch, "--seed", "8")
+    assert code == 0
+    seed_difference = np.abs(_frames(other_seed) - frames16).mean()
+    int8_difference = np.abs(frames8 - frames16).mean()
+    assert seed_difference > 1.0, "different seeds must give different videos for the measure to mean anything"
+    assert int8_difference <= 0.25 * seed_difference, (int8_difference, seed_difference)
+
+
+@pytest.mark.parametrize("arch", ["t2v", "hunyuan"])
+def test_same_seed_same_frames(setup: Setup, arch: str) -> None:
+    code_a, first = setup.generate(arch, "--seed", "11")
+    code_b, second = setup.generate(arch, "--seed", "11")
+    assert code_a == code_b == 0
+    assert np.array_equal(_frames(first), _frames(second))
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_cli_values_win_and_default_output_never_overwrites(setup: Setup) -> None:
+    outputs = setup.root / "outputs"
+    before = set(outputs.glob("*.mp4")) if outputs.exists() else set()
+    argv = ["--home", str(setup.root), "generate", "tiny_t2v_1.3B", "--device", "cpu", "--quantization", "bf16",
+            "--resolution", "48x32", "--frames", "9", "--steps", "1", "--seed", "5", "--prompt", "a blue dog"]  # fmt: skip
+    assert tunehub_main(argv) == 0
+    assert tunehub_main(argv) == 0
+    made = sorted(set(outputs.glob("*.mp4")) - before)
+    assert len(made) == 2, "two runs, two files: the second never overwrites the first"
+    for video in made:
+        assert _frames(video).shape == (9, 32, 48, 3)
+        exported = json.loads(video.with_suffix(".json").read_text())
+        assert exported["prompt"] == "a blue dog" and exported["num_inference_steps"] == 1
+        assert exported["resolution"] == "48x32" and exported["video_length"] == 9 and exported["seed"] == 5
+        # untouched settings come from the definition
+        assert exported["negative_prompt"] == "" or "negative_prompt" in exported
+
+
+def test_random_seed_is_recorded_and_repeats(setup: Setup) -> None:
+    code, video = setup.generate("t2v", "--seed", "-1")
+    assert code == 0
+    exported = json.loads(video.with_suffix(".json").read_text())
+    assert isinstance(exported["seed"], int) and exported["seed"] >= 0
+    code, again = setup.generate("t2v", "--seed", str(exported["seed"]))
+    assert code == 0
+    assert np.array_equal(_frames(video), _frames(again))
+
+
+@pytest.mark.parametrize("offload", ["model", "group"])
+def test_offload_gives_the_same_video(setup: Setup, offload: str) -> None:
+    code_a, plain = setup.generate("vace_14B", "--seed", "3", quantization="int8")
+    code_b, offloaded = setup.generate("vace_14B", "--seed", "3", "--offload", offload, quantization="int8")
+    assert code_a == code_b == 0
+    assert np.array_equal(_frames(plain), _frames(offloaded))
+
+
+def test_subprocess_cli_int8_with_json_progress(setup: Setup) -> None:
+    """The real process path: HF_ENDPOINT from the environment, progress as JSON lines."""
+    out = setup.root / "videos" / "subprocess.mp4"
+    env = {**os.environ, **setup.server.env(), "TUNEHUB_NO_COMPILE": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "tunehub", "--home", str(setup.root), "generate", "tiny_t2v", "--device", "cpu",
+         "--quantization", "int8", "--steps", "3", "--out", str(out), "--json"],  # fmt: skip
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["video"] == str(out) and result["frames"] == FRAMES
+    assert result["int8_kernels"] == {"dequant": 20}, "CPU: auto picks optimum-quanto's math"
+    events = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
+    steps = [event for event in events if event.get("status") == "denoising"]
+    assert [event["completed"] for event in steps] == [1, 2, 3]
+    assert all(event["total"] == 3 for event in steps)
+    assert setup.server.write_token not in completed.stdout + completed.stderr

@@ -1,0 +1,105 @@
+"""``tunehub generate ID``: one video from a definition through diffusers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from tunehub.cli.common import config_from_args, print_json
+from tunehub.config import QUANTIZATIONS
+
+OFFLOAD_MODES = ("none", "model", "group")  # tunehub.inference.pipeline.OFFLOAD_MODES (not imported: torch-free)
+INT8_KERNELS = ("auto", "dequant", "fp8", "int8mm", "quanto")  # int8_linear.KERNELS + optimum-quanto
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate a video from a definition",
+        description=(
+            "Build the diffusers pipeline of the definition's architecture with the transformer file "
+            "the registry picks (16-bit or int8), run it, and write an mp4 plus the settings used "
+            "(clip.mp4 -> clip.json, WanGP's export shape). The definition's top-level settings are "
+            "the defaults; options given here win."
+        ),
+    )
+    p.add_argument("id")
+    p.add_argument("--prompt")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--resolution", metavar="WxH", help="width x height, e.g. 832x480")
+    p.add_argument("--frames", type=int, metavar="N", help="number of frames (video_length)")
+    p.add_argument("--steps", type=int, metavar="N", help="denoising steps")
+    p.add_argument("--guidance", type=float, metavar="G", help="guidance scale")
+    p.add_argument("--flow-shift", type=float, metavar="S")
+    p.add_argument("--seed", type=int, metavar="N", help="-1 for a random seed (recorded in the settings file)")
+    p.add_argument("--image", metavar="PATH", help="start image (i2v models)")
+    p.add_argument("--video", metavar="PATH", help="control video (VACE)")
+    p.add_argument("--mask", metavar="PATH", help="mask video or image (VACE)")
+    p.add_argument("--out", metavar="PATH", help="output .mp4 (default: a new name in <home>/outputs/)")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    p.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                   help="none; model (one model on the GPU at a time: 14B int8 on a 24 GB card); "
+                        "group (also the transformer's blocks streamed from CPU: least GPU memory)")  # fmt: skip
+    p.add_argument("--quantization", choices=QUANTIZATIONS, help="int8, fp8, or bf16 (16-bit)")
+    p.add_argument("--dtype", choices=("bf16", "fp16"), help="transformer dtype preference")
+    p.add_argument("--int8-kernel", choices=INT8_KERNELS, default="auto",
+                   help="how int8 layers run: auto (fp8 _scaled_mm on fp8 GPUs, else dequant), dequant "
+                        "(optimum-quanto's math, pure torch), fp8, int8mm (torch._int_mm), quanto (optimum-quanto's "
+                        "own QLinear modules)")  # fmt: skip
+    p.add_argument("--no-vae-tiling", action="store_true", help="decode the whole video at once")
+    p.add_argument("--json", action="store_true", help="print the result as JSON; progress as JSON lines on stderr")
+    p.set_defaults(func=cmd_generate)
+
+
+def _progress_printer(as_json: bool) -> Any:
+    def show(event: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps(event), file=sys.stderr, flush=True)
+        elif event.get("status") == "denoising":
+            end = "\n" if event["completed"] == event["total"] else ""
+            print(f"\rstep {event['completed']}/{event['total']}  {event['elapsed']:.1f}s", end=end,
+                  file=sys.stderr, flush=True)  # fmt: skip
+        elif event.get("status") not in ("done", "decoded"):
+            print(event.get("status", ""), "...", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tunehub.inference import generate
+    from tunehub.registry import Registry
+
+    cfg = config_from_args(args)
+    registry = Registry.load(cfg)
+    result = generate(
+        cfg,
+        registry,
+        args.id,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        resolution=args.resolution,
+        video_length=args.frames,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        flow_shift=args.flow_shift,
+        seed=args.seed,
+        image=args.image,
+        video=args.video,
+        mask=args.mask,
+        out=args.out,
+        device=args.device,
+        offload=args.offload,
+        quantization=args.quantization,
+        dtype=args.dtype,
+        int8_kernel=args.int8_kernel,
+        vae_tiling=not args.no_vae_tiling,
+        progress=_progress_printer(args.json),
+    )
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(result.video)
+        print(f"settings: {result.settings_file}", file=sys.stderr)
+    return 0
