@@ -14,10 +14,6 @@ from tunehub.errors import DiskFullError, HubError, HubNotFoundError, IntegrityE
 from tunehub.hub.download import download_file, part_paths
 
 
-def _payload(size: int, seed: int = 1) -> bytes:
-    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size] if size < 4096 else os.urandom(size)
-
-
 def test_parallel_ranged_download_verifies_and_places(range_server, tmp_path):  # noqa: F811
     data = os.urandom(5 * 1024 * 1024 + 123)
     url = range_server.add("/files/model.safetensors", data)

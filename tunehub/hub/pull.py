@@ -33,7 +33,6 @@ from typing import Any
 from tunehub.config import Config
 from tunehub.errors import (
     DiskFullError,
-    HubError,
     IntegrityError,
     OfflineError,
     TunehubError,
@@ -499,9 +498,3 @@ def _auto_quantize(cfg: Config, registry: Any, definition_id: str, resolution: A
         return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
     return list(paths), None
 
-
-def describe_error(exc: BaseException) -> str:
-    """One line for an error from a pull, never with a token."""
-    from tunehub.hub.download import redact
-
-    return redact(str(exc)) if isinstance(exc, (TunehubError, HubError)) else redact(repr(exc))
