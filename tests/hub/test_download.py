@@ -150,3 +150,24 @@ def test_progress_events_are_monotonic(range_server, tmp_path):  # noqa: F811
     downloading = [e["completed"] for e in events if e["status"] == "downloading"]
     assert len(downloading) >= 2 and downloading == sorted(downloading)
     assert all(e["total"] == len(data) for e in events)
+
+
+def test_get_redirect_to_another_origin_drops_credentials(range_server, tmp_path):  # noqa: F811
+    from tests.hub.test_download_helpers import RangeServer
+    from tunehub.hub.download import RemoteFile
+
+    data = os.urandom(2 * 1024 * 1024)
+    cdn = RangeServer()
+    try:
+        range_server.add("/moved.bin", data)
+        cdn_url = cdn.add("/blob", data)
+        range_server.redirects["/moved.bin"] = cdn_url
+        remote = RemoteFile(url=range_server.url + "/moved.bin", location=range_server.url + "/moved.bin",
+                            size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                            auth_headers={"authorization": "Bearer hf_notForTheCdn"})
+        download_file(remote.url, tmp_path / "moved.bin", remote=remote, connections=2, part_size=1 << 20)
+        assert (tmp_path / "moved.bin").read_bytes() == data
+        assert len(cdn.gets()) == 2
+        assert all("authorization" not in {k.lower() for k in r[2]} for r in cdn.gets())
+    finally:
+        cdn.close()

@@ -32,6 +32,7 @@ class RangeServer:
         self.files: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
         self.faults = Faults()
+        self.redirects: dict[str, str] = {}  # GET path -> Location (HEAD is answered normally)
         self.lock = threading.Lock()
         self.bytes_sent = 0
         self.requests: list[tuple[str, str, dict[str, str], float]] = []
@@ -65,6 +66,13 @@ class RangeServer:
                 with server.lock:
                     status = server.faults.fail_statuses.pop(0) if server.faults.fail_statuses else None
                     drop = server.faults.drop_after.pop(0) if server.faults.drop_after else None
+                target = server.redirects.get(self.path)
+                if target is not None:
+                    self.send_response(302)
+                    self.send_header("Location", target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if status is not None:
                     self.send_response(status)
                     if server.faults.retry_after is not None:

@@ -180,8 +180,12 @@ def test_cli_pull_json_and_token_never_shown(home, hub):
     urls = _upload(hub, {"wan2.1_t2v_tok_mbf16.safetensors": data})
     home.write_definition("t2v_tok", {"name": "t", "architecture": "t2v", "URLs": list(urls.values())})
     env = home.env(**hub.env())
-    done = home.run("pull", "t2v_tok", "--quantization", "bf16", "--json", env=env, check=True)
-    assert json.loads(done.stdout)["files"][0]["status"] == "downloaded"
+    done = home.run("pull", "t2v_tok", "--quantization", "bf16", env=env, check=True)
+    target = home.ckpts / "wan2.1_t2v_tok_mbf16.safetensors"
+    assert f"downloaded         {target}" in done.stdout and "MB downloaded" in done.stdout
+    assert "wan2.1_t2v_tok_mbf16.safetensors: done" in done.stderr  # not a terminal: one line per state
+    as_json = home.run("pull", "t2v_tok", "--quantization", "bf16", "--json", env=env, check=True)
+    assert json.loads(as_json.stdout)["files"][0]["status"] == "present"
     # a bad token and a missing file: errors that must still not echo the token
     bad = home.env(**hub.env(token="hf_secretBadToken123456"))
     (home.ckpts / "wan2.1_t2v_tok_mbf16.safetensors").unlink()

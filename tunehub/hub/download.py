@@ -460,6 +460,18 @@ class _Transfer:
                 conn.request("GET", _request_target(self.remote.location), headers=headers)
                 response = conn.getresponse()
                 status = response.status
+                if status in (301, 302, 303, 307, 308) and response.getheader("Location") and attempt < 10:
+                    # the bytes moved (a CDN, a signed URL): follow, without credentials off-origin
+                    response.read()
+                    location = urljoin(self.remote.location, response.getheader("Location") or "")
+                    with self.lock:
+                        if _origin(location) != _origin(self.remote.location):
+                            self.remote.auth_headers = {}
+                        self.remote.location = location
+                    conn.close()
+                    conn = None
+                    attempt += 1
+                    continue
                 if status in RETRY_STATUSES or (status >= 400 and status not in (401, 403, 404, 416)):
                     response.read()
                     if status not in RETRY_STATUSES or attempt >= self.max_retries:
