@@ -870,6 +870,24 @@ class HubApp:
             raise problems.revision_not_found(repo_id, revision)
         header: dict[str, Any] | None = None
         operations: list[object] = []
+        writers: list[BlobWriter] = []  # regular files, made durable together before the commit
+        try:
+            return await self._commit_lines(ctx, repo, principal, revision, header, operations, writers)
+        finally:
+            for writer in writers:
+                await anyio.to_thread.run_sync(writer.abort)
+
+    async def _commit_lines(
+        self,
+        ctx: Ctx,
+        repo: Repo,
+        principal: Principal,
+        revision: str,
+        header: dict[str, Any] | None,
+        operations: list[object],
+        writers: list[BlobWriter],
+    ) -> Response:
+        repo_id = repo.repo_id
         async for line in self.iter_lines(ctx):
             try:
                 item = json.loads(line)
@@ -881,7 +899,7 @@ class HubApp:
             if key == "header":
                 header = value
             elif key == "file":
-                operations.append(await self.regular_file(value))
+                operations.append(await self.regular_file(value, writers))
             elif key == "lfsFile":
                 operations.append(self.lfs_file(repo, value))
             elif key in ("deletedFile", "deletedFolder"):
@@ -894,6 +912,8 @@ class HubApp:
         parent = header.get("parentCommit")
         if parent is not None and not isinstance(parent, str):
             raise problems.bad_request("parentCommit must be a commit sha.")
+        if writers:
+            await anyio.to_thread.run_sync(self.store.commit_writers, writers)
         sha = await anyio.to_thread.run_sync(
             lambda: self.store.commit(
                 repo,
@@ -908,7 +928,7 @@ class HubApp:
         commit_url = f"{self.repo_url(ctx, repo)}/commit/{sha}"
         return JSONResponse({"success": True, "commitOid": sha, "commitUrl": commit_url, "hookOutput": ""})
 
-    async def regular_file(self, value: dict[str, Any]) -> AddFile:
+    async def regular_file(self, value: dict[str, Any], writers: list[BlobWriter]) -> AddFile:
         path = check_path(str(value.get("path", "")))
         encoding = value.get("encoding", "base64")
         content = value.get("content", "")
@@ -923,7 +943,15 @@ class HubApp:
             data = content.encode("utf-8")
         else:
             raise problems.bad_request(f"Unknown encoding {str(encoding)[:20]!r} for {path}.")
-        sha256 = await anyio.to_thread.run_sync(self.store.put_bytes, data)
+
+        def write() -> str:
+            writer = BlobWriter(self.store)
+            writers.append(writer)
+            writer.write(data)
+            writer.close_unsynced()
+            return writer.sha256
+
+        sha256 = await anyio.to_thread.run_sync(write)
         return AddFile(path, sha256, len(data), False, git_blob_sha1(data))
 
     def lfs_file(self, repo: Repo, value: dict[str, Any]) -> AddFile:

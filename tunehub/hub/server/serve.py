@@ -15,7 +15,9 @@ from tunehub.hub.server.storage import HubStore
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind and listen ourselves: port 0 picks a free port, and the URL is known before serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on accepted sockets whose proto
+    # says TCP; without it Nagle + delayed ACK add 40 ms to every keep-alive request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
