@@ -197,3 +197,65 @@ def test_subprocess_cli_int8_with_json_progress(setup: Setup) -> None:
     assert [event["completed"] for event in steps] == [1, 2, 3]
     assert all(event["total"] == 3 for event in steps)
     assert setup.server.write_token not in completed.stdout + completed.stderr
+
+
+def test_offload_hooks_move_models_and_stream_blocks(setup: Setup) -> None:
+    from tunehub.config import load_config
+    from tunehub.inference.pipeline import build_pipeline, denoise
+    from tunehub.registry import Registry
+
+    cfg = load_config(setup.root)
+    resolution = Registry.load(cfg).resolve("tiny_t2v", quantization="int8")
+    built = build_pipeline(cfg, "t2v", [resolution.transformer.path], device="cpu", offload="group")
+    import torch
+
+    kwargs = dict(prompt="a cat", negative_prompt="dog", height=32, width=32, num_frames=5, num_inference_steps=2,
+                  guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+    events: list[dict[str, Any]] = []
+    denoise(built, kwargs, events.append)
+    offloader = built.pipe._tunehub_offloader
+    # 2 blocks x 2 steps x 2 forwards (classifier-free guidance: cond + uncond)
+    assert offloader.block_moves == 8
+    # text encoder, transformer, VAE: each brought in once
+    assert offloader.model_moves == 3
+    assert [e["completed"] for e in events if e["status"] == "denoising"] == [1, 2]
+
+
+def _run(setup: Setup, capsys: pytest.CaptureFixture[str], *argv: str, home: Path | None = None) -> tuple[int, str]:
+    code = tunehub_main(["--home", str(home or setup.root), "generate", *argv, "--device", "cpu"])
+    return code, capsys.readouterr().err
+
+
+def test_i2v_without_image_says_so(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(setup, capsys, "tiny_i2v", "--quantization", "bf16")
+    assert code == 1 and "needs a start image (--image PATH)" in err
+
+
+def test_out_must_be_mp4(setup: Setup, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = _run(setup, capsys, "tiny_t2v", "--quantization", "bf16", "--out", str(tmp_path / "clip.avi"))
+    assert code == 1 and "mp4" in err
+    assert not (tmp_path / "clip.avi").exists() and not (tmp_path / "clip.json").exists()
+
+
+def test_missing_weights_point_to_pull(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    definition = {"model": {"name": "absent", "architecture": "t2v",
+                            "URLs": ["https://huggingface.co/x/y/resolve/main/absent_mbf16.safetensors"]}}  # fmt: skip
+    path = setup.root / "finetunes" / "tiny_absent.json"
+    path.write_text(json.dumps(definition), encoding="utf-8")
+    try:
+        code, err = _run(setup, capsys, "tiny_absent")
+    finally:
+        path.unlink()
+    assert code == 1 and "absent_mbf16.safetensors" in err and "tunehub pull tiny_absent" in err
+
+
+def test_unknown_base_repo_names_the_repo(setup: Setup, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(setup.root / "finetunes", home / "finetunes")
+    (home / "ckpts").symlink_to(setup.root / "ckpts")
+    (home / "tunehub.toml").write_text(
+        f'endpoint = "{setup.server.url}"\n[base_repos]\nt2v = "alice/no-such-base-repo"\n', encoding="utf-8"
+    )
+    code, err = _run(setup, capsys, "tiny_t2v", "--quantization", "bf16", home=home)
+    assert code == 1 and "alice/no-such-base-repo" in err and "[base_repos]" in err
+    assert setup.server.write_token not in err

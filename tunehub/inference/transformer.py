@@ -130,10 +130,12 @@ def load_transformer(
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     config_dict = read_config(config)
     model = build_empty(model_class, config_dict)
-    # Declared dtypes (cheap on meta): the target dtype, float32 where diffusers keeps it.
+    # Declared dtypes (cheap on meta), as diffusers' loaders set them: the target dtype,
+    # and in fp16 only, float32 for the modules the class keeps there (overflow).
+    keep_fp32 = torch_dtype == torch.float16
     model.to(torch_dtype)
     for name, module in model.named_modules():
-        if name and _keep_fp32(model, name):
+        if keep_fp32 and name and _keep_fp32(model, name):
             module.to(torch.float32)
     hidden = None
     if "Hunyuan" in model_class:
@@ -155,7 +157,7 @@ def load_transformer(
             for new_key, piece in plan.plain.items():
                 tensor = _read_piece(handle, piece)
                 if tensor.is_floating_point():
-                    tensor = tensor.to(torch.float32 if _keep_fp32(model, new_key) else torch_dtype)
+                    tensor = tensor.to(torch.float32 if keep_fp32 and _keep_fp32(model, new_key) else torch_dtype)
                 state[new_key] = tensor
                 origin_of[new_key] = path
             for new_module, (old_module, piece) in plan.modules.items():
