@@ -82,7 +82,8 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        handle.close()
+        with contextlib.suppress(OSError):  # closing flushes again: on a full disk that fails too
+            handle.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
