@@ -274,13 +274,13 @@ class _BufferPool:
                 fits = [buf for buf in self.free if size <= buf.numel() <= 2 * size]
                 if fits:
                     buf = min(fits, key=lambda b: b.numel())
-                    self.free.remove(buf)
+                    self._take(buf)
                     self.in_use += buf.numel()
                     return buf
                 # Drop idle buffers of the wrong size before growing.
                 while self.free and self.allocated + size > self.budget:
                     dropped = max(self.free, key=lambda b: b.numel())
-                    self.free.remove(dropped)
+                    self._take(dropped)
                     self.allocated -= dropped.numel()
                 if self.allocated + size <= self.budget or self.in_use == 0:
                     buf = self._allocate(size)
@@ -288,6 +288,11 @@ class _BufferPool:
                     self.in_use += size
                     return buf
                 self.cond.wait()
+
+    def _take(self, buf: Any) -> None:
+        # By identity: ``list.remove`` would compare tensors element-wise.
+        index = next(i for i, candidate in enumerate(self.free) if candidate is buf)
+        del self.free[index]
 
     def release(self, buf: Any) -> None:
         with self.cond:
@@ -471,13 +476,15 @@ def quantize_file(
     layers: str | Sequence[str] | None = None,
     device: str = "cpu",
     progress: ProgressCallback | None = None,
-    budget_bytes: int = 384 * _MiB,
+    budget_bytes: int | None = None,
 ) -> QuantizeResult:
     """Quantize the safetensors file ``src`` into ``dst`` (WanGP/quanto int8 format), streaming.
 
     ``dtype`` is the 16-bit dtype of the output (default: the source's); ``layers`` are
     fnmatch patterns of module names overriding the per-layout table; ``budget_bytes``
-    bounds the read-ahead and write-behind buffers (each of the two pools).
+    bounds the read-ahead and write-behind buffers (each of the two pools; default
+    128 MiB, or three of the largest tensor when that is more, so reading, computing and
+    writing can always overlap).
     """
     started = time.perf_counter()
     plan = plan_quantization(src, dtype=dtype, layers=layers)
@@ -485,6 +492,9 @@ def quantize_file(
     if output.resolve() == plan.source.resolve():
         raise QuantizationError(f"{output}: the output must not be the input file")
     device_name = resolve_device(device)
+    if budget_bytes is None:
+        largest = max(unit.source.nbytes for unit in plan.units)
+        budget_bytes = max(128 * _MiB, 3 * largest)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)
     free = shutil.disk_usage(output.parent).free
