@@ -171,3 +171,29 @@ def test_get_redirect_to_another_origin_drops_credentials(range_server, tmp_path
         assert all("authorization" not in {k.lower() for k in r[2]} for r in cdn.gets())
     finally:
         cdn.close()
+
+
+def test_two_concurrent_fetches_of_one_target_transfer_it_once(range_server, tmp_path):  # noqa: F811
+    import threading
+
+    data = os.urandom(3 * 1024 * 1024)
+    url = range_server.add("/twice.bin", data)
+    range_server.faults.delay_per_mb = 0.2
+    sha = hashlib.sha256(data).hexdigest()
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(download_file(url, tmp_path / "twice.bin", expected_sha256=sha, part_size=1 << 20))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(r.bytes_transferred for r in results) == [0, len(data)]
+    assert (tmp_path / "twice.bin").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["twice.bin"]

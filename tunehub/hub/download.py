@@ -34,7 +34,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,11 @@ from tunehub.safeio import atomic_write_text, fsync_dir
 __all__ = [
     "PART_SUFFIX",
     "RECORD_SUFFIX",
+    "LOCK_SUFFIX",
     "DownloadResult",
     "RemoteFile",
     "download_file",
+    "hash_file",
     "offline_mode",
     "part_paths",
     "probe",
@@ -64,6 +66,7 @@ __all__ = [
 
 PART_SUFFIX = ".tunehub-part"
 RECORD_SUFFIX = ".tunehub-part.json"
+LOCK_SUFFIX = ".tunehub-lock"
 RECORD_VERSION = 1
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -133,6 +136,24 @@ class DownloadResult:
     bytes_transferred: int  # fetched over the network in this call
     resumed_from: int  # bytes already there from a previous run
     remote: RemoteFile | None = None
+
+
+def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """sha256 of a file, read in large blocks (hashlib releases the GIL on them)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(8 << 20)
+    view = memoryview(buffer)
+    done = 0
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            got = handle.readinto(buffer)
+            if not got:
+                break
+            digest.update(view[:got])
+            done += got
+            if progress is not None:
+                progress(done)
+    return digest.hexdigest()
 
 
 # --- metadata ------------------------------------------------------------------
@@ -698,6 +719,60 @@ def download_file(
     if expected_size is not None and expected_size != remote.size:
         raise IntegrityError(f"{url}{context}: the server says {remote.size} bytes, expected {expected_size}")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest, remote, label, progress):
+        if remote.sha256 and dest.is_file() and dest.stat().st_size == remote.size:
+            # another process (the daemon, a second pull) placed it while we waited for the lock
+            if hash_file(dest) == remote.sha256:
+                return DownloadResult(dest, remote.size, remote.sha256, 0, remote.size, remote)
+        return _fetch(url, dest, remote, label=label, context=context, connections=connections,
+                      part_size=part_size, max_retries=max_retries, backoff_s=backoff_s, timeout=timeout,
+                      reserve_free_bytes=reserve_free_bytes, progress=progress)
+
+
+@contextlib.contextmanager
+def _exclusive(dest: Path, remote: RemoteFile, label: str, progress: ProgressCallback | None) -> Iterator[None]:
+    """One process at a time fetches a given target (a lock file beside it, removed after)."""
+    import fcntl
+
+    lock_path = dest.with_name(f".{dest.name}{LOCK_SUFFIX}")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress is not None:
+                progress({"file": label, "total": remote.size, "completed": 0, "status": "waiting"})
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed that lock file as we waited: take the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def _fetch(
+    url: str,
+    dest: Path,
+    remote: RemoteFile,
+    *,
+    label: str,
+    context: str,
+    connections: int,
+    part_size: int | None,
+    max_retries: int,
+    backoff_s: float,
+    timeout: float,
+    reserve_free_bytes: int,
+    progress: ProgressCallback | None,
+) -> DownloadResult:
     part_path, record_path = part_paths(dest)
     part_size = part_size or _default_part_size(remote.size, connections)
     if not remote.accept_ranges:

@@ -19,7 +19,6 @@ succeed, missing ones fail with one message naming them all.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ from tunehub.hub.download import (
     ProgressCallback,
     RemoteFile,
     download_file,
+    hash_file,
     offline_mode,
     part_paths,
     probe,
@@ -160,24 +160,6 @@ class VerifiedRecords:
 
 
 # --- hashing and linking -----------------------------------------------------------
-
-
-def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    """sha256 of a file, read in large blocks (hashlib releases the GIL on them)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_HASH_BLOCK)
-    view = memoryview(buffer)
-    done = 0
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            got = handle.readinto(buffer)
-            if not got:
-                break
-            digest.update(view[:got])
-            done += got
-            if progress is not None:
-                progress(done)
-    return digest.hexdigest()
 
 
 def place_link(source: Path, dest: Path, mode: str) -> str:
