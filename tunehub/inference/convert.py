@@ -158,3 +158,54 @@ def quantized_conversion_plan(
         else:
             result.plain[new_key] = piece
     return result
+
+
+_WAN_INVERSE = [
+    # (diffusers fragment, original fragment), applied in order; the inverse of
+    # diffusers' convert_wan_transformer_to_diffusers, checked by the round-trip test.
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
+    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
+    ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
+    ("condition_embedder.image_embedder.norm2", "img_emb.proj.4"),
+    ("attn2", "cross_attn"),
+    ("attn1", "self_attn"),
+    (".to_out.0.", ".o."),
+    (".to_q.", ".q."),
+    (".to_k.", ".k."),
+    (".to_v.", ".v."),
+    (".add_k_proj.", ".k_img."),
+    (".add_v_proj.", ".v_img."),
+    (".norm_added_k.", ".norm_k_img."),
+    ("ffn.net.0.proj", "ffn.0"),
+    ("ffn.net.2", "ffn.2"),
+]
+
+
+def wan_diffusers_to_original(state: dict[str, Any]) -> dict[str, Any]:
+    """Wan diffusers key layout -> the original (WanGP) layout, same tensors.
+
+    The inverse of diffusers' ``convert_wan_transformer_to_diffusers`` for the 2.1 models
+    (t2v, i2v, VACE), checked by the round-trip tests: used to write test files and the
+    benchmark's int8 file, and to export a diffusers-layout finetune to WanGP's layout."""
+    out = {}
+    for key, tensor in state.items():
+        new = key
+        for diffusers_part, original_part in _WAN_INVERSE:
+            new = new.replace(diffusers_part, original_part)
+        if new == "scale_shift_table":
+            new = "head.modulation"
+        elif new.startswith("proj_out."):
+            new = "head.head." + new[len("proj_out.") :]
+        elif new.startswith("vace_blocks."):
+            new = new.replace(".proj_in.", ".before_proj.").replace(".proj_out.", ".after_proj.")
+        if new.startswith(("blocks.", "vace_blocks.")):
+            new = new.replace(".scale_shift_table", ".modulation")
+            # diffusers swaps Wan's norm2/norm3 (cross-attention norm vs ffn norm)
+            new = re.sub(r"\.norm([23])\.", lambda m: ".norm" + ("3" if m.group(1) == "2" else "2") + ".", new)
+        out[new] = tensor
+    return out

@@ -61,6 +61,41 @@ def _activation_quantizer(name: str, device: torch.device) -> Callable[..., Any]
     return _compiled[key]
 
 
+def _int8mm_epilogue(
+    accumulated: torch.Tensor, act_scale: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    # float32: int32 accumulators times two scales can overflow 16-bit floats
+    return (accumulated.float() * act_scale * weight_scale.float().t()).to(dtype)
+
+
+def _epilogue(device: torch.device) -> Callable[..., Any]:
+    if device.type != "cuda" or os.environ.get("TUNEHUB_NO_COMPILE"):
+        return _int8mm_epilogue
+    if "epilogue:cuda" not in _compiled:
+        _compiled["epilogue:cuda"] = torch.compile(_int8mm_epilogue, dynamic=True)
+    return _compiled["epilogue:cuda"]
+
+
+_scaled_mm_takes_bias: dict[str, bool] = {}
+
+
+def _scaled_mm_bias_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this torch/device takes a bias in row-wise scaled ``_scaled_mm`` (probed once)."""
+    key = f"{device.type}:{dtype}"
+    if key not in _scaled_mm_takes_bias:
+        a = torch.zeros(16, 16, device=device).to(torch.float8_e4m3fn)
+        b = torch.zeros(16, 16, device=device).to(torch.float8_e4m3fn)
+        try:
+            torch._scaled_mm(
+                a, b.t(), scale_a=torch.ones(16, 1, device=device), scale_b=torch.ones(1, 16, device=device),
+                bias=torch.zeros(16, device=device, dtype=dtype), out_dtype=dtype,
+            )  # fmt: skip
+            _scaled_mm_takes_bias[key] = True
+        except (RuntimeError, TypeError):
+            _scaled_mm_takes_bias[key] = False
+    return _scaled_mm_takes_bias[key]
+
+
 def fp8_supported(device: torch.device | str) -> bool:
     """Whether ``torch._scaled_mm`` with float8 runs fast here (Ada/Hopper or newer)."""
     device = torch.device(device)
@@ -166,17 +201,20 @@ class Int8Linear(nn.Module):
         # chosen per call: offloading may move the layer between devices after prepare()
         quantized, act_scale = _activation_quantizer(self.kernel, rows.device)(rows)
         if self.kernel == "fp8":
+            fused_bias = self.bias is not None and _scaled_mm_bias_ok(rows.device, self.dtype)
             out = torch._scaled_mm(
                 quantized,
                 self.weight_fp8.t(),
                 scale_a=act_scale,
                 scale_b=self.weight_fp8_scale,
-                bias=self.bias,
+                bias=self.bias if fused_bias else None,
                 out_dtype=self.dtype,
             )
+            if self.bias is not None and not fused_bias:
+                out = out + self.bias
         else:
             accumulated = torch._int_mm(quantized, self.weight_data.t())
-            out = (accumulated.float() * act_scale * self.weight_scale.float().t()).to(self.dtype)
+            out = _epilogue(rows.device)(accumulated, act_scale, self.weight_scale, self.dtype)
             if self.bias is not None:
                 out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features)

@@ -133,10 +133,10 @@ def load_transformer(
     # Declared dtypes (cheap on meta), as diffusers' loaders set them: the target dtype,
     # and in fp16 only, float32 for the modules the class keeps there (overflow).
     keep_fp32 = torch_dtype == torch.float16
-    model.to(torch_dtype)
+    nn.Module.to(model, torch_dtype)  # ModelMixin.to warns about exactly what we handle below
     for name, module in model.named_modules():
         if keep_fp32 and name and _keep_fp32(model, name):
-            module.to(torch.float32)
+            nn.Module.to(module, torch.float32)
     hidden = None
     if "Hunyuan" in model_class:
         hidden = int(config_dict.get("num_attention_heads", 24)) * int(config_dict.get("attention_head_dim", 128))
