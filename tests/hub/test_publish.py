@@ -43,8 +43,10 @@ def _commits(hub, repo: str) -> list:
 def test_publish_uploads_in_one_commit_and_rewrites_entries(home, hub):
     payloads = _local_definition(home)
     path = home.finetunes / "t2v_mine.json"
-    result = publish(home.config(), home.registry(), "t2v_mine", "alice/mine")
+    registry = home.registry()
+    result = publish(home.config(), registry, "t2v_mine", "alice/mine")
     assert result.committed and result.repo_created
+    assert registry.get("t2v_mine").model["URLs"][0].startswith(f"{hub.url}/alice/mine/resolve/main/")
     assert [f.status for f in result.files] == ["upload", "upload"]
     commits = _commits(hub, "alice/mine")
     assert [c.title for c in commits].count("tunehub publish t2v_mine") == 1

@@ -362,6 +362,8 @@ def publish(
 
         update_definition(definition_path, mutate)
         result.rewritten = bool(changed and changed[-1])
+        if result.rewritten and hasattr(registry, "reload_file"):
+            registry.reload_file(definition_path)  # callers that keep the registry see the URLs
         with contextlib.suppress(OSError, ValueError):
             result.definition_text = definition_path.read_text(encoding="utf-8")
             result.definition = json.loads(result.definition_text)
