@@ -330,3 +330,31 @@ def test_range_requests_return_exact_bytes(hub: HubServer) -> None:
         assert outside.status_code == 416
         assert outside.headers["content-range"] == f"bytes */{len(data)}"
         assert client.get(url).content == data
+
+
+def test_delete_repo_visibility_and_readme(hub: HubServer) -> None:
+    api = hub.api()
+    repo = f"alice/{unique()}"
+    api.create_repo(repo)
+    # A README goes through validate-yaml first, as on the Hub.
+    api.upload_file(path_or_fileobj=b"---\nlicense: apache-2.0\n---\n# Tiny\n", path_in_repo="README.md", repo_id=repo)
+    assert "README.md" in api.list_repo_files(repo)
+
+    api.update_repo_settings(repo, private=True)
+    assert api.model_info(repo).private is True
+    with pytest.raises(RepositoryNotFoundError):
+        hub.api(token="").model_info(repo)
+    api.update_repo_settings(repo, private=False)
+    assert hub.api(token="").model_info(repo).private is False
+
+    with pytest.raises(HfHubHTTPError) as not_owner:
+        hub.api(token=hub.bob_token).delete_repo(repo)
+    assert not_owner.value.response.status_code == 403
+    api.delete_repo(repo)
+    assert not api.repo_exists(repo)
+    with pytest.raises(RepositoryNotFoundError):
+        api.delete_repo(repo)
+    api.delete_repo(repo, missing_ok=True)
+    # The name is free again: a new repo starts from its own initial commit.
+    api.create_repo(repo)
+    assert api.list_repo_files(repo) == [".gitattributes"]

@@ -59,7 +59,7 @@ log = logging.getLogger("tunehub.hub.server")
 SEGMENT_TYPE = {segment: repo_type for repo_type, segment in API_SEGMENT.items()}
 UPLOAD_URL_LIFETIME_S = 3600
 # Big reads keep the loopback download path near disk/socket speed (Python per-chunk cost amortised).
-DOWNLOAD_CHUNK = 8 * 1024 * 1024
+DOWNLOAD_CHUNK = 4 * 1024 * 1024
 # Upload bytes are hashed and written in a worker thread once this much has arrived.
 UPLOAD_FLUSH = 4 * 1024 * 1024
 
