@@ -202,3 +202,21 @@ def test_cli_pull_json_and_token_never_shown(home, hub):
     for path in [*home.root.rglob("*.json"), *home.root.rglob("*.log")]:
         text = path.read_text(errors="replace")
         assert hub.write_token not in text and "hf_secretBadToken123456" not in text
+
+
+def test_pull_as_an_event_iterator(home, hub, monkeypatch):
+    from tunehub.hub.progress import iter_events
+
+    data = os.urandom(300_000)
+    urls = _upload(hub, {"wan2.1_t2v_it_mbf16.safetensors": data})
+    home.write_definition("t2v_it", {"name": "it", "architecture": "t2v", "URLs": list(urls.values())})
+    events = list(iter_events(pull, home.config(), home.registry(), "t2v_it", quantization="bf16"))
+    assert events[-1]["status"] == "finished"
+    assert events[-1]["result"].files[0].status == "downloaded"
+    assert [e["status"] for e in events[:-1]][-1] == "done"
+    assert all(set(e) == {"file", "total", "completed", "status"} for e in events[:-1])
+    # an error in the pull surfaces from the iterator
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (home.ckpts / "wan2.1_t2v_it_mbf16.safetensors").unlink()
+    with pytest.raises(OfflineError):
+        list(iter_events(pull, home.config(), home.registry(), "t2v_it", quantization="bf16"))

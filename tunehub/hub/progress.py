@@ -6,11 +6,13 @@ terminal (a pipe, a log file): one line per file when its status changes, nothin
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["ProgressDisplay"]
+__all__ = ["ProgressDisplay", "iter_events"]
 
 _FINAL = {"done", "present", "linked", "failed", "uploaded", "skipped"}
 
@@ -84,3 +86,32 @@ class ProgressDisplay:
                 total=sum(self.totals.values()) or None,
                 completed=sum(self.completed.get(key, 0) for key in self.totals),
             )
+
+
+def iter_events(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Run ``function(*args, progress=..., **kwargs)`` in a thread and yield its progress events.
+
+    The last item is ``{"status": "finished", "result": <return value>}``; an exception in
+    the function is raised from the iterator, after the events that preceded it.
+    """
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def run() -> None:
+        try:
+            events.put(("result", function(*args, progress=lambda event: events.put(("event", dict(event))), **kwargs)))
+        except BaseException as exc:  # re-raised in the consumer's thread
+            events.put(("error", exc))
+
+    worker = threading.Thread(target=run, name="tunehub-progress", daemon=True)
+    worker.start()
+    while True:
+        kind, value = events.get()
+        if kind == "event":
+            yield value
+        elif kind == "error":
+            worker.join()
+            raise value
+        else:
+            worker.join()
+            yield {"status": "finished", "result": value}
+            return
