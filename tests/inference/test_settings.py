@@ -44,8 +44,10 @@ def test_resolution_is_width_by_height() -> None:
 def test_bad_values_name_the_definition_and_key() -> None:
     with pytest.raises(ConfigError, match="definition 'x'.*'num_inference_steps'"):
         effective(merge_settings({"num_inference_steps": "many"}, {}, "wan"), "definition 'x'")
-    with pytest.raises(ConfigError, match="'video_length'"):
-        effective(merge_settings({"video_length": 0}, {}, "wan"), "definition 'x'")
+    with pytest.raises(ConfigError, match="'video_length' must be 4k\\+1"):
+        effective(merge_settings({"video_length": 80}, {}, "wan"), "definition 'x'")
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        effective(merge_settings({"resolution": "830x480"}, {}, "wan"), "definition 'x'")
 
 
 def test_random_seed_is_written_back() -> None:

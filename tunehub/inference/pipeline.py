@@ -207,9 +207,11 @@ def build_pipeline(
     model_class = config.get("_class_name") or spec.transformer
     if progress:
         progress({"status": "loading transformer", "files": [str(p) for p in transformer_files]})
-    # The transformer is built on CPU; placement below depends on the offload mode.
+    # Without offload the transformer's tensors go straight to the device; with offload
+    # it starts on the CPU, where the hooks expect every model.
     initial_kernel = "quanto" if int8_kernel == "quanto" else "dequant"  # fast kernels: after placement
-    transformer = load_transformer(model_class, config, transformer_files, dtype, "cpu", initial_kernel)
+    load_device = device if offload == "none" else "cpu"
+    transformer = load_transformer(model_class, config, transformer_files, dtype, load_device, initial_kernel)
     torch_dtype = DTYPES[dtype]
     component_dtypes: dict[str, Any] = {"default": torch_dtype}
     if spec.family == "wan":

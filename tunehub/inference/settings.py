@@ -92,8 +92,13 @@ def effective(settings: dict[str, Any], source: str, rng_seed: int | None = None
     width, height = parse_resolution(settings.get("resolution"), f"{source}: setting 'resolution'")
     frames = _number(settings, "video_length", int, source)
     steps = _number(settings, "num_inference_steps", int, source)
-    if frames < 1:
-        raise ConfigError(f"{source}: setting 'video_length' must be at least 1, got {frames}")
+    if frames < 1 or (frames - 1) % 4:
+        raise ConfigError(
+            f"{source}: setting 'video_length' must be 4k+1 frames (1, 5, ..., 81), got {frames}: "
+            "the VAE packs 4 frames into one latent frame"
+        )
+    if width % 16 or height % 16:
+        raise ConfigError(f"{source}: setting 'resolution' must be multiples of 16, got {width}x{height}")
     if steps < 1:
         raise ConfigError(f"{source}: setting 'num_inference_steps' must be at least 1, got {steps}")
     seed = _number(settings, "seed", int, source) if settings.get("seed") is not None else -1

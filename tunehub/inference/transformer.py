@@ -158,14 +158,15 @@ def load_transformer(
                 tensor = _read_piece(handle, piece)
                 if tensor.is_floating_point():
                     tensor = tensor.to(torch.float32 if keep_fp32 and _keep_fp32(model, new_key) else torch_dtype)
-                state[new_key] = tensor
+                # straight to the device: host memory never holds the whole model
+                state[new_key] = tensor.to(device)
                 origin_of[new_key] = path
             for new_module, (old_module, piece) in plan.modules.items():
                 state[f"{new_module}.weight._data"] = _read_piece(
                     handle, Piece(f"{old_module}.weight._data", piece.start, piece.stop, piece.index)
-                )
+                ).to(device)
                 scale = _read_piece(handle, Piece(f"{old_module}.weight._scale", piece.start, piece.stop, piece.index))
-                state[f"{new_module}.weight._scale"] = scale.to(torch_dtype)
+                state[f"{new_module}.weight._scale"] = scale.to(device, torch_dtype)
                 quantized_modules.append(new_module)
                 origin_of[new_module] = path
     if quantized_modules and int8_kernel == "quanto":
@@ -175,7 +176,7 @@ def load_transformer(
 
         qmap = {name: {"weights": "qint8", "activations": "none"} for name in quantized_modules}
         try:
-            load_quantized(model, state, qmap, "cpu", strict=True)
+            load_quantized(model, state, qmap, device, strict=True)
         except QuantizationError as exc:
             raise InferenceError(f"{files[0]}: does not fit {model_class}: {exc}") from None
         _finish(model, device)
