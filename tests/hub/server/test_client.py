@@ -49,8 +49,11 @@ def unique(prefix: str = "m") -> str:
 
 
 def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def test_create_upload_and_model_info(hub: HubServer, tmp_path: Path) -> None:

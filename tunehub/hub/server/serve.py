@@ -86,6 +86,7 @@ def serve(
             file=sys.stderr,
         )
     print(f"Serving {store.root} at {url}", file=sys.stderr)
+    print(f"Clients: export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1", file=sys.stderr)
     print(f"HF_ENDPOINT={url}", file=out, flush=True)
     try:
         server.run(sockets=[sock])
