@@ -259,3 +259,20 @@ def test_unknown_base_repo_names_the_repo(setup: Setup, capsys: pytest.CaptureFi
     code, err = _run(setup, capsys, "tiny_t2v", "--quantization", "bf16", home=home)
     assert code == 1 and "alice/no-such-base-repo" in err and "[base_repos]" in err
     assert setup.server.write_token not in err
+
+
+def test_vace_with_control_video_and_mask(setup: Setup, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tunehub.inference.video import write_mp4
+
+    rng = np.random.default_rng(1)
+    control = write_mp4(rng.random((3, 32, 32, 3)), tmp_path / "control.mp4")  # shorter: padded
+    mask = tmp_path / "mask.png"
+    Image.fromarray(((rng.random((32, 32)) > 0.5) * 255).astype("uint8")).save(mask)
+    code, plain = setup.generate("vace_14B", "--seed", "4")
+    code_c, controlled = setup.generate("vace_14B", "--seed", "4", "--video", str(control), "--mask", str(mask))
+    assert code == code_c == 0
+    frames = _frames(controlled)
+    assert frames.shape == (FRAMES, 32, 32, 3)
+    assert not np.array_equal(frames, _frames(plain)), "the control video changes the result"

@@ -63,3 +63,13 @@ def test_auto_is_dequant_without_an_fp8_gpu() -> None:
     assert choose_kernel("auto", "cpu") == "dequant"
     with pytest.raises(ValueError, match="unknown int8 kernel"):
         choose_kernel("int4", "cpu")
+
+
+def test_int8mm_with_few_rows_uses_the_exact_path() -> None:
+    """torch._int_mm on CUDA wants more than 16 rows; modulation layers see one per sample."""
+    _, ours = _quanto_layer(32, 32, torch.bfloat16)
+    x = torch.randn(2, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        exact = ours(x)
+        ours.prepare("int8mm")
+        assert torch.equal(ours(x), exact)

@@ -192,12 +192,13 @@ class Int8Linear(nn.Module):
         return self.weight_scale * self.weight_data.to(self.weight_scale.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "dequant":
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])
+        # torch._int_mm wants more than 16 rows (modulation layers see one per sample)
+        if self.kernel == "dequant" or (self.kernel == "int8mm" and rows.shape[0] <= 16):
             # quanto's qbytes_mm: activations in the scale dtype, scale applied to the weight
             out = torch.matmul(x.to(self.weight_scale.dtype), self.dequantized_weight().t())
             return out + self.bias if self.bias is not None else out
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1])
         # chosen per call: offloading may move the layer between devices after prepare()
         quantized, act_scale = _activation_quantizer(self.kernel, rows.device)(rows)
         if self.kernel == "fp8":
