@@ -581,15 +581,28 @@ class _Transfer:
         return total
 
     def save_record(self) -> None:
-        os.fdatasync(self.fd)  # the record never claims bytes that a power cut could lose
+        with self.lock:
+            done = list(self.done)  # snapshot first: only bytes already written ...
+        os.fdatasync(self.fd)  # ... made durable here, so the record never claims what a power cut loses
         record = {
             "version": RECORD_VERSION,
             "url": self.remote.url,
             **self.remote.identity(),
             "part_size": self.part_size,
-            "done": list(self.done),
+            "done": done,
         }
         atomic_write_text(self.record_path, json.dumps(record))
+
+    def recorder(self, stop: threading.Event) -> None:
+        """Saves the progress record every interval, apart from the hasher so hashing never waits on disk."""
+        while not stop.wait(_RECORD_INTERVAL_S):
+            try:
+                self.save_record()
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    continue  # the workers report the full disk; the last good record stays
+                self.fail(exc)
+                return
 
     def emit(self, status: str) -> None:
         if self.progress is not None:
@@ -604,8 +617,12 @@ class _Transfer:
         ]
         for thread in workers:
             thread.start()
+        stop_recorder = threading.Event()
+        recorder = threading.Thread(target=self.recorder, args=(stop_recorder,), name="tunehub-dl-record", daemon=True)
+        if self.remote.accept_ranges:
+            recorder.start()
         buffer = bytearray(_HASH_CHUNK)
-        last_record = last_progress = time.monotonic()
+        last_progress = time.monotonic()
         try:
             while True:
                 with self.lock:
@@ -626,9 +643,6 @@ class _Transfer:
                 if now - last_progress >= _PROGRESS_INTERVAL_S:
                     self.emit("downloading")
                     last_progress = now
-                if now - last_record >= _RECORD_INTERVAL_S and self.remote.accept_ranges:
-                    self.save_record()
-                    last_record = time.monotonic()
                 if all_done:
                     break
         except BaseException as exc:
@@ -636,9 +650,12 @@ class _Transfer:
         finally:
             for thread in workers:
                 thread.join()
-            if self.remote.accept_ranges:
+            stop_recorder.set()
+            if recorder.is_alive():
+                recorder.join()
+            if self.remote.accept_ranges and (self.error is not None or self.completed() < self.remote.size):
                 with contextlib.suppress(OSError):
-                    self.save_record()
+                    self.save_record()  # stopped early: keep the exact progress for the next run
         if self.error is not None:
             raise self.error
         self.hash_until(self.remote.size, buffer)
