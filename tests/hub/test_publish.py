@@ -169,3 +169,21 @@ def test_cli_publish_never_shows_the_token(home, hub):
         if path.is_file() and path.stat().st_size < 1_000_000:
             text = path.read_text(errors="replace")
             assert hub.write_token not in text and hub.bob_token not in text
+
+
+def test_publish_to_a_branch_names_it_in_the_urls(home, hub):
+    payloads = _local_definition(home)
+    result = publish(home.config(), home.registry(), "t2v_mine", "alice/mine", revision="dev", private=True)
+    assert result.committed
+    data = json.loads((home.finetunes / "t2v_mine.json").read_text())
+    assert data["model"]["URLs"][0] == f"{hub.url}/alice/mine/resolve/dev/{FILES[0]}"
+    api = hub.api()
+    assert api.model_info("alice/mine").private is True
+    on_dev = {s.rfilename for s in api.model_info("alice/mine", revision="dev").siblings}
+    assert set(payloads) <= on_dev
+    # pulling it back from the branch works (private repo: the user's token is sent to the endpoint)
+    for name in FILES:
+        (home.ckpts / name).unlink()
+    pulled = pull(home.config(), home.registry(), "t2v_mine", quantization="bf16")
+    assert [i.status for i in pulled.files] == ["downloaded"]
+    assert (home.ckpts / FILES[0]).read_bytes() == payloads[FILES[0]]
