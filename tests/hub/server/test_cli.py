@@ -65,6 +65,9 @@ def test_org_and_user_errors(tmp_path: Path) -> None:
     try:
         taken = tunehub("hub", "serve", "--root", str(tmp_path / "other"), "--port", str(busy.port))
         assert taken.returncode == 1 and f"{busy.port}" in taken.stderr
+        # Two servers on one root would clean each other's uploads: the second one refuses.
+        same_root = tunehub("hub", "serve", "--root", str(busy.root), "--port", "0")
+        assert same_root.returncode == 1 and "already being served" in same_root.stderr
     finally:
         busy.stop()
 

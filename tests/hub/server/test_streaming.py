@@ -65,12 +65,17 @@ def test_old_unreferenced_blobs_are_collected_at_start(hub_server: HubServer) ->
     two_hours_ago = time.time() - 7200
     os.utime(orphan_old, (two_hours_ago, two_hours_ago))
     os.utime(blob_dir / kept_oid[:2] / kept_oid, (two_hours_ago, two_hours_ago))
-    (hub_server.root / "tmp" / "upload-123-dead").write_bytes(b"interrupted")
+    dead_pid = 2**22 + 12345  # above pid_max on Linux: surely not running
+    (hub_server.root / "tmp" / f"upload-{dead_pid}-dead").write_bytes(b"interrupted")
+    # A temp file of a live process (say a `tunehub hub import` running beside) is left alone.
+    live = hub_server.root / "tmp" / f"upload-{os.getpid()}-beef"
+    live.write_bytes(b"in progress")
 
     hub_server.kill()
     hub_server.start()
     assert not orphan_old.exists()
     assert orphan_new.exists()  # too young to be sure nobody is about to reference it
     assert (blob_dir / kept_oid[:2] / kept_oid).exists()
-    assert list((hub_server.root / "tmp").iterdir()) == []
+    assert list((hub_server.root / "tmp").iterdir()) == [live]
+    live.unlink()
     assert "cleaned 1 interrupted upload(s) and 1 unreferenced blob(s)" in hub_server.log_text()

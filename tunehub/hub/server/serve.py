@@ -52,6 +52,7 @@ def serve(
 
     out = out or sys.stdout
     store = HubStore(root)
+    lock = store.lock_for_serving()
     cleaned = store.clean_leftovers()
     settings = ServerSettings()
     if page_size:
@@ -93,6 +94,7 @@ def serve(
     finally:
         sock.close()
         store.close()
+        lock.close()
     print("Hub server stopped", file=sys.stderr)
     return 0
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from tunehub.errors import ServerError
 from tunehub.hub.server import problems
@@ -158,6 +158,23 @@ class AddFile:
 class DeleteFile:
     path: str
     folder: bool = False
+
+
+def _owner_alive(temp_name: str) -> bool:
+    """True if a temp file name ``kind-PID-hex`` belongs to another live process."""
+    parts = temp_name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def hash_token(token: str) -> str:
@@ -307,6 +324,27 @@ class HubStore:
                     f"{self.db_path} was written by a newer tunehub (schema {row[0]}); upgrade tunehub."
                 )
 
+    def lock_for_serving(self) -> Any:
+        """Hold an exclusive lock on the root while serving: two servers on one root would
+        clean each other's uploads. Returns the open lock file (keep it open)."""
+        handle = open(self.root / "serve.lock", "a+")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            return handle
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ServerError(f"{self.root} is already being served by {holder}; stop it first.") from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        return handle
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -319,6 +357,8 @@ class HubStore:
         """Remove interrupted uploads and old blobs nothing references. Run at server start."""
         removed_tmp = 0
         for entry in self.tmp_dir.iterdir():
+            if _owner_alive(entry.name):
+                continue  # e.g. a `tunehub hub import` running beside the server
             with contextlib.suppress(OSError):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
@@ -356,7 +396,7 @@ class HubStore:
         except FileNotFoundError:
             pass
         key = secrets.token_bytes(32)
-        tmp = self.tmp_dir / f"secret-{secrets.token_hex(4)}"
+        tmp = self.tmp_dir / f"secret-{os.getpid()}-{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(base64.b64encode(key))
