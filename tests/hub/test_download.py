@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 
 import pytest
 
@@ -142,11 +141,9 @@ def test_offline_sends_nothing(range_server, tmp_path, monkeypatch):  # noqa: F8
 def test_progress_events_are_monotonic(range_server, tmp_path):  # noqa: F811
     data = os.urandom(3 * 1024 * 1024)
     url = range_server.add("/s.bin", data)
-    range_server.faults.delay_per_mb = 0.3
+    range_server.faults.delay_per_mb = 0.5  # slow enough for several progress intervals
     events = []
-    start = time.monotonic()
     download_file(url, tmp_path / "s.bin", connections=2, part_size=1 << 20, progress=events.append)
-    assert time.monotonic() - start > 0.4
     downloading = [e["completed"] for e in events if e["status"] == "downloading"]
     assert len(downloading) >= 2 and downloading == sorted(downloading)
     assert all(e["total"] == len(data) for e in events)
