@@ -49,3 +49,18 @@ def test_fifty_concurrent_downloads(hub_server: HubServer, tmp_path: Path) -> No
         results = dict(zip(expected, pool.map(client_download, expected)))
     assert results == expected
     assert "Traceback" not in hub_server.log_text()
+
+
+def test_clients_that_hang_up_mid_download(hub_server: HubServer, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    data = os.urandom(24 * 1024 * 1024)
+    (source / "w.safetensors").write_bytes(data)
+    import_folder(hub_server.root, source, "alice/hangup")
+    url = f"{hub_server.url}/alice/hangup/resolve/main/w.safetensors"
+    for _ in range(10):
+        with httpx.stream("GET", url, timeout=30) as answer:
+            next(answer.iter_raw(1024 * 1024))  # read a little, then drop the connection
+    assert httpx.get(url, headers={"Range": "bytes=-1000"}).content == data[-1000:]
+    assert hashlib.sha256(httpx.get(url, timeout=60).content).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert "Traceback" not in hub_server.log_text() and "ERROR" not in hub_server.log_text()

@@ -129,6 +129,7 @@ class BlobResponse:
 
         watcher = asyncio.ensure_future(watch_disconnect())
         fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+        pending: asyncio.Future[bytes] | None = None
         try:
             offset = self.start
             # Read the next chunk while the current one is being sent.
@@ -137,6 +138,7 @@ class BlobResponse:
             )
             while offset < self.end and not disconnected.is_set():
                 chunk = await pending
+                pending = None
                 if not chunk:
                     raise OSError(f"blob {self.path} is shorter than expected")
                 offset += len(chunk)
@@ -146,10 +148,14 @@ class BlobResponse:
                         anyio.to_thread.run_sync(os.pread, fd, min(DOWNLOAD_CHUNK, self.end - offset), offset)
                     )
                 await send({"type": "http.response.body", "body": chunk, "more_body": more})
-            if not pending.done():
-                await pending
         finally:
             watcher.cancel()
+            if pending is not None:
+                # The read in flight must finish before its file descriptor is closed.
+                try:
+                    await asyncio.shield(pending)
+                except BaseException:  # noqa: BLE001 - its bytes are not needed any more
+                    pass
             os.close(fd)
 
 
