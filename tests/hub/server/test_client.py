@@ -175,6 +175,11 @@ def test_tree_listing_commits_and_paths_info(hub: HubServer) -> None:
     assert [c.title for c in commits] == ["v2", "v1", "v0", "reshuffle", "add files", "initial commit"]
     assert commits[4].message == "many files" and commits[4].authors == ["alice"]
     assert commits[-1].authors == ["system"]
+    # expand: the last commit that changed each file.
+    expanded_info = {i.path: i for i in api.get_paths_info(repo, ["new.txt", "dir/file0.txt", ".gitattributes"], expand=True)}
+    assert expanded_info["new.txt"].last_commit.title == "v2"
+    assert expanded_info["dir/file0.txt"].last_commit.title == "add files"
+    assert expanded_info[".gitattributes"].last_commit.title == "initial commit"
 
 
 def test_unchanged_upload_is_skipped_and_stale_parent_refused(hub: HubServer) -> None:

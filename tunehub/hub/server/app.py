@@ -512,20 +512,31 @@ class HubApp:
         return [item for _, item in items]
 
     def add_last_commits(self, head: str, items: list[dict[str, Any]]) -> None:
-        """expand=true: the last commit that changed each file, and a 'safe' scan status."""
+        """expand=true: the last commit that changed each file, and a 'safe' scan status.
+
+        Walks the history once for the whole page, asking each older commit only about the
+        paths still unchanged there.
+        """
         history = self.store.history(head, 0, 10_000)
+        paths = [item["path"] for item in items if item["type"] == "file"]
+        current = self.store.files_at(head, paths)
+        last = {path: history[0] for path in paths}
+        unchanged = {path: current[path] for path in paths if path in current}
+        for commit in history[1:]:
+            if not unchanged:
+                break
+            older = self.store.files_at(commit.sha, list(unchanged))
+            for path, entry in list(unchanged.items()):
+                previous = older.get(path)
+                if previous is not None and (previous.sha256, previous.lfs) == (entry.sha256, entry.lfs):
+                    last[path] = commit
+                else:
+                    del unchanged[path]
         for item in items:
-            if item["type"] != "file":
-                continue
-            current = self.store.get_file(head, item["path"])
-            last = history[0]
-            for commit in history[1:]:
-                older = self.store.get_file(commit.sha, item["path"])
-                if older is None or current is None or (older.sha256, older.lfs) != (current.sha256, current.lfs):
-                    break
-                last = commit
-            item["lastCommit"] = {"id": last.sha, "title": last.title, "date": iso(last.date)}
-            item["securityFileStatus"] = {"status": "safe", "avScan": {}, "pickleImportScan": {}}
+            if item["type"] == "file":
+                commit = last[item["path"]]
+                item["lastCommit"] = {"id": commit.sha, "title": commit.title, "date": iso(commit.date)}
+                item["securityFileStatus"] = {"status": "safe", "avScan": {}, "pickleImportScan": {}}
 
     def tree(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str, path: str) -> Response:
         repo = self.readable_repo(ctx, repo_type, repo_id)

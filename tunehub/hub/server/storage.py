@@ -602,6 +602,21 @@ class HubStore:
         )
         return FileEntry(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
 
+    def files_at(self, commit_sha: str, paths: list[str]) -> dict[str, FileEntry]:
+        """The entries of ``paths`` that exist in the commit, by path."""
+        found: dict[str, FileEntry] = {}
+        conn = self._connect()
+        for start in range(0, len(paths), 500):  # stay under SQLite's bound-parameter limit
+            batch = paths[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            rows = conn.execute(
+                f"SELECT path, sha256, size, git_oid, lfs FROM commit_files WHERE commit_sha=? AND path IN ({marks})",
+                (commit_sha, *batch),
+            )
+            for r in rows:
+                found[r[0]] = FileEntry(r[0], r[1], r[2], r[3], bool(r[4]))
+        return found
+
     def files(self, commit_sha: str, prefix: str = "") -> list[FileEntry]:
         """Files of a commit, sorted by path; only those under folder ``prefix`` if given."""
         query = "SELECT path, sha256, size, git_oid, lfs FROM commit_files WHERE commit_sha=?"
