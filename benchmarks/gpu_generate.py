@@ -194,8 +194,12 @@ def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir
     del model
     reset_peak(device)
 
+    timed: set[str] = set()
     for kernel in args.kernels:
         resolved = choose_kernel(kernel, device) if kernel != "quanto" else "quanto"
+        if resolved in timed:
+            continue  # "auto" is one of the others
+        timed.add(resolved)
         if resolved == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
             log(f"tunehub int8 [{kernel}]: needs an fp8 GPU (sm 8.9+): left out")
             continue

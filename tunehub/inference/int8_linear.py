@@ -22,6 +22,7 @@ multiples of 16) keeps ``dequant``: correctness first.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,15 +51,31 @@ def _quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantized, scale
 
 
+def _compiled_or_eager(key: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(function)``, falling back for good to the eager function if compiling
+    fails (no Triton, no compiler): slower, still correct."""
+    if key in _compiled:
+        return _compiled[key]
+    compiled = torch.compile(function, dynamic=True)
+
+    def call(*args: Any) -> Any:
+        try:
+            return compiled(*args)
+        except Exception as exc:  # torch raises many kinds of backend errors
+            warnings.warn(f"torch.compile failed for {key} ({type(exc).__name__}); running eager", stacklevel=2)
+            _compiled[key] = function
+            return function(*args)
+
+    _compiled[key] = call
+    return call
+
+
 def _activation_quantizer(name: str, device: torch.device) -> Callable[..., Any]:
     """The per-row quantizer, compiled into one kernel on CUDA (plain ops eat the gain)."""
     function = _quantize_rows_fp8 if name == "fp8" else _quantize_rows_int8
     if device.type != "cuda" or os.environ.get("TUNEHUB_NO_COMPILE"):
         return function
-    key = f"{name}:cuda"
-    if key not in _compiled:
-        _compiled[key] = torch.compile(function, dynamic=True)
-    return _compiled[key]
+    return _compiled_or_eager(f"{name}:cuda", function)
 
 
 def _int8mm_epilogue(
@@ -71,9 +88,7 @@ def _int8mm_epilogue(
 def _epilogue(device: torch.device) -> Callable[..., Any]:
     if device.type != "cuda" or os.environ.get("TUNEHUB_NO_COMPILE"):
         return _int8mm_epilogue
-    if "epilogue:cuda" not in _compiled:
-        _compiled["epilogue:cuda"] = torch.compile(_int8mm_epilogue, dynamic=True)
-    return _compiled["epilogue:cuda"]
+    return _compiled_or_eager("epilogue:cuda", _int8mm_epilogue)
 
 
 _scaled_mm_takes_bias: dict[str, bool] = {}
