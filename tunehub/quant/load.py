@@ -15,6 +15,7 @@ one, passes its own mapping of tensors and map: :func:`load_quantized`.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from collections.abc import Mapping
@@ -54,18 +55,18 @@ class TensorSource:
 
         self.device = torch.device(device)
         self._handle = None
+        self._buffer = None
+        self._entries: dict[str, Any] = {}
         self._mapping: Mapping[str, Any] | None = None
         self.name = "the state dict"
         if isinstance(source, (str, os.PathLike)):
-            from safetensors import safe_open
-
             self.name = str(source)
             if not Path(source).is_file():
                 raise QuantizationError(f"{source}: no such file")
-            read_header(source)  # a clear error for a file that is not safetensors
-            target = "cpu" if self.device.type == "cpu" else str(self.device)
-            self._handle = safe_open(str(source), framework="pt", device=target)
-            self._keys = list(self._handle.keys())
+            header = read_header(source)  # a clear error for a file that is not safetensors
+            self._entries = header.by_key()
+            self._buffer = _read_data_section(Path(source), header.data_start, self.device)
+            self._keys = [entry.key for entry in header.tensors]
         elif hasattr(source, "get_tensor") and hasattr(source, "keys"):
             self._handle = source
             self._keys = list(source.keys())
@@ -85,6 +86,8 @@ class TensorSource:
     def get(self, key: str) -> torch.Tensor:
         if key not in self._key_set:
             raise QuantizationError(f"{self.name}: tensor '{key}' is missing")
+        if self._buffer is not None:
+            return _view(self._buffer, self._entries[key])
         if self._mapping is not None:
             tensor = self._mapping[key]
         else:
@@ -94,16 +97,106 @@ class TensorSource:
         return tensor
 
 
+def _read_data_section(path: Path, data_start: int, device: torch.device) -> torch.Tensor:
+    """The file's tensor bytes in one buffer on ``device``.
+
+    On CPU: a memory map (no copy). On CUDA: read sequentially in large chunks through two
+    pinned staging buffers that alternate, so reading the next chunk overlaps the transfer
+    of the last, into one device buffer; no host copy of the whole file is ever made.
+    """
+    import torch
+
+    size = path.stat().st_size - data_start
+    chunk = 64 * 1024 * 1024
+    if device.type == "cpu":
+        # A private (copy-on-write) mapping: tensors view the page cache, nothing is copied.
+        # Pages are read when first used, as safetensors and requantize do.
+        with open(path, "rb") as handle:
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        return torch.frombuffer(mapping, dtype=torch.uint8, offset=data_start, count=size)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buffer = torch.empty(size, dtype=torch.uint8, device=device)
+        staging = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        done = [None, None]
+        stream = torch.cuda.Stream(device)
+        for index, offset in enumerate(range(0, size, chunk)):
+            slot = index % 2
+            if done[slot] is not None:
+                done[slot].synchronize()  # that staging buffer's last copy has finished
+            count = min(chunk, size - offset)
+            _pread_exact(fd, memoryview(staging[slot].numpy())[:count], data_start + offset, path)
+            with torch.cuda.stream(stream):
+                buffer[offset : offset + count].copy_(staging[slot][:count], non_blocking=True)
+                done[slot] = torch.cuda.Event()
+                done[slot].record(stream)
+        stream.synchronize()
+        return buffer
+    finally:
+        os.close(fd)
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise QuantizationError(f"{path}: file ended early (truncated or changed while loading)")
+        done += count
+
+
+_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32",
+    "F32": "float32", "I64": "int64", "U64": "uint64", "F64": "float64",
+}
+
+
+def _view(buffer: torch.Tensor, entry: Any) -> torch.Tensor:
+    """The tensor ``entry`` describes, as a view into the data buffer (a copy when unaligned)."""
+    import torch
+
+    dtype = getattr(torch, _DTYPES[entry.dtype])
+    raw = buffer[entry.start : entry.end]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if entry.start % itemsize:
+        raw = raw.clone()
+    return raw.view(dtype).reshape(entry.shape)
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, module)
 
 
-def _quantized_linear(name: str, linear: Any, config: dict[str, str], source: TensorSource) -> Any:
+def _empty_qlinear(templates: dict[tuple, Any], in_features: int, out_features: int, bias: bool, dtype: Any, qtype: Any) -> Any:
+    """A QLinear on the meta device. Building one runs nn.Linear's initialisation (slow even
+    on meta), so one is built per shape and the others are shallow copies of it, each with
+    its own containers (parameters, buffers, hooks)."""
+    import copy
+
+    from optimum.quanto.nn import QLinear
+
+    key = (in_features, out_features, bias, dtype, qtype.name)
+    template = templates.get(key)
+    if template is None:
+        template = QLinear(
+            in_features, out_features, bias, dtype=dtype, device="meta", weights=qtype, activations=None, quantize_input=True
+        )
+        templates[key] = template
+    qlinear = copy.copy(template)
+    for attribute, value in list(vars(qlinear).items()):
+        if isinstance(value, (dict, set, list)):
+            qlinear.__dict__[attribute] = copy.copy(value)
+    return qlinear
+
+
+def _quantized_linear(
+    name: str, linear: Any, config: dict[str, str], source: TensorSource, templates: dict[tuple, Any]
+) -> Any:
     import torch
     from optimum.quanto import qtypes
-    from optimum.quanto.nn import QLinear
     from optimum.quanto.tensor.weights import WeightQBytesTensor
 
     weights = config.get("weights", "none")
@@ -128,23 +221,14 @@ def _quantized_linear(name: str, linear: Any, config: dict[str, str], source: Te
     if scale.device.type == "cpu" and scale.data_ptr() % 64:
         scale = scale.clone()
     bias_key = f"{name}.bias"
-    with torch.device("meta"):
-        qlinear = QLinear(
-            linear.in_features,
-            linear.out_features,
-            linear.bias is not None,
-            dtype=scale.dtype,
-            weights=qtype,
-            activations=None,
-            quantize_input=True,
-        )
+    qlinear = _empty_qlinear(templates, linear.in_features, linear.out_features, linear.bias is not None, scale.dtype, qtype)
     # What quanto's own _load_from_state_dict + optimize() build, without the 16-bit detour.
     qweight = WeightQBytesTensor.create(
         qtype, 0, torch.Size(shape), (linear.in_features, 1), data, scale, activation_qtype=None
     )
-    qlinear.weight = torch.nn.Parameter(qweight, requires_grad=False)
+    qlinear._parameters["weight"] = torch.nn.Parameter(qweight, requires_grad=False)
     if linear.bias is not None:
-        qlinear.bias = torch.nn.Parameter(source.get(bias_key).to(scale.dtype), requires_grad=False)
+        qlinear._parameters["bias"] = torch.nn.Parameter(source.get(bias_key).to(scale.dtype), requires_grad=False)
     for buffer in ("input_scale", "output_scale"):
         key = f"{name}.{buffer}"
         value = source.get(key) if key in source else torch.ones((), dtype=scale.dtype, device=source.device)
@@ -175,6 +259,7 @@ def load_quantized(
     source = TensorSource(state_dict_source, device)
     report = LoadReport()
     consumed: set[str] = set()
+    templates: dict[tuple, Any] = {}
     for name, config in quantization_map.items():
         try:
             linear = model.get_submodule(name)
@@ -184,7 +269,7 @@ def load_quantized(
             raise QuantizationError(
                 f"{source.name}: the quantization map names '{name}', a {type(linear).__name__}, not a Linear layer"
             )
-        _set_submodule(model, name, _quantized_linear(name, linear, config, source))
+        _set_submodule(model, name, _quantized_linear(name, linear, config, source, templates))
         consumed.update(
             f"{name}.{suffix}" for suffix in ("weight._data", "weight._scale", "bias", "input_scale", "output_scale")
         )
