@@ -198,7 +198,7 @@ def build_pipeline(
     spec = arch_spec(architecture)
     if offload not in OFFLOAD_MODES:
         raise ConfigError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
-    device = device or default_device()
+    device = default_device() if device in (None, "", "auto") else device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InferenceError("--device cuda asked but no CUDA device is available; use --device cpu")
     started = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tunehub.errors import InferenceError
 from tunehub.inference.convert import Piece, conversion_plan, quantized_conversion_plan
 from tunehub.inference.int8_linear import replace_with_int8, set_int8_kernel
 
+_BUILD_LOCK = threading.Lock()
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -30,8 +32,8 @@ def empty_weights() -> Iterator[None]:
     """Build modules with parameters on the meta device and no initialisation.
 
     Buffers stay real: some are computed in ``__init__`` (rotary tables) and are not in
-    the checkpoint. Patches nn.Module globally for the duration: build models from one
-    thread at a time.
+    the checkpoint. Patches nn.Module globally for the duration, so builds are serialised
+    by a lock (the daemon runs jobs in threads).
     """
     original_register = nn.Module.register_parameter
     init_names = [
@@ -50,15 +52,16 @@ def empty_weights() -> Iterator[None]:
     def skip_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return tensor
 
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
-    for name in originals:
-        setattr(nn.init, name, skip_init)
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original_register  # type: ignore[method-assign]
-        for name, function in originals.items():
-            setattr(nn.init, name, function)
+    with _BUILD_LOCK:
+        nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+        for name in originals:
+            setattr(nn.init, name, skip_init)
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter = original_register  # type: ignore[method-assign]
+            for name, function in originals.items():
+                setattr(nn.init, name, function)
 
 
 def read_config(config: dict[str, Any] | str | Path) -> dict[str, Any]:
