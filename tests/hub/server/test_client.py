@@ -366,3 +366,19 @@ def test_delete_repo_visibility_and_readme(hub: HubServer) -> None:
     # The name is free again: a new repo starts from its own initial commit.
     api.create_repo(repo)
     assert api.list_repo_files(repo) == [".gitattributes"]
+
+
+def test_unusual_but_valid_names(hub: HubServer) -> None:
+    api = hub.api()
+    repo = f"alice/{unique()}"
+    api.create_repo(repo)
+    names = ["données/é t#1.txt", "with space.json", "percent%20literal.txt", "a+b=c&d?.txt"]
+    api.create_commit(
+        repo,
+        operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=name.encode()) for name in names],
+        commit_message="names",
+    )
+    assert sorted(api.list_repo_files(repo)) == sorted([".gitattributes", *names])
+    for name in names:
+        assert Path(hf_hub_download(repo, name)).read_bytes() == name.encode()
+        assert api.file_exists(repo, name)
