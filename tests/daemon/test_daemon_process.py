@@ -156,3 +156,36 @@ def test_once_exit_codes_and_summary(home: Any, tmp_path: Path) -> None:
     jobs = _cli(home.root, "jobs", "--json")
     recorded = json.loads(jobs.stdout)
     assert any(j["kind"] == "pull" and j["definition_id"] == "t2v_unreachable" and j["last_error"] for j in recorded)
+
+
+def test_systemd_notify_protocol(home: Any, daemon_factory: Any, tmp_path: Path) -> None:
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(address)
+    receiver.settimeout(30)
+    try:
+        env = {**os.environ, "NOTIFY_SOCKET": address}
+        daemon = daemon_factory(home.root, env=env, wait=False)
+        messages = [receiver.recv(4096).decode()]
+        assert "READY=1" in messages[0]
+        assert daemon.client.health()["ok"]  # READY is sent only once the socket answers
+        daemon.signal(signal.SIGHUP)
+        messages.append(receiver.recv(4096).decode())
+        messages.append(receiver.recv(4096).decode())
+        assert "RELOADING=1" in messages[1] and "READY=1" in messages[2]
+        daemon.signal(signal.SIGTERM)
+        assert "STOPPING=1" in receiver.recv(4096).decode()
+        assert daemon.wait(timeout=15) == 0
+    finally:
+        receiver.close()
+
+
+def test_once_pauses_downloads_below_min_free(home: Any) -> None:
+    home.write_config('[daemon]\npull = "all"\nmin_free_gb = 1000000\n')
+    _write(home.finetunes, "t2v_big", [URL.format("big_bf16.safetensors")])
+    answer = _cli(home.root, "daemon", "--once", "--quiet")
+    assert answer.returncode == 1
+    assert "downloads paused" in answer.stdout and "min_free_gb" in answer.stdout
+    assert "t2v_big: still needs pull" in answer.stdout

@@ -167,6 +167,14 @@ def test_sigkill_during_download_then_resume(home: Any, remote_repo: Any, fault_
     assert any(e["type"] == "jobs.requeued" for e in restarted.client.events(0)["events"])
 
 
+def _downloading(status: dict[str, Any], job_id: int) -> bool:
+    for job in status["jobs"]:
+        progress = job["progress"] or {}
+        if job["id"] == job_id and progress.get("status") in ("downloading", "resuming"):
+            return True
+    return False
+
+
 def _jobs(home: Any) -> list[dict[str, Any]]:
     from tunehub.daemon.journal import Journal
 
@@ -175,3 +183,44 @@ def _jobs(home: Any) -> list[dict[str, Any]]:
         return journal.jobs()
     finally:
         journal.close()
+
+
+def test_submit_and_cancel_a_running_job(home: Any, remote_repo: Any, fault_proxy: Any, daemon_factory: Any) -> None:
+    hub_server = remote_repo
+    api = hub_server.api()
+    api.create_repo("alice/weights")
+    api.upload_file(path_or_fileobj=io.BytesIO(os.urandom(32 * 1024 * 1024)), path_in_repo="slow_bf16.safetensors", repo_id="alice/weights")
+    url = f"{fault_proxy.url}/alice/weights/resolve/main/slow_bf16.safetensors"
+    (home.finetunes / "t2v_slow.json").write_text(json.dumps(_definition("Slow", [url])))
+    home.write_config('[daemon]\npull = "none"\n')
+    fault_proxy.throttle = 1.5e6  # per connection: 32 MB take about 5 s, long enough to stop half-way
+    daemon = daemon_factory(home.root, env=_env(hub_server, fault_proxy.url))
+    from tests.daemon.test_daemon_process import _cli
+
+    submitted = _cli(home.root, "jobs", "--submit", "pull", "t2v_slow")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout.split("#")[1].split(":")[0])
+    daemon.wait_for(lambda s: _downloading(s, job_id), what="the job downloading")
+    time.sleep(1.0)
+    cancelled = _cli(home.root, "jobs", "--cancel", str(job_id))
+    assert cancelled.returncode == 0 and "cancelling" in cancelled.stdout
+    daemon.wait_for(lambda s: any(j["id"] == job_id and j["state"] == "cancelled" for j in s["jobs"]), what="cancelled")
+    assert not (home.ckpts / "slow_bf16.safetensors").exists()
+    assert daemon.client.health()["ok"]
+    # unknown definition and kind are refused with a clear message
+    refused = _cli(home.root, "jobs", "--submit", "pull", "t2v_nope")
+    assert refused.returncode == 1 and "unknown definition 't2v_nope'" in refused.stderr
+
+    # SIGTERM while a download runs: out within 10 s, progress saved, the job back in the queue
+    again = _cli(home.root, "jobs", "--submit", "pull", "t2v_slow")
+    job_id = int(again.stdout.split("#")[1].split(":")[0])
+    part = home.ckpts / ".slow_bf16.safetensors.tunehub-part"
+    daemon.wait_for(lambda s: _downloading(s, job_id), what="bytes arriving")
+    time.sleep(0.5)
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    job = next(j for j in _jobs(home) if j["id"] == job_id)
+    assert job["state"] == "queued" and "interrupted" in job["last_error"]
+    assert part.exists() and (home.ckpts / ".slow_bf16.safetensors.tunehub-part.json").exists(), (sorted(p.name for p in home.ckpts.iterdir()), daemon.stderr_text()[-3000:])
