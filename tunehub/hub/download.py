@@ -697,9 +697,10 @@ def _check_free_space(folder: Path, needed: int, reserve: int, label: str) -> No
 
 
 def _default_part_size(size: int, connections: int) -> int:
-    # Small enough that the parts in flight stay near the hash frontier, large enough to keep
-    # request overhead negligible; resume granularity is per byte anyway (see the record).
-    return max(1 << 20, min(64 << 20, -(-size // (connections * 4)) if size else 1 << 20))
+    # Small enough that the parts in flight stay near the hash frontier (little left to hash
+    # when the last byte arrives), large enough that one request per part costs nothing;
+    # resume granularity is per byte anyway (see the record).
+    return max(1 << 20, min(16 << 20, -(-size // (connections * 4)) if size else 1 << 20))
 
 
 def download_file(
