@@ -77,3 +77,11 @@ def test_pipeline_roundtrip(hub_server: HubServer, tmp_path: Path, monkeypatch: 
         if saved.is_file():
             relative = saved.relative_to(folder)
             assert (snapshots[0] / relative).read_bytes() == saved.read_bytes(), relative
+
+    # In-process too (what the fixture's use_in_process promises): the same pipeline, the same output.
+    import torch
+    from diffusers import DiffusionPipeline
+
+    in_process = DiffusionPipeline.from_pretrained(REPO)
+    again = in_process(batch_size=1, generator=torch.Generator().manual_seed(42), num_inference_steps=3, output_type="np").images
+    np.testing.assert_array_equal(again, loaded)
