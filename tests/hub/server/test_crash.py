@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from huggingface_hub import hf_hub_download
 
 from tests.fixtures.hub_server import HubServer

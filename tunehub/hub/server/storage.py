@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import hmac
 import os
 import secrets
 import shutil
