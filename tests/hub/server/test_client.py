@@ -129,6 +129,18 @@ def test_downloads_cache_local_dir_snapshot_and_revisions(hub: HubServer, tmp_pa
     assert Path(hf_hub_download(repo, "a.txt", revision="feature/x")).read_bytes() == b"on the branch\n"
     refs = api.list_repo_refs(repo)
     assert {b.name for b in refs.branches} == {"main", "feature/x"}
+    # Tags are revisions too, and cannot be committed to.
+    api.create_tag(repo, tag="v1.0", revision=first.oid)
+    with pytest.raises(HfHubHTTPError) as duplicate:
+        api.create_tag(repo, tag="v1.0")
+    assert duplicate.value.response.status_code == 409
+    assert Path(hf_hub_download(repo, "a.txt", revision="v1.0")).read_bytes() == b"first version\n"
+    assert [(t.name, t.target_commit) for t in api.list_repo_refs(repo).tags] == [("v1.0", first.oid)]
+    with pytest.raises(RevisionNotFoundError):
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo, revision="v1.0")
+    api.delete_tag(repo, tag="v1.0")
+    with pytest.raises(RevisionNotFoundError):
+        api.model_info(repo, revision="v1.0")
     assert {f for f in api.list_repo_files(repo, revision="feature/x")} == {".gitattributes", *contents}
 
 

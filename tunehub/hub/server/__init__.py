@@ -16,6 +16,6 @@ content-addressed blobs) need only the standard library; ``importer`` builds on 
 and are only imported by ``tunehub hub serve``.
 
 What it does not do: Xet (clients must set HF_HUB_DISABLE_XET=1; a Xet token request is
-answered with a 400 saying so), pull requests, tags, gated repos, Spaces runtimes, git
-over HTTP (clone/push). Revisions are branch names and full commit shas.
+answered with a 400 saying so), pull requests, gated repos, Spaces runtimes, git
+over HTTP (clone/push). Revisions are branches, tags and full commit shas.
 """

@@ -276,6 +276,8 @@ class HubApp:
                 return self.list_refs(ctx, repo_type, repo_id)
             if action == "branch" and len(rest) == 2 and method in ("POST", "DELETE"):
                 return await self.branch(ctx, repo_type, repo_id, unquote(rest[1]), method)
+            if action == "tag" and len(rest) == 2 and method in ("POST", "DELETE"):
+                return await self.tag(ctx, repo_type, repo_id, unquote(rest[1]), method)
             if action == "settings" and len(rest) == 1 and method == "PUT":
                 return await self.settings_update(ctx, repo_type, repo_id)
             if action in ("xet-write-token", "xet-read-token"):
@@ -614,7 +616,10 @@ class HubApp:
             {"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
             for name, sha in self.store.refs(repo).items()
         ]
-        return JSONResponse({"branches": branches, "tags": [], "converts": []})
+        tags = [
+            {"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha} for name, sha in self.store.tags(repo).items()
+        ]
+        return JSONResponse({"branches": branches, "tags": tags, "converts": [], "pullRequests": []})
 
     def resolve(self, ctx: Ctx, repo_type: str, repo_id: str, revision: str, path: str, *, head: bool) -> Any:
         repo = self.readable_repo(ctx, repo_type, repo_id)
@@ -724,6 +729,21 @@ class HubApp:
         start = (data.get("startingPoint") if isinstance(data, dict) else None) or "main"
         sha = self.revision_sha(repo, str(start))
         await anyio.to_thread.run_sync(self.store.create_branch, repo, branch, sha)
+        return JSONResponse({})
+
+    async def tag(self, ctx: Ctx, repo_type: str, repo_id: str, name: str, method: str) -> Response:
+        """POST .../tag/{revision} {tag, message} creates a tag; DELETE .../tag/{tag} removes it."""
+        repo, _ = self.writable_repo(ctx, repo_type, repo_id)
+        if method == "DELETE":
+            await anyio.to_thread.run_sync(self.store.delete_tag, repo, name)
+            return JSONResponse({})
+        data = await self.read_json(ctx)
+        tag = data.get("tag") if isinstance(data, dict) else None
+        if not isinstance(tag, str):
+            raise problems.bad_request("Expected {'tag': NAME, 'message'?: TEXT}.")
+        check_branch_name(tag)
+        sha = self.revision_sha(repo, name)
+        await anyio.to_thread.run_sync(self.store.create_tag, repo, tag, sha)
         return JSONResponse({})
 
     # --- uploads ------------------------------------------------------------------------------

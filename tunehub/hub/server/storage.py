@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS commit_files(
 CREATE INDEX IF NOT EXISTS commit_files_by_blob ON commit_files(sha256);
 CREATE TABLE IF NOT EXISTS refs(
     repo_id INTEGER NOT NULL, name TEXT NOT NULL, commit_sha TEXT NOT NULL, PRIMARY KEY(repo_id, name));
+CREATE TABLE IF NOT EXISTS tags(
+    repo_id INTEGER NOT NULL, name TEXT NOT NULL, commit_sha TEXT NOT NULL, PRIMARY KEY(repo_id, name));
 CREATE TABLE IF NOT EXISTS repo_lfs(
     repo_id INTEGER NOT NULL, oid TEXT NOT NULL, PRIMARY KEY(repo_id, oid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS repo_lfs_by_oid ON repo_lfs(oid);
@@ -544,6 +546,7 @@ class HubStore:
             conn.executemany("DELETE FROM commit_files WHERE commit_sha=?", [(s,) for s in shas])
             conn.execute("DELETE FROM commits WHERE repo_id=?", (repo.id,))
             conn.execute("DELETE FROM refs WHERE repo_id=?", (repo.id,))
+            conn.execute("DELETE FROM tags WHERE repo_id=?", (repo.id,))
             conn.execute("DELETE FROM repo_lfs WHERE repo_id=?", (repo.id,))
             conn.execute("DELETE FROM repos WHERE id=?", (repo.id,))
 
@@ -557,10 +560,28 @@ class HubStore:
         rows = self._connect().execute("SELECT name, commit_sha FROM refs WHERE repo_id=? ORDER BY name", (repo.id,))
         return {name: sha for name, sha in rows}
 
+    def tags(self, repo: Repo) -> dict[str, str]:
+        rows = self._connect().execute("SELECT name, commit_sha FROM tags WHERE repo_id=? ORDER BY name", (repo.id,))
+        return {name: sha for name, sha in rows}
+
+    def create_tag(self, repo: Repo, tag: str, commit_sha: str) -> None:
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM tags WHERE repo_id=? AND name=?", (repo.id, tag)).fetchone():
+                raise ApiProblem(409, "Conflict", f"Tag {tag} already exists in {repo.repo_id}.")
+            conn.execute("INSERT INTO tags VALUES(?,?,?)", (repo.id, tag, commit_sha))
+
+    def delete_tag(self, repo: Repo, tag: str) -> None:
+        with self._write() as conn:
+            if conn.execute("DELETE FROM tags WHERE repo_id=? AND name=?", (repo.id, tag)).rowcount == 0:
+                raise problems.revision_not_found(repo.repo_id, tag)
+
     def resolve_revision(self, repo: Repo, revision: str) -> str | None:
-        """A branch name or a full commit sha of this repo -> commit sha, else None."""
+        """A branch, a tag or a full commit sha of this repo -> commit sha, else None."""
         conn = self._connect()
         row = conn.execute("SELECT commit_sha FROM refs WHERE repo_id=? AND name=?", (repo.id, revision)).fetchone()
+        if row:
+            return str(row[0])
+        row = conn.execute("SELECT commit_sha FROM tags WHERE repo_id=? AND name=?", (repo.id, revision)).fetchone()
         if row:
             return str(row[0])
         if is_commit_sha(revision):
