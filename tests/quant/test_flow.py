@@ -69,6 +69,18 @@ def test_fp16_target_and_modules_are_quantized_too(home) -> None:
     assert model["modules"] == [["vace_module_bf16.safetensors", outputs[1].name]]
 
 
+def test_a_list_that_offers_int8_needs_no_16bit_file(home) -> None:
+    # pull fetched the module's int8 variant only: the main file is quantized, the module left alone.
+    torch.manual_seed(35)
+    save_model(TinyWan(layers=1), home.ckpts / SOURCE, torch.bfloat16)
+    module = ["https://huggingface.co/a/b/resolve/main/mod_bf16.safetensors", "mod_quanto_bf16_int8.safetensors"]
+    path = _definition(home, modules=[module])
+    outputs = quantize_definition(home.config(), home.registry(), "t2v_mywan", device="cpu")
+    assert outputs == [home.ckpts / OUTPUT]
+    model = json.loads(path.read_text(encoding="utf-8"))["model"]
+    assert model["URLs"] == [SOURCE, OUTPUT] and model["modules"] == [module]
+
+
 def test_refusals_say_why_and_what_to_do(home) -> None:
     _definition(home, "t2v_base")
     home.write_definition("t2v_ref", {"name": "Ref", "architecture": "t2v_1.3B", "URLs": "t2v_base"})

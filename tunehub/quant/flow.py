@@ -44,6 +44,7 @@ class QuantizeTarget:
     output_name: str
     existing_output: Path | None  # where the int8 file already is, if anywhere
     listed: bool  # the output name is already in the list
+    has_int8: bool  # the list already offers an int8 file for this dtype (maybe not downloaded)
 
     @property
     def label(self) -> str:
@@ -109,9 +110,15 @@ def plan_definition(cfg: Config, registry: Registry, definition_id: str, dtype: 
                 output_name=output_name,
                 existing_output=locate(output_name, cfg.weights_dirs),
                 listed=any(local_name(choice) == output_name for choice in choices),
+                has_int8=any(_is_int8_for(local_name(choice), target_dtype) for choice in choices),
             )
         )
     return target_dtype, targets
+
+
+def _is_int8_for(name: str, dtype: str) -> bool:
+    info = parse_variant_name(name)
+    return info.quantization == "int8" and info.dtype in (None, dtype)
 
 
 def _append_to_list(data: dict[str, Any], target: QuantizeTarget, merged_modules: Any) -> bool:
@@ -180,6 +187,9 @@ def quantize_definition(
     from tunehub.quant.stream import quantize_file
 
     target_dtype, targets = plan_definition(cfg, registry, id, dtype)
+    # A list that already offers an int8 file needs nothing when its 16-bit file is not here
+    # (pull fetched the int8 one, say): only lists with nothing to use are an error.
+    targets = [t for t in targets if t.source_present or t.existing_output is not None or not t.has_int8]
     missing = [t for t in targets if not t.source_present and (force or t.existing_output is None)]
     if missing:
         names = ", ".join(f"{t.label}: {local_name(t.source)}" for t in missing)

@@ -483,8 +483,8 @@ def quantize_file(
     ``dtype`` is the 16-bit dtype of the output (default: the source's); ``layers`` are
     fnmatch patterns of module names overriding the per-layout table; ``budget_bytes``
     bounds the read-ahead and write-behind buffers (each of the two pools; default
-    128 MiB, or three of the largest tensor when that is more, so reading, computing and
-    writing can always overlap).
+    128 MiB, or the largest tensor times the compute workers plus one when that is more, so
+    reading, computing and writing can always overlap).
     """
     started = time.perf_counter()
     plan = plan_quantization(src, dtype=dtype, layers=layers)
@@ -498,7 +498,7 @@ def quantize_file(
     workers = 1 if device_name.startswith("cuda") else max(1, min(os.cpu_count() or 1, 4))
     if budget_bytes is None:
         largest = max(unit.source.nbytes for unit in plan.units)
-        budget_bytes = max(128 * _MiB, (workers + 2) * largest)
+        budget_bytes = max(128 * _MiB, (workers + 1) * largest)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)
     free = shutil.disk_usage(output.parent).free
