@@ -63,6 +63,15 @@ def commit(server: HubServer, repo: str, lines: list[dict], token: str | None = 
     )
 
 
+def commit_raw(server: HubServer, repo: str, body: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/api/models/{repo}/commit/main",
+        content=body.encode(),
+        headers={**auth(server.write_token), "Content-Type": "application/x-ndjson"},
+        timeout=60,
+    )
+
+
 def header(summary: str = "test") -> dict:
     return {"key": "header", "value": {"summary": summary, "description": ""}}
 
@@ -150,6 +159,15 @@ def test_json_bodies_are_size_limited(server: HubServer) -> None:
     answer = httpx.post(f"{server.url}/api/models/{repo}/preupload/main", json=huge, headers=auth(server.write_token))
     assert answer.status_code == 413
     assert answer.headers["x-error-code"] == "PayloadTooLarge"
+    # One commit line (an inline file) beyond 16 MiB: refused, nothing committed.
+    before = head_sha(server, repo)
+    line = json.dumps({"key": "file", "value": {"path": "big.txt", "content": "A" * (17 * 1024 * 1024), "encoding": "base64"}})
+    try:
+        answer = commit_raw(server, repo, json.dumps(header()) + "\n" + line)
+        assert answer.status_code == 413
+    except httpx.TransportError:
+        pass  # the server may close before the client has finished sending: also a refusal
+    assert head_sha(server, repo) == before
 
 
 def lfs_actions(server: HubServer, repo: str, oid: str, size: int, token: str | None = None) -> dict:

@@ -72,7 +72,8 @@ class ServerSettings:
     commits_page_size: int = 50
     max_json_body: int = 10 * 1024 * 1024
     max_commit_body: int = 1024 * 1024 * 1024
-    max_commit_line: int = 64 * 1024 * 1024
+    # Regular (inline, base64) files are at most 5 MiB (preupload sends bigger ones to LFS).
+    max_commit_line: int = 16 * 1024 * 1024
 
 
 @dataclass
@@ -876,6 +877,9 @@ class HubApp:
         """The ndjson body, one line at a time, with the line and total size limits."""
         limit_line = self.settings.max_commit_line
         limit_total = self.settings.max_commit_body
+        declared = ctx.request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit_total:
+            raise ApiProblem(413, "PayloadTooLarge", f"Commit body over {limit_total} bytes.")
         buffer = bytearray()
         scanned = 0
         total = 0
