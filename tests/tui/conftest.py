@@ -121,7 +121,7 @@ async def wait_for(pilot: Any, condition: Any, timeout: float = 20.0, what: str 
             await pilot.pause()
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}; screen:\n{screen_text(pilot.app)}")
 
 
 def screen_text(app: Any) -> str:

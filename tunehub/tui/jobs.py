@@ -81,17 +81,22 @@ def progress_event(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return event
 
 
-def _summary(kind: str, result: Any) -> str:
-    """A one-line account of a finished job, from whatever its function returned."""
-    if result is None:
-        return f"{kind} done"
-    if isinstance(result, (list, tuple)):
+def _summary(kind: str, definition_id: str, result: Any, params: dict[str, Any]) -> str:
+    """A one-line account of a finished job, from what its function returned."""
+    from tunehub.tui.model import format_size
+
+    if kind == "pull" and hasattr(result, "files"):
+        text = f"pulled {definition_id}: {len(result.files)} file(s), {format_size(result.bytes_transferred)} downloaded"
+        if getattr(result, "quantized", None):
+            text += ", quantized " + ", ".join(p.name for p in result.quantized)
+        return text
+    if kind == "publish" and hasattr(result, "repo"):
+        return f"published {definition_id} to {result.repo}: {format_size(result.bytes_uploaded)} uploaded"
+    if kind == "quantize" and isinstance(result, (list, tuple)):
         names = [getattr(item, "name", str(item)) for item in result]
-        return f"{kind} done: " + (", ".join(names) if names else "nothing to do")
-    for attribute in ("video", "output", "output_path", "path"):
-        value = getattr(result, attribute, None)
-        if value:
-            return f"{kind} done: {value}"
+        return "quantize done: " + (", ".join(names) if names else "nothing to do")
+    if kind == "generate" and getattr(result, "video", None):
+        return f"video written: {result.video}"
     return f"{kind} done"
 
 
@@ -134,4 +139,4 @@ def run_local(
         result = function(cfg, registry, definition_id, progress=progress, **settings)
     else:  # pragma: no cover - the app only starts known kinds
         raise ValueError(f"unknown job kind {kind!r}")
-    return _summary(kind, result), result
+    return _summary(kind, definition_id, result, params), result

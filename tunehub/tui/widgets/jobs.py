@@ -14,13 +14,28 @@ class JobLine(Horizontal):
         super().__init__(classes="job-line")
         self.key = key
         self.title = title
+        # Updates can arrive before the children are mounted: keep the latest, apply on mount.
+        self._event: dict[str, Any] = {}
+        self._outcome: tuple[bool, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield Label(self.title, classes="job-title", markup=False)
         yield ProgressBar(total=None, show_eta=False, classes="job-bar")
         yield Label("starting…", classes="job-status", markup=False)
 
+    def on_mount(self) -> None:
+        if self._event:
+            self.update_progress(self._event)
+        if self._outcome is not None:
+            self.finish(*self._outcome)
+
+    def _ready(self) -> bool:
+        return bool(self.query(ProgressBar))
+
     def update_progress(self, event: dict[str, Any]) -> None:
+        self._event = {**self._event, **event}
+        if not self._ready():
+            return
         bar = self.query_one(ProgressBar)
         total = event.get("total")
         completed = event.get("completed")
@@ -33,6 +48,9 @@ class JobLine(Horizontal):
             self.query_one(".job-status", Label).update(text)
 
     def finish(self, ok: bool, summary: str) -> None:
+        self._outcome = (ok, summary)
+        if not self._ready():
+            return
         bar = self.query_one(ProgressBar)
         if ok and bar.total:
             bar.update(progress=bar.total)
@@ -64,17 +82,13 @@ class JobsPanel(Vertical):
         line = self.line(key)
         if line is None:
             line = self.start(key, title)
-            line.call_after_refresh(line.update_progress, event)
-        else:
-            line.update_progress(event)
+        line.update_progress(event)
 
     def finish_job(self, key: str, title: str, ok: bool, summary: str) -> None:
         line = self.line(key)
         if line is None:
             line = self.start(key, title)
-            line.call_after_refresh(line.finish, ok, summary)
-        else:
-            line.finish(ok, summary)
+        line.finish(ok, summary)
         finished = [job for job in self.query(JobLine) if job.has_class("-done") or job.has_class("-failed")]
         for old in finished[: max(len(finished) - self.KEEP_FINISHED, 0)]:
             old.remove()
