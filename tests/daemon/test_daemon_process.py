@@ -141,6 +141,26 @@ def test_burst_of_500_with_malformed_ones(home: Any, daemon_factory: Any) -> Non
     daemon.wait_for(lambda s: malformed <= logged(), timeout=20, what="every malformed file logged")
 
 
+def _not_found_server() -> Any:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    class NotFound(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def test_once_exit_codes_and_summary(home: Any, tmp_path: Path) -> None:
     # nothing to do: 0
     _write(home.finetunes, "t2v_have", ["have_bf16.safetensors"])
@@ -149,8 +169,13 @@ def test_once_exit_codes_and_summary(home: Any, tmp_path: Path) -> None:
     assert answer.returncode == 0, answer.stdout + answer.stderr
     assert "0 problem(s)" in answer.stdout
     # a new definition whose file cannot be fetched: non-zero, and the summary says why
-    _write(home.finetunes, "t2v_unreachable", [URL.format("gone_bf16.safetensors")])
-    answer = _cli(home.root, "daemon", "--once", "--quiet", timeout=120)
+    server = _not_found_server()
+    try:
+        gone = f"http://127.0.0.1:{server.server_address[1]}/files/gone_bf16.safetensors"
+        _write(home.finetunes, "t2v_unreachable", [gone])
+        answer = _cli(home.root, "daemon", "--once", "--quiet", timeout=120)
+    finally:
+        server.shutdown()
     assert answer.returncode == 1
     assert "t2v_unreachable" in answer.stdout and "pull" in answer.stdout
     jobs = _cli(home.root, "jobs", "--json")
