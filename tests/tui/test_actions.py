@@ -171,3 +171,32 @@ async def test_generate_form_runs_with_progress_and_shows_the_output(action_home
         exported = json.loads(videos[0].with_suffix(".json").read_text())
         assert exported["seed"] == 11 and exported["num_inference_steps"] == 2
         assert "seed: 11" in text
+
+
+async def test_with_a_daemon_actions_become_its_jobs_and_the_screen_follows_events(
+    action_home: Home, hub: Hub
+) -> None:
+    from tests.daemon.conftest import DaemonProcess
+
+    _write_definition(action_home, [hub.finetune_url])
+    config = (action_home.root / "tunehub.toml").read_text()
+    # The daemon must only run what the TUI asks for.
+    action_home.write_config(config + '[daemon]\npull = "none"\nquantize = "never"\n')
+    daemon = DaemonProcess(action_home.root, env={**action_home.env(), **hub.server.env()})
+    daemon.start()
+    try:
+        app = make_app(action_home, use_daemon=True)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await wait_for(pilot, lambda: "daemon: actions are daemon jobs" in screen_text(app), what="daemon mode")
+            await _select(pilot)
+            await pilot.press("p")
+            await wait_for(pilot, lambda: "pull done (daemon job" in screen_text(app), timeout=120, what="daemon job")
+            assert (action_home.ckpts / hub.finetune.name).read_bytes() == hub.finetune.read_bytes()
+            jobs = daemon.client.jobs()
+            assert [(job["kind"], job["definition_id"]) for job in jobs] == [("pull", "tiny_t2v")]
+            await settle(pilot)
+            assert _state(app) == "published"
+            daemon.stop()  # the daemon goes away: the app says so and runs actions itself again
+            await wait_for(pilot, lambda: "local: actions run in this app" in screen_text(app), timeout=60, what="local")
+    finally:
+        daemon.stop()
