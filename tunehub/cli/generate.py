@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(optimum-quanto's math, pure torch), fp8, int8mm (torch._int_mm), quanto (optimum-quanto's "
                         "own QLinear modules)")  # fmt: skip
     p.add_argument("--no-vae-tiling", action="store_true", help="decode the whole video at once")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks: faster steps, slower first step")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON; progress as JSON lines on stderr")
     p.set_defaults(func=cmd_generate)
 
@@ -95,6 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         int8_kernel=args.int8_kernel,
         vae_tiling=not args.no_vae_tiling,
+        compile_blocks=args.compile,
         progress=_progress_printer(args.json),
     )
     if args.json:

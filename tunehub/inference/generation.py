@@ -13,12 +13,6 @@ from tunehub.inference.pipeline import Inputs, Progress, arch_spec, build_pipeli
 from tunehub.inference.settings import effective, export_settings, merge_settings, reserve_output, write_settings
 from tunehub.inference.video import write_mp4
 
-# Keyword arguments of generate() that are run options, not WanGP settings.
-RUN_OPTIONS = (
-    "image", "video", "mask", "out", "device", "offload", "quantization", "dtype",
-    "int8_kernel", "vae_tiling", "progress",
-)  # fmt: skip
-
 
 @dataclass
 class GenerateResult:
@@ -68,6 +62,7 @@ def generate(
     dtype: str | None = None,
     int8_kernel: str = "auto",
     vae_tiling: bool = True,
+    compile_blocks: bool = False,
     progress: Progress | None = None,
     **settings: Any,
 ) -> GenerateResult:
@@ -106,6 +101,7 @@ def generate(
         offload=offload,
         int8_kernel=int8_kernel,
         vae_tiling=vae_tiling,
+        compile_blocks=compile_blocks,
         progress=progress,
     )
     set_flow_shift(built.pipe, values.flow_shift)

@@ -269,6 +269,8 @@ def replace_with_int8(
         if not isinstance(old, nn.Linear):
             raise TypeError(f"{name} is a {type(old).__name__}, not a Linear layer")
         data = tensors.pop(f"{name}.weight._data")
+        if data.dtype != torch.int8:
+            raise ValueError(f"{name}.weight._data is {data.dtype}: only quanto int8 (qint8) weights are supported")
         scale = tensors.pop(f"{name}.weight._scale")
         tensors.pop(f"{name}.input_scale", None)
         tensors.pop(f"{name}.output_scale", None)

@@ -185,6 +185,7 @@ def build_pipeline(
     offload: str = "none",
     int8_kernel: str = "auto",
     vae_tiling: bool = True,
+    compile_blocks: bool = False,
     progress: Progress | None = None,
 ) -> BuiltPipeline:
     """A ready diffusers pipeline: base repo components + transformer from ``transformer_files``
@@ -236,6 +237,8 @@ def build_pipeline(
         from tunehub.inference.int8_linear import set_int8_kernel
 
         kernels = set_int8_kernel(transformer, int8_kernel, device)
+    if compile_blocks:
+        compile_transformer_blocks(transformer)
     return BuiltPipeline(
         pipe=pipe,
         spec=spec,
@@ -247,6 +250,16 @@ def build_pipeline(
         int8_kernels=kernels,
         load_seconds=time.perf_counter() - started,
     )
+
+
+def compile_transformer_blocks(transformer: Any) -> None:
+    """``torch.compile`` each repeated block (diffusers' regional compilation): the norms,
+    modulation and rotary work around the matrix products fuse into few kernels. The
+    first step pays the compile time."""
+    if getattr(transformer, "_repeated_blocks", None):
+        transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
+    else:
+        transformer.compile()
 
 
 def _ftfy_fallback(pipeline_class: Any) -> None:
