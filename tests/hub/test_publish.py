@@ -187,3 +187,16 @@ def test_publish_to_a_branch_names_it_in_the_urls(home, hub):
     pulled = pull(home.config(), home.registry(), "t2v_mine", quantization="bf16")
     assert [i.status for i in pulled.files] == ["downloaded"]
     assert (home.ckpts / FILES[0]).read_bytes() == payloads[FILES[0]]
+
+
+def test_upload_reuses_the_known_sha256_without_reading_the_file_again(tmp_path):
+    from huggingface_hub import CommitOperationAdd
+
+    from tunehub.hub.publish import _operation
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(os.urandom(4096))
+    known = hashlib.sha256(path.read_bytes()).hexdigest()
+    operation = _operation(CommitOperationAdd, "w.safetensors", path, {str(path): known})
+    path.write_bytes(b"changed after hashing")  # a re-read would now give another digest
+    assert operation.upload_info.sha256.hex() == known

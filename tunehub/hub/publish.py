@@ -224,6 +224,19 @@ def _remote_files(api: Any, repo: str, revision: str) -> tuple[dict[str, dict[st
     return files, True
 
 
+def _operation(operation_class: Any, path_in_repo: str, payload: bytes | Path, known: dict[str, str]) -> Any:
+    """A CommitOperationAdd that reuses the sha256 we already have instead of reading the file again."""
+    if isinstance(payload, bytes):
+        return operation_class(path_in_repo=path_in_repo, path_or_fileobj=payload)
+    operation = operation_class(path_in_repo=path_in_repo, path_or_fileobj=str(payload))
+    sha = known.get(str(payload))
+    if sha is not None:
+        with contextlib.suppress(AttributeError):  # older clients hash eagerly: nothing to save
+            if not operation.upload_info.is_hashed:
+                operation.upload_info.sha256 = bytes.fromhex(sha)
+    return operation
+
+
 def publish(
     cfg: Config,
     registry: Any,
@@ -334,11 +347,11 @@ def publish(
             for path_in_repo, payload in operations:
                 size = len(payload) if isinstance(payload, bytes) else Path(payload).stat().st_size
                 emit(path_in_repo.rsplit("/", 1)[-1] if isinstance(payload, Path) else path_in_repo, size, 0, "uploading")
+            known = {str(path): sha for _entry, path, _size, sha in locals_}
             try:
                 commit = api.create_commit(
                     repo,
-                    [CommitOperationAdd(path_in_repo=p, path_or_fileobj=payload if isinstance(payload, bytes) else str(payload))
-                     for p, payload in operations],
+                    [_operation(CommitOperationAdd, p, payload, known) for p, payload in operations],
                     commit_message=f"tunehub publish {definition_id}",
                     commit_description=f"{len(operations)} file(s) for the finetune definition '{definition_id}'.",
                     revision=revision,
