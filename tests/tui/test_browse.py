@@ -139,3 +139,29 @@ async def test_command_palette_offers_the_actions(tui_home: Home) -> None:
         await pilot.press("enter")
         await wait_for(pilot, lambda: "Delete local weights of t2v_gamma" in screen_text(app), what="confirm")
         await pilot.press("escape")
+
+
+def test_capabilities_are_checked_by_importing_them() -> None:
+    from tunehub.tui.jobs import CAPABILITIES, Capability, capabilities
+
+    assert capabilities() == {kind: None for kind in CAPABILITIES}  # every part has landed
+    missing = capabilities({"teleport": Capability("teleport", "Teleport", "tunehub.no_such_part", "run")})
+    assert "tunehub.no_such_part" in (missing["teleport"] or "")
+    no_function = capabilities({"x": Capability("x", "X", "tunehub.tui.model", "no_such_function")})
+    assert no_function["x"] == "tunehub.tui.model.no_such_function is not available"
+
+
+async def test_an_unavailable_action_is_dimmed_and_explains_itself(tui_home: Home) -> None:
+    app = make_app(tui_home)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("end")
+        assert app.screen.check_action("publish", ()) is True
+        app.capability_status["publish"] = "tunehub.hub.publish is not available (not installed)"
+        app.screen.refresh_bindings()
+        assert app.screen.check_action("publish", ()) is None  # the footer shows it dimmed
+        await pilot.press("u")
+        await pilot.pause()
+        assert "Publish t2v_gamma" not in screen_text(app)  # no dialog: nothing is faked
+        assert "Publish" not in [command.title for command in app.screen.palette_commands()]
+        assert "Pull" in [command.title for command in app.screen.palette_commands()]

@@ -41,10 +41,10 @@ CAPABILITIES = {
 }
 
 
-def capabilities() -> dict[str, str | None]:
+def capabilities(known: dict[str, Capability] | None = None) -> dict[str, str | None]:
     """kind -> None when it can run, else why not (the import error, in words)."""
     status: dict[str, str | None] = {}
-    for kind, cap in CAPABILITIES.items():
+    for kind, cap in (known or CAPABILITIES).items():
         try:
             module = importlib.import_module(cap.module)
         except ImportError as exc:

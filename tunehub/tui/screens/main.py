@@ -347,6 +347,9 @@ class MainScreen(Screen[None]):
     def on_capabilities_checked(self, message: CapabilitiesChecked) -> None:
         self.app.capability_status = message.status
         self.refresh_bindings()
+        unavailable = [f"{kind}: {reason}" for kind, reason in message.status.items() if reason]
+        if unavailable:
+            self.notify("Unavailable here:\n" + "\n".join(unavailable), severity="warning", timeout=8)
 
     @work(thread=True, exclusive=True, group="daemon")
     def check_daemon(self) -> None:
