@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import posixpath
 from urllib.parse import quote, unquote, urlsplit
 
-from tunehub.registry.naming import base_name
-
-__all__ = ["HubURL", "parse_hub_url", "is_url", "local_name", "hub_resolve_url", "REPO_TYPE_PREFIXES"]
+__all__ = ["base_name", "HubURL", "parse_hub_url", "is_url", "local_name", "hub_resolve_url", "REPO_TYPE_PREFIXES"]
 
 # URL prefix -> huggingface_hub repo_type
 REPO_TYPE_PREFIXES = {"datasets": "dataset", "spaces": "space"}
+
+
+def base_name(source: str) -> str:
+    """The last path segment of a URL or a path (WanGP's ``os.path.basename``)."""
+    return posixpath.basename(source.replace("\\", "/").split("?", 1)[0])
 
 
 @dataclass(frozen=True)

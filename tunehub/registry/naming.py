@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 
+from tunehub.hub.urls import base_name
+
 __all__ = ["VariantInfo", "parse_variant_name", "quantized_filename", "base_name"]
-
-
-def base_name(source: str) -> str:
-    """The last path segment of a URL or a path (WanGP's ``os.path.basename``)."""
-    return posixpath.basename(source.replace("\\", "/").split("?", 1)[0])
 
 
 @dataclass(frozen=True)
