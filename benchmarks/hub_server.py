@@ -75,6 +75,20 @@ def plain_server(file_path: Path, sha256: str) -> tuple[http.server.ThreadingHTT
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """user+system CPU of a process (Linux /proc), to compare servers' cost per GB under load."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def curl_rate(url: str) -> float:
     """Bytes per second of one curl GET to /dev/null."""
     out = subprocess.run(
@@ -127,9 +141,20 @@ def main() -> int:
             curl_rate(ours.url + resolve)
             curl_rate(plain_url + resolve)
             raw_ours, raw_plain, hf_ours, hf_plain = [], [], [], []
+            cpu_ours = cpu_plain = 0.0
+            assert ours.process is not None
+            server_pid = ours.process.pid
             for _ in range(args.rounds):
+                # The plain server runs in this process's threads and curl in its own process,
+                # so this process's CPU time during the curl is the plain server's.
+                before = own_cpu_seconds()
                 raw_plain.append(curl_rate(plain_url + resolve))
+                cpu_plain += own_cpu_seconds() - before
+                before_ours = process_cpu_seconds(server_pid)
                 raw_ours.append(curl_rate(ours.url + resolve))
+                after_ours = process_cpu_seconds(server_pid)
+                if before_ours is not None and after_ours is not None:
+                    cpu_ours += after_ours - before_ours
                 hf_plain.append(hf_rate(plain_url, tmp / "cache-plain", size, sha256))
                 hf_ours.append(hf_rate(ours.url, tmp / "cache-ours", size, sha256))
         finally:
@@ -141,6 +166,9 @@ def main() -> int:
           f"   ratio {max(raw_ours) / max(raw_plain):.2f}")
     print(f"hf_hub_download  ours {max(hf_ours) / mb:8.0f} MB/s   plain http.server {max(hf_plain) / mb:8.0f} MB/s"
           f"   ratio {max(hf_ours) / max(hf_plain):.2f}")
+    gigabytes = size * args.rounds / 1e9
+    print(f"server CPU per GB sent (raw GET; load-independent cost): ours {cpu_ours / gigabytes:.3f} s, "
+          f"plain {cpu_plain / gigabytes:.3f} s")
     raw_ok = max(raw_ours) >= 1e9
     hf_ok = max(hf_ours) >= 0.95 * max(hf_plain)
     print(f"target raw GET >= 1000 MB/s: {'met' if raw_ok else 'NOT met'}; "
