@@ -141,3 +141,16 @@ def test_layouts_are_detected_from_keys_only() -> None:
     assert detect_layout(["double_blocks.0.img_attn_qkv.weight"]).id == "hunyuan"
     assert detect_layout(["single_transformer_blocks.0.proj_out.weight"]).id == "hunyuan_diffusers"
     assert detect_layout(["model.layers.0.mlp.weight"]) is None
+
+
+@pytest.mark.parametrize("source_dtype", [torch.bfloat16, torch.float16])
+def test_layers_larger_than_a_row_block_match_quanto(tmp_path: Path, source_dtype: torch.dtype) -> None:
+    # 2100 x 2048 bf16 is above the CPU row block (8 MiB): several blocks, the last one partial.
+    torch.manual_seed(5)
+    shapes = {"blocks.0.ffn.0.weight": (2100, 2048), "blocks.0.ffn.0.bias": (2100,), "blocks.0.self_attn.q.weight": (8, 8)}
+    model = tree_from_shapes(shapes, {"blocks.0.ffn.0", "blocks.0.self_attn.q"})
+    source = save_model(model, tmp_path / "big.safetensors", source_dtype)
+    result = quantize_file(source, tmp_path / "out.safetensors", dtype="bf16")
+    reference = copy.deepcopy(model).to(source_dtype).to(torch.bfloat16)
+    _, state, qmap = quanto_reference(reference, torch.bfloat16, ["blocks.*"])
+    assert_same_as_reference(result.output, state, qmap)

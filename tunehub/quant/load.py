@@ -9,6 +9,10 @@ parameter and buffer is assigned from the file (cast to the model's declared dty
 as ``load_state_dict`` does). The resulting modules are the ones quanto itself builds,
 so forward passes give the same outputs as ``requantize``.
 
+From a file on CPU the tensors are views of a private memory map (pages are read when
+first used, nothing is copied); onto CUDA the file is streamed through pinned buffers
+into one device buffer, so no host copy of the weights is made either.
+
 The inference code, which renames keys from the original Wan layout to the diffusers
 one, passes its own mapping of tensors and map: :func:`load_quantized`.
 """

@@ -2,11 +2,12 @@
 
 Nothing is ever loaded whole. The output header is computed from the input header
 alone (shapes and dtypes are known before any math), written first, and every tensor
-is then written at its final offset. Three threads overlap the work: a reader
-(``preadv`` into pooled buffers, pinned ones for CUDA), the compute (torch, which
-releases the GIL and uses every core), and a writer (``pwrite``) with a flusher that
-pushes written data to the disk while the rest is computed, so the final fsync is
-short. Peak memory is the pools' budget plus the largest tensor or two.
+is then written at its final offset. Threads overlap the work: a reader (``preadv``
+into pooled buffers, pinned ones for CUDA), compute workers (one per core on CPU, each
+with one torch thread; torch releases the GIL; one worker drives a GPU), and a writer
+(``pwrite``) with a flusher that pushes written data to the disk while the rest is
+computed, so the final fsync is short. Peak memory is the two pools' budget plus each
+worker's scratch (about two of the largest tensor), whatever the file size.
 
 The math is optimum-quanto's, op for op, in the target dtype, so the bytes are
 identical to ``quantize(model, weights=qint8)`` + ``freeze`` + ``state_dict()``:
@@ -60,6 +61,8 @@ _QUANT_PARTS = (".weight._scale", ".input_scale", ".output_scale", ".weight._dat
 _MiB = 1024 * 1024
 # How much written data may wait in the page cache before the flusher pushes it out.
 _FLUSH_EVERY = 256 * _MiB
+# Rows quantized at a time on CPU: per-worker scratch stays this size.
+_ROW_BLOCK_BYTES = 8 * _MiB
 
 
 @dataclass
@@ -431,7 +434,24 @@ class _Compute:
         return buf[:nbytes].view(dtype).view(tuple(shape))
 
     def quantize(self, weight: torch.Tensor, data_out: torch.Tensor, scale_out: torch.Tensor) -> None:
-        """Fill ``data_out`` (int8) and ``scale_out`` (target dtype) from the host tensor ``weight``."""
+        """Fill ``data_out`` (int8) and ``scale_out`` (target dtype) from the host tensor ``weight``.
+
+        On CPU the rows go in blocks of about 8 MiB (every op is per row, so the bytes are
+        the same), which keeps each worker's scratch small whatever the layer size.
+        """
+        torch = self.torch
+        rows = weight.shape[0]
+        if self.cuda or rows == 1:
+            self._quantize_rows(weight, data_out, scale_out.reshape(-1, 1) if rows > 1 else scale_out)
+            return
+        block = max(1, _ROW_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size()))
+        scales = scale_out.reshape(rows, 1)
+        with torch.no_grad():
+            for start in range(0, rows, block):
+                stop = min(rows, start + block)
+                self._quantize_rows(weight[start:stop], data_out[start:stop], scales[start:stop])
+
+    def _quantize_rows(self, weight: torch.Tensor, data_out: torch.Tensor, scale_out: torch.Tensor) -> None:
         torch = self.torch
         context = torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
         with torch.no_grad(), context:
@@ -447,7 +467,7 @@ class _Compute:
             work = self._scratch("work", weight.shape, self.target)
             # optimum-quanto's AbsmaxOptimizer + quantize_symmetric, op for op, same dtype.
             torch.abs(source, out=work)
-            if weight.shape[0] == 1:
+            if scale_out.ndim == 0:
                 scale = torch.max(work) / 127  # one row: quanto quantizes per tensor
             else:
                 scale = torch.amax(work, dim=[1], keepdim=True) / 127
@@ -497,8 +517,12 @@ def quantize_file(
     # machine than tensor-level parallelism. One worker feeds a GPU.
     workers = 1 if device_name.startswith("cuda") else max(1, min(os.cpu_count() or 1, 4))
     if budget_bytes is None:
-        largest = max(unit.source.nbytes for unit in plan.units)
-        budget_bytes = max(128 * _MiB, (workers + 1) * largest)
+        largest_in = max(unit.source.nbytes for unit in plan.units)
+        in_budget = max(128 * _MiB, (workers + 1) * largest_in)
+        largest_out = max(sum(o.nbytes for o in unit.outputs) for unit in plan.units)
+        out_budget = max(64 * _MiB, (workers + 1) * largest_out)
+    else:
+        in_budget = out_budget = budget_bytes
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)
     free = shutil.disk_usage(output.parent).free
@@ -510,8 +534,8 @@ def quantize_file(
     import torch
 
     pin = device_name.startswith("cuda")
-    in_pool = _BufferPool(budget_bytes, pin)
-    out_pool = _BufferPool(budget_bytes, pin)
+    in_pool = _BufferPool(in_budget, pin)
+    out_pool = _BufferPool(out_budget, pin)
     read_queue: queue.Queue[Any] = queue.Queue()
     write_queue: queue.Queue[Any] = queue.Queue()
     errors: list[BaseException] = []
