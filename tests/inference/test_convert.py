@@ -182,3 +182,13 @@ def test_base_repo_config_wins_over_the_shipped_one(tmp_path: Path) -> None:
     config, path = transformer_config(tmp_path / "base", "t2v")
     assert path == folder / "config.json" and config["num_layers"] == 2
     assert read_config(folder)["num_layers"] == 2
+
+
+def test_a_state_dict_works_too(tmp_path: Path) -> None:
+    model = build_transformer("t2v", 5)
+    original = to_original_layout("t2v", model.state_dict())
+    loaded = load_transformer("WanTransformer3DModel", dict(model.config), [original], "fp16")
+    assert torch.equal(loaded.state_dict()["blocks.0.attn1.to_q.weight"], model.state_dict()["blocks.0.attn1.to_q.weight"].half())
+    del original["blocks.0.ffn.2.bias"]
+    with pytest.raises(InferenceError, match="<state dict>.*missing"):
+        load_transformer("WanTransformer3DModel", dict(model.config), [original], "fp16")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,30 +107,70 @@ def _read_piece(handle: Any, piece: Piece) -> torch.Tensor:
     return piece.take(handle.get_tensor(piece.source))
 
 
-def is_quantized_file(path: str | Path) -> bool:
+class _DictHandle:
+    """A state dict (original layout) read through the safe_open interface used here."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __enter__(self) -> _DictHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def get_slice(self, key: str) -> _DictSlice:
+        return _DictSlice(self.tensors[key])
+
+
+class _DictSlice:
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def get_shape(self) -> list[int]:
+        return list(self.tensor.shape)
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        return self.tensor[index]
+
+
+def _open(source: str | Path | Mapping[str, torch.Tensor]) -> Any:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        return any(key.endswith(".weight._data") for key in handle.keys())
+    if isinstance(source, Mapping):
+        return _DictHandle(source)
+    path = Path(source)
+    try:
+        return safe_open(str(path), framework="pt")
+    except FileNotFoundError:
+        raise InferenceError(f"weights file not found: {path}") from None
+    except Exception as exc:  # safetensors raises its own error types
+        raise InferenceError(f"{path}: not a readable safetensors file: {exc}") from None
 
 
 def load_transformer(
     model_class: str,
     config: dict[str, Any] | str | Path,
-    files: list[str | Path],
+    files: Sequence[str | Path | Mapping[str, torch.Tensor]],
     dtype: str | torch.dtype = "bf16",
     device: str | torch.device = "cpu",
     int8_kernel: str = "auto",
 ) -> nn.Module:
     """A ready transformer from original-layout ``files`` (the main file, then modules
-    such as VACE's, merged in order) and a diffusers config.
+    such as VACE's, merged in order; each a safetensors path or a state dict) and a
+    diffusers config.
 
     ``int8_kernel`` for int8 files: ``quanto`` builds optimum-quanto QLinear modules
     (through :mod:`tunehub.quant.load`); the others build :class:`Int8Linear` layers
     running that kernel (see :mod:`tunehub.inference.int8_linear`)."""
-    from safetensors import safe_open
-
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    first = "<state dict>" if isinstance(files[0], Mapping) else str(files[0])
     config_dict = read_config(config)
     model = build_empty(model_class, config_dict)
     # Declared dtypes (cheap on meta), as diffusers' loaders set them: the target dtype,
@@ -147,14 +187,8 @@ def load_transformer(
     quantized_modules: list[str] = []
     origin_of: dict[str, Path] = {}
     for file in files:
-        path = Path(file)
-        try:
-            handle_cm = safe_open(str(path), framework="pt")
-        except FileNotFoundError:
-            raise InferenceError(f"weights file not found: {path}") from None
-        except Exception as exc:  # safetensors raises its own error types
-            raise InferenceError(f"{path}: not a readable safetensors file: {exc}") from None
-        with handle_cm as handle:
+        path = Path("<state dict>") if isinstance(file, Mapping) else Path(file)
+        with _open(file) as handle:
             shapes = _file_shapes(handle)
             plan = quantized_conversion_plan(model_class, shapes, hidden)
             for new_key, piece in plan.plain.items():
@@ -181,18 +215,18 @@ def load_transformer(
         try:
             load_quantized(model, state, qmap, device, strict=True)
         except QuantizationError as exc:
-            raise InferenceError(f"{files[0]}: does not fit {model_class}: {exc}") from None
+            raise InferenceError(f"{first}: does not fit {model_class}: {exc}") from None
         _finish(model, device)
         return model
     if quantized_modules:
         try:
             replace_with_int8(model, state, quantized_modules, torch_dtype)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise InferenceError(f"{files[0]}: int8 layers do not fit {model_class}: {exc}") from None
+            raise InferenceError(f"{first}: int8 layers do not fit {model_class}: {exc}") from None
     expected = set(model.state_dict().keys())
     unexpected = sorted(set(state) - expected)
     if unexpected:
-        where = origin_of.get(unexpected[0], files[0])
+        where = origin_of.get(unexpected[0], first)
         raise InferenceError(
             f"{where}: {len(unexpected)} tensor(s) do not belong to {model_class} "
             f"(e.g. {', '.join(unexpected[:3])}); is the definition's architecture right?"
@@ -201,7 +235,7 @@ def load_transformer(
     missing = sorted(name for name, param in model.named_parameters() if param.device.type == "meta")
     if missing:
         raise InferenceError(
-            f"{files[0]}: {len(missing)} weight(s) of {model_class} are missing "
+            f"{first}: {len(missing)} weight(s) of {model_class} are missing "
             f"(e.g. {', '.join(missing[:3])}); is the file complete and the architecture right?"
         )
     _finish(model, device)
