@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--page-size", type=int, default=None, help="entries per page in listings (default 1000)")
+    serve.add_argument(
+        "--access-log", action="store_true", help="log each request on stderr (never tokens or upload signatures)"
+    )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 
@@ -89,7 +92,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ServerError(f"--port {args.port} is not a port number.")
-    return serve(_root(args), args.host, args.port, page_size=args.page_size, log_level=args.log_level)
+    return serve(
+        _root(args),
+        args.host,
+        args.port,
+        page_size=args.page_size,
+        access_log=args.access_log,
+        log_level=args.log_level,
+    )
 
 
 def _token_add(args: argparse.Namespace) -> int:

@@ -135,3 +135,21 @@ def test_cli_import_does_not_load_the_server_stack() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_access_log_has_requests_but_no_secrets(tmp_path: Path) -> None:
+    server = HubServer(tmp_path / "root", extra_args=["--access-log"]).start()
+    try:
+        api = server.api()
+        api.create_repo("alice/logged")
+        api.upload_file(path_or_fileobj=os.urandom(6 * 1024 * 1024), path_in_repo="w.bin", repo_id="alice/logged")
+        bad = "hf_" + "Q" * 34
+        assert httpx.get(f"{server.url}/api/whoami-v2", headers={"Authorization": f"Bearer {bad}"}).status_code == 401
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert "alice POST /api/repos/create 200" in log
+    assert " PUT /api/lfs-upload/models/alice/logged/" in log
+    assert " GET /api/whoami-v2 401 " in log
+    for secret in (server.write_token, server.read_token, server.bob_token, bad, "sig="):
+        assert secret not in log

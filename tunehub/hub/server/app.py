@@ -55,6 +55,7 @@ from tunehub.hub.server.validation import (
 )
 
 log = logging.getLogger("tunehub.hub.server")
+access_log = logging.getLogger("tunehub.hub.server.access")
 
 SEGMENT_TYPE = {segment: repo_type for repo_type, segment in API_SEGMENT.items()}
 UPLOAD_URL_LIFETIME_S = 3600
@@ -74,6 +75,7 @@ class ServerSettings:
     max_commit_body: int = 1024 * 1024 * 1024
     # Regular (inline, base64) files are at most 5 MiB (preupload sends bigger ones to LFS).
     max_commit_line: int = 16 * 1024 * 1024
+    access_log: bool = False  # one line per request on stderr: client, user, method, path, status, bytes, time
 
 
 @dataclass
@@ -203,6 +205,8 @@ class HubApp:
             return
         request = Request(scope, receive)
         head = request.method == "HEAD"
+        if self.settings.access_log:
+            send = self._logging_send(request, send)
         try:
             response = await self.dispatch(request)
         except ApiProblem as problem:
@@ -214,6 +218,33 @@ class HubApp:
             response = error_response(ApiProblem(500, "InternalError", "Internal server error."), head=head)
         await response(scope, receive, send)
 
+    def _logging_send(self, request: Request, send: Send) -> Send:
+        """Wrap ``send`` to log one line per answer: never the query (upload signatures) nor headers (tokens)."""
+        started = time.monotonic()
+        answer = {"status": 0, "bytes": 0}
+
+        async def logging_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                answer["bytes"] += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    user = getattr(request.state, "user", None) or "-"
+                    client = request.client.host if request.client else "-"
+                    access_log.info(
+                        "%s %s %s %s %d %d %.3fs",
+                        client,
+                        user,
+                        request.method,
+                        request.scope.get("path", "")[:300],
+                        answer["status"],
+                        answer["bytes"],
+                        time.monotonic() - started,
+                    )
+            await send(message)
+
+        return logging_send
+
     def authenticate(self, request: Request) -> Principal | None:
         header = request.headers.get("authorization")
         if not header:
@@ -224,6 +255,7 @@ class HubApp:
         principal = self.store.authenticate(token.strip())
         if principal is None:
             raise problems.invalid_credentials()
+        request.state.user = principal.user
         return principal
 
     async def dispatch(self, request: Request) -> Any:

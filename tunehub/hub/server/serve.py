@@ -42,6 +42,7 @@ def serve(
     port: int = 8080,
     *,
     page_size: int | None = None,
+    access_log: bool = False,
     log_level: str = "warning",
     out: TextIO | None = None,
 ) -> int:
@@ -58,6 +59,14 @@ def serve(
     if page_size:
         settings.page_size = page_size
         settings.commits_page_size = min(settings.commits_page_size, page_size)
+    settings.access_log = access_log
+    if access_log:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access_logger = logging.getLogger("tunehub.hub.server.access")
+        access_logger.addHandler(handler)
+        access_logger.setLevel(logging.INFO)
+        access_logger.propagate = False
     app = create_app(store, settings)
     sock = bind_socket(host, port)
     url = endpoint_url(host, sock.getsockname()[1])
