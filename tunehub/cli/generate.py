@@ -10,8 +10,7 @@ from typing import Any
 from tunehub.cli.common import config_from_args, print_json
 from tunehub.config import QUANTIZATIONS
 
-OFFLOAD_MODES = ("none", "model", "group")  # tunehub.inference.pipeline.OFFLOAD_MODES (not imported: torch-free)
-INT8_KERNELS = ("auto", "dequant", "fp8", "int8mm", "quanto")  # int8_linear.KERNELS + optimum-quanto
+from tunehub.inference.pipeline import INT8_KERNELS, OFFLOAD_MODES  # torch-free at import time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from tunehub.inference.settings import Effective
 Progress = Callable[[dict[str, Any]], None]
 
 OFFLOAD_MODES = ("none", "model", "group")
+INT8_KERNELS = ("auto", "dequant", "fp8", "int8mm", "quanto")  # int8_linear.KERNELS + optimum-quanto's QLinear
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
@@ -165,6 +167,7 @@ class BuiltPipeline:
     device: str
     offload: str
     base_folder: Path
+    transformer_config: Path
     transformer_files: list[Path]
     int8_kernels: dict[str, int] = field(default_factory=dict)
     load_seconds: float = 0.0
@@ -199,6 +202,8 @@ def build_pipeline(
     spec = arch_spec(architecture)
     if offload not in OFFLOAD_MODES:
         raise ConfigError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    if int8_kernel not in INT8_KERNELS:
+        raise ConfigError(f"int8 kernel must be one of {', '.join(INT8_KERNELS)}, got {int8_kernel!r}")
     device = default_device() if device in (None, "", "auto") else device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InferenceError("--device cuda asked but no CUDA device is available; use --device cpu")
@@ -223,7 +228,12 @@ def build_pipeline(
     pipeline_class = getattr(diffusers, spec.pipeline)
     _ftfy_fallback(pipeline_class)
     try:
-        pipe = pipeline_class.from_pretrained(str(base_folder), transformer=transformer, torch_dtype=component_dtypes)
+        with warnings.catch_warnings():
+            # diffusers 0.42 renames torch_dtype to dtype; older ones only know torch_dtype
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = pipeline_class.from_pretrained(
+                str(base_folder), transformer=transformer, torch_dtype=component_dtypes
+            )
     except (OSError, ValueError, TypeError) as exc:
         raise InferenceError(f"base repo {base_folder} cannot build {spec.pipeline}: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
@@ -246,6 +256,7 @@ def build_pipeline(
         device=device,
         offload=offload,
         base_folder=base_folder,
+        transformer_config=config_path,
         transformer_files=list(transformer_files),
         int8_kernels=kernels,
         load_seconds=time.perf_counter() - started,
