@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tunehub.errors import InferenceError
-from tunehub.inference.convert import Piece, conversion_plan, quantized_conversion_plan
+from tunehub.inference.convert import Piece, quantized_conversion_plan
 from tunehub.inference.int8_linear import replace_with_int8, set_int8_kernel
 
 _BUILD_LOCK = threading.Lock()
