@@ -176,9 +176,12 @@ class Int8Linear(nn.Module):
         return self.in_features % 16 == 0 and self.out_features % 16 == 0
 
     @torch.no_grad()
-    def prepare(self, kernel: str) -> str:
-        """Switch to ``kernel`` (already resolved, not ``auto``); returns the one in use."""
+    def prepare(self, kernel: str, work_device: torch.device | str | None = None) -> str:
+        """Switch to ``kernel`` (already resolved, not ``auto``); returns the one in use.
+        ``work_device``: where the one-time fp8 conversion computes (the GPU, also for a
+        layer kept on the CPU by offloading); default: where the layer is."""
         device = self.weight_data.device
+        work = torch.device(work_device) if work_device is not None else device
         if kernel in ("fp8", "int8mm") and not self._fast_kernel_fits():
             kernel = "dequant"
         if kernel == "fp8":
@@ -190,8 +193,9 @@ class Int8Linear(nn.Module):
                 block = max(1, (64 << 20) // max(1, self.in_features * 4))
                 for start in range(0, self.out_features, block):
                     rows = slice(start, start + block)
-                    weight = self.weight_data[rows].float() * self.weight_scale[rows].float()
-                    fp8[rows], row_scale[rows] = _quantize_rows_fp8(weight)
+                    weight = self.weight_data[rows].to(work).float() * self.weight_scale[rows].to(work).float()
+                    values, scales = _quantize_rows_fp8(weight)
+                    fp8[rows], row_scale[rows] = values.to(device), scales.to(device)
                 self.weight_fp8 = fp8
                 self.weight_fp8_scale = row_scale.reshape(1, -1).contiguous()
                 self.weight_data = torch.empty(0, dtype=torch.int8, device=device)
@@ -251,7 +255,7 @@ def set_int8_kernel(model: nn.Module, kernel: str, device: torch.device | str | 
     resolved = choose_kernel(kernel, device)
     counts: dict[str, int] = {}
     for _, layer in layers:
-        used = layer.prepare(resolved)
+        used = layer.prepare(resolved, device)
         counts[used] = counts.get(used, 0) + 1
     return counts
 
