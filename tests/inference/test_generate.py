@@ -287,3 +287,13 @@ def test_compiled_blocks_give_nearly_the_same_video(setup: Setup) -> None:
     # fused kernels keep more precision between bf16 ops: close by the int8 measure
     seed_difference = np.abs(_frames(plain) - _frames(other_seed)).mean()
     assert np.abs(_frames(plain) - _frames(compiled)).mean() <= 0.25 * seed_difference
+
+
+@pytest.mark.parametrize("kernel", ["fp8", "int8mm", "quanto"])
+def test_every_int8_kernel_stays_close(setup: Setup, kernel: str) -> None:
+    code_a, reference = setup.generate("t2v", "--seed", "9")
+    code_b, other_seed = setup.generate("t2v", "--seed", "10")
+    code_c, fast = setup.generate("t2v", "--seed", "9", "--int8-kernel", kernel, quantization="int8")
+    assert code_a == code_b == code_c == 0
+    seed_difference = np.abs(_frames(reference) - _frames(other_seed)).mean()
+    assert np.abs(_frames(fast) - _frames(reference)).mean() <= 0.25 * seed_difference
