@@ -149,6 +149,8 @@ class Demo:
         self.endpoint = ""
         self._tokens: dict[str, str] = {}
         self._daemon: Child | None = None
+        self._deferring = False
+        self._pending_signal: int | None = None
 
     # ------------------------------------------------------------------ output
 
@@ -184,18 +186,25 @@ class Demo:
     def _spawn(self, name: str, command: list[str], env: dict[str, str], stdout: Any = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
-        with open(log, "ab") as handle:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout if stdout is not None else handle,
-                stderr=handle,
-                env=env,
-                cwd=str(self.workdir),
-                start_new_session=True,  # its own process group: we stop it and everything it starts
-            )
-        child = Child(name, process, log)
-        self.children.append(child)
+        self._deferring = True
+        try:
+            with open(log, "ab") as handle:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout if stdout is not None else handle,
+                    stderr=handle,
+                    env=env,
+                    cwd=str(self.workdir),
+                    start_new_session=True,  # its own process group: we stop it and everything it starts
+                )
+            child = Child(name, process, log)
+            self.children.append(child)
+        finally:
+            self._deferring = False
+        pending, self._pending_signal = self._pending_signal, None
+        if pending is not None:
+            self._on_signal(pending, None)
         return child
 
     def stop_children(self, children: list[Child] | None = None) -> None:
@@ -232,13 +241,17 @@ class Demo:
 
     # ------------------------------------------------------------------ run
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # While a child is being spawned the signal waits (so no child escapes the list).
+        if self._deferring:
+            self._pending_signal = signum
+            return
+        raise KeyboardInterrupt() if signum == signal.SIGINT else DemoInterrupted()
+
     def run(self) -> int:
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum: int, frame: Any) -> None:
-            raise DemoInterrupted()
-
-        signal.signal(signal.SIGTERM, on_term)
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
         success = False
         try:
             self.say(f"tunehub demo in {self.workdir}")
@@ -248,6 +261,7 @@ class Demo:
             self.result.failed = exc
         except (KeyboardInterrupt, DemoInterrupted):
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.say("interrupted: stopping the demo's processes ...")
             self.stop_children()
             self.say(f"stopped; files are in {self.workdir}")
@@ -255,11 +269,10 @@ class Demo:
         finally:
             if not (success and self.keep):
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-                try:
-                    self.stop_children()
-                finally:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                self.stop_children()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         self.result.wall = time.monotonic() - self.t0
         self.print_summary()
         return 0 if success else 1
