@@ -110,10 +110,6 @@ class MainScreen(Screen[None]):
         definitions.focus()
         self.query_one(DetailPane).show_message("Loading definitions…")
         self.load_registry()
-        if self.app.use_daemon:
-            self.check_daemon()
-        if self.app.watch_files:
-            self._start_watching()
 
     def on_unmount(self) -> None:
         if self._observer is not None:
@@ -159,9 +155,18 @@ class MainScreen(Screen[None]):
         self.apply_filter()
         if self.first_rows_shown_at is None:
             self.first_rows_shown_at = time.perf_counter()
-            # Importing the action modules competes for the GIL: after the first paint.
-            self.set_timer(0.2, self.check_capabilities)
+            # Everything else competes for the GIL with the first paint: start it after.
+            self.call_after_refresh(self._after_first_paint)
+        else:
+            self.refill_states()
+
+    def _after_first_paint(self) -> None:
         self.refill_states()
+        if self.app.use_daemon:
+            self.check_daemon()
+        if self.app.watch_files:
+            self._start_watching()
+        self.set_timer(0.2, self.check_capabilities)
 
     def _refresh_arch_facet(self) -> None:
         select: Select[str] = self.query_one("#facet-arch", Select)
@@ -467,7 +472,11 @@ class MainScreen(Screen[None]):
                 repo, private = answer
                 self.app.start_job("publish", definition_id, {"repo": repo, "private": private})
 
-        self.app.push_screen(PublishScreen(definition_id), publish)
+        # The daemon's publish target (tunehub.toml [daemon] publish) is the likely answer.
+        default_repo = self.app.cfg.daemon.get("publish")
+        self.app.push_screen(
+            PublishScreen(definition_id, default_repo if isinstance(default_repo, str) else ""), publish
+        )
 
     def action_generate(self) -> None:
         definition_id = self._valid_highlighted()
