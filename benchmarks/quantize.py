@@ -309,7 +309,16 @@ def warm_cache(path: Path) -> None:
 
 
 def prepare_cache(path: Path, mode: str) -> None:
+    # Flush every dirty page first (the generator's, the reference's unsynced output), so
+    # that no run pays for the writeback of another.
+    os.sync()
     drop_cache(path) if mode == "cold" else warm_cache(path)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda run: run["wall"])
+    return dict(ordered[(len(ordered) - 1) // 2])
 
 
 def gb(n: float) -> str:
@@ -330,6 +339,7 @@ def main() -> int:
         help="where the generated files go (outside the repo: they are GBs)",
     )
     parser.add_argument("--cache", choices=("warm", "cold"), help="page cache before each run (default: warm on cpu, cold on cuda)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each flow, alternating; the median counts")
     parser.add_argument("--no-reference", action="store_true", help="skip WanGP's path (always skipped for 14B)")
     parser.add_argument("--no-loader", action="store_true", help="skip the loader comparison")
     parser.add_argument("--cleanup", action="store_true", help="delete the generated files at the end")
@@ -363,29 +373,36 @@ def main() -> int:
         read_rate = read["bytes"] / read["seconds"]
         print(f"sequential read ({cache}): {read_rate / 1e9:.2f} GB/s ({read['seconds']:.1f} s)")
 
-    reference = None
-    if args.size == "14B" or args.no_reference:
+    # Runs alternate (reference, tunehub, reference, ...); with --repeat N the median counts.
+    run_reference = not (args.size == "14B" or args.no_reference)
+    if not run_reference:
         print("reference (WanGP path): skipped" + (" (needs about 70 GB of RAM)" if args.size == "14B" else ""))
-    else:
+    references, tunehubs = [], []
+    for _ in range(args.repeat):
+        if run_reference:
+            prepare_cache(source, cache)
+            result = run_child([python, me, "_child", "reference", str(source), str(theirs)], "reference")
+            references.append(result)
+            print(
+                f"reference (load all + quanto quantize/freeze + save): wall {result['wall']:.1f} s "
+                f"(work {result['seconds']:.1f} s), peak RSS {result['peak_rss'] / GiB:.2f} GiB"
+            )
         prepare_cache(source, cache)
-        reference = run_child([python, me, "_child", "reference", str(source), str(theirs)], "reference")
-        print(
-            f"reference (load all + quanto quantize/freeze + save): wall {reference['wall']:.1f} s "
-            f"(work {reference['seconds']:.1f} s), peak RSS {reference['peak_rss'] / GiB:.2f} GiB"
+        if ours.exists():
+            ours.unlink()
+        result = run_child(
+            [python, "-m", "tunehub", "quantize", "--file", str(source), "--out", str(ours),
+             "--device", args.device, "--json", "-q"],
+            "tunehub",
         )
-
-    prepare_cache(source, cache)
-    if ours.exists():
-        ours.unlink()
-    tunehub = run_child(
-        [python, "-m", "tunehub", "quantize", "--file", str(source), "--out", str(ours),
-         "--device", args.device, "--json", "-q"],
-        "tunehub",
-    )
-    print(
-        f"tunehub quantize --file: wall {tunehub['wall']:.1f} s (work {tunehub['seconds']:.1f} s), "
-        f"peak RSS {tunehub['peak_rss'] / GiB:.2f} GiB, {gb(tunehub['bytes_written'])} written"
-    )
+        tunehubs.append(result)
+        print(
+            f"tunehub quantize --file: wall {result['wall']:.1f} s (work {result['seconds']:.1f} s), "
+            f"peak RSS {result['peak_rss'] / GiB:.2f} GiB, {gb(result['bytes_written'])} written"
+        )
+    reference = median_run(references) if references else None
+    tunehub = median_run(tunehubs)
+    tunehub["peak_rss"] = max(run["peak_rss"] for run in tunehubs)
     print(f"loadavg after quantizing: {os.getloadavg()}")
     target_rss = TARGET_RSS[args.size]
     print(

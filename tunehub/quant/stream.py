@@ -21,6 +21,7 @@ leaves no file under the final name (only a temporary that the next run removes)
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import queue
 import re
@@ -266,7 +267,11 @@ class _BufferPool:
     def _allocate(self, size: int) -> Any:
         import torch
 
-        return torch.empty(size, dtype=torch.uint8, pin_memory=self.pin)
+        if self.pin:
+            return torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        # Anonymous mappings of our own: a dropped buffer goes back to the system at once,
+        # where malloc would keep freed blocks of these sizes in its heap and RSS would creep.
+        return torch.frombuffer(mmap.mmap(-1, size), dtype=torch.uint8)
 
     def acquire(self, nbytes: int) -> Any:
         size = max(_MiB, -(-nbytes // _MiB) * _MiB)  # whole MiB, so buffers get reused
