@@ -9,6 +9,7 @@ makes the screen re-resolve.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from tunehub.errors import DaemonError
@@ -44,8 +45,13 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
         suffix = event_type.split(".")[-1]
         state = str(event.get("state") or job.get("state") or suffix)
         if suffix in FINISHED or state in FINISHED:
-            summary = str(event.get("summary") or event.get("result") or f"{kind} done (daemon job {job_id})")
-            app.post_message(JobFinished(key, kind, definition_id, True, summary))
+            result = _job_result(app, job_id)
+            summary = f"{kind} done (daemon job {job_id})"
+            if isinstance(result, dict) and result.get("video"):
+                summary = f"video written: {result['video']} (daemon job {job_id})"
+            # Screens read results by attribute, as they do a local job's result object.
+            value = SimpleNamespace(**result) if isinstance(result, dict) else result
+            app.post_message(JobFinished(key, kind, definition_id, True, summary, value))
         elif suffix in FAILED or state in FAILED:
             error = event.get("error") or job.get("error") or state
             app.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}"))
@@ -55,6 +61,18 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
             app.post_message(JobUpdate(key, kind, definition_id, progress))
     if event_type.startswith(("job.done", "job.failed", "definition", "weights", "remote.changed", "registry")):
         refresh_updates(app, screen)
+
+
+def _job_result(app: TunehubApp, job_id: Any) -> Any:
+    """The summary the daemon journaled for a finished job (None if it cannot be read)."""
+    try:
+        jobs = app.daemon_client.jobs()
+    except (DaemonError, AttributeError):
+        return None
+    for job in jobs:
+        if str(job.get("id")) == str(job_id):
+            return job.get("result")
+    return None
 
 
 def refresh_updates(app: TunehubApp, screen: MainScreen) -> None:
