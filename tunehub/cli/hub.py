@@ -82,6 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importer.add_argument("--revision", default="main", help="branch to commit to (default main)")
     importer.add_argument("--source-revision", default=None, help="for a cache folder: the ref or commit to take")
     importer.add_argument("--private", action="store_true", help="create the repo private")
+    importer.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link files instead of copying (same disk; never edit the sources afterwards)",
+    )
     importer.add_argument("-m", "--message", default=None, help="commit title")
     _root_argument(importer)
     importer.set_defaults(func=_import)
@@ -176,6 +181,7 @@ def _import(args: argparse.Namespace) -> int:
         source_revision=args.source_revision,
         private=args.private,
         message=args.message,
+        link=args.link,
     )
     print(
         f"imported {result.files} file(s), {result.bytes} bytes from {result.source} "

@@ -153,3 +153,17 @@ def test_access_log_has_requests_but_no_secrets(tmp_path: Path) -> None:
     assert " GET /api/whoami-v2 401 " in log
     for secret in (server.write_token, server.read_token, server.bob_token, bad, "sig="):
         assert secret not in log
+
+
+def test_import_with_link_shares_the_bytes(hub_server: HubServer, tmp_path: Path) -> None:
+    source = tmp_path / "cache-like"
+    source.mkdir()
+    data = os.urandom(3 * 1024 * 1024)
+    (source / "model.safetensors").write_bytes(data)
+    done = tunehub("hub", "import", str(source), "--repo", "alice/linked", "--link", "--root", str(hub_server.root))
+    assert done.returncode == 0, done.stderr
+    oid = hashlib.sha256(data).hexdigest()
+    blob = hub_server.root / "blobs" / "sha256" / oid[:2] / oid
+    assert blob.stat().st_ino == (source / "model.safetensors").stat().st_ino  # no second copy on disk
+    answer = httpx.get(f"{hub_server.url}/alice/linked/resolve/main/model.safetensors")
+    assert answer.status_code == 200 and answer.content == data

@@ -4,7 +4,7 @@ Use (a LAN mirror, or a private Hub for a studio)::
 
     tunehub hub token add alice --write --root /srv/hub     # prints the token once
     tunehub hub org add studio --member alice --root /srv/hub
-    tunehub hub import ~/.cache/huggingface/hub/models--Wan-AI--Wan2.1-T2V-1.3B-Diffusers \\
+    tunehub hub import ~/.cache/huggingface/hub/models--Wan-AI--Wan2.1-T2V-1.3B-Diffusers --link \\
         --repo Wan-AI/Wan2.1-T2V-1.3B-Diffusers --root /srv/hub    # seed from files on disk
     tunehub hub serve --root /srv/hub --host 0.0.0.0 --port 8080
     # clients:

@@ -92,9 +92,14 @@ def import_folder(
     private: bool = False,
     message: str | None = None,
     author: str | None = None,
+    link: bool = False,
     progress: Callable[[str, int], None] | None = None,
 ) -> ImportResult:
-    """Add every file of ``source`` to ``repo_id`` on branch ``revision`` in one commit."""
+    """Add every file of ``source`` to ``repo_id`` on branch ``revision`` in one commit.
+
+    ``link``: hard-link files into the blob store instead of copying (same filesystem; the
+    sources must never be edited in place afterwards, as huggingface_hub cache blobs are not).
+    """
     try:
         repo_type = check_repo_type(repo_type)
         namespace, _ = check_repo_id(repo_id)
@@ -111,7 +116,7 @@ def import_folder(
         for relative, full in files:
             with open(full, "rb") as handle:
                 sample = handle.read(512)
-            sha256, size = store.put_file(full)
+            sha256, size = store.link_file(full) if link else store.put_file(full)
             lfs = wants_lfs(relative, size, sample)
             if lfs:
                 git_oid = git_blob_sha1(lfs_pointer(sha256, size))

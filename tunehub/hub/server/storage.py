@@ -720,6 +720,38 @@ class HubStore:
             self.touch_blob(oid)
         return oids
 
+    def link_file(self, source: Path) -> tuple[str, int]:
+        """Hard-link a local file into the blob store after hashing it; copy if linking fails.
+
+        For seeding from a huggingface_hub cache, whose blobs are never rewritten in place:
+        the mirror then costs no extra disk space. The source must not be edited afterwards.
+        """
+        real = Path(os.path.realpath(source))
+        digest = hashlib.sha256()
+        size = 0
+        with open(real, "rb") as handle:
+            before = os.fstat(handle.fileno())
+            while chunk := handle.read(HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        oid = digest.hexdigest()
+        final = self.blob_path(oid)
+        if final.exists():
+            self.touch_blob(oid)
+            return oid, size
+        after = os.stat(real)
+        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
+            raise ServerError(f"{source} changed while it was being imported; try again.")
+        tmp = self.tmp_dir / f"link-{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            os.link(real, tmp)
+        except OSError:  # another filesystem, or links not allowed: copy instead
+            return self.put_file(source)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        return oid, size
+
     def put_file(self, source: Path) -> tuple[str, int]:
         """Copy a local file into the blob store, streaming; return (sha256, size)."""
         writer = BlobWriter(self)
