@@ -40,6 +40,16 @@ def handle_demo(args: argparse.Namespace) -> int:
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise ConfigError(f"--dir {folder}: must be an empty folder or not exist yet")
         folder.mkdir(parents=True, exist_ok=True)
-    from tunehub.demo.run import run_demo
+    from tunehub.demo.run import INTERRUPTED, run_demo
 
-    return run_demo(keep=args.keep, workdir=args.dir, device=args.device)
+    code = run_demo(keep=args.keep, workdir=args.dir, device=args.device)
+    if code == INTERRUPTED:
+        # Every child is stopped and every file closed: skip the interpreter's slow teardown
+        # (torch, diffusers) so that Ctrl-C ends the command promptly.
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

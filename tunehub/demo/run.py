@@ -53,6 +53,7 @@ BASE_SEED = 1
 START_TIMEOUT = 60.0
 SYNC_TIMEOUT = 180.0
 GENERATE_TIMEOUT = 300.0
+INTERRUPTED = 130  # exit status after SIGINT / SIGTERM
 STOP_GRACE = 5.0  # SIGTERM -> SIGKILL; the daemon's own stop budget is 6 s, ours must stay < 10 s
 
 
@@ -265,7 +266,7 @@ class Demo:
             self.say("interrupted: stopping the demo's processes ...")
             self.stop_children()
             self.say(f"stopped; files are in {self.workdir}")
-            return 130
+            return INTERRUPTED
         finally:
             if not (success and self.keep):
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
