@@ -7,8 +7,10 @@ quanto int8 3.36 s / 16.8 GiB; 1.3B bf16 0.57 s / 5.3 GiB, quanto int8 0.62 s / 
 Targets (issue 7): tunehub int8 <= 1.0x the bf16 time of the same run with <= 17 GiB peak
 (14B), then <= 0.8x.
 
-Everything is built here with random weights: nothing is downloaded. Needs torch and
-diffusers; optimum-quanto only for its own row (left out with a note when missing).
+Everything is built here with random weights: nothing is downloaded. Needs torch,
+diffusers and safetensors, and this checkout (the script puts it on sys.path; it uses only
+tunehub.inference's torch modules: no tunehub install, no tomli); optimum-quanto only for
+its own row (left out with a note when missing).
 
     python benchmarks/gpu_generate.py --models 14B    # about 6-8 min on an H100
     python benchmarks/gpu_generate.py --models 1.3B --kernels fp8,int8mm,dequant,quanto
@@ -35,8 +37,7 @@ import torch  # noqa: E402
 
 from tunehub.inference.convert import wan_diffusers_to_original  # noqa: E402
 from tunehub.inference.int8_linear import Int8Linear, choose_kernel  # noqa: E402
-from tunehub.inference.pipeline import compile_transformer_blocks  # noqa: E402
-from tunehub.inference.transformer import build_empty, load_transformer  # noqa: E402
+from tunehub.inference.transformer import build_empty, compile_transformer_blocks, load_transformer  # noqa: E402
 
 GIB = 1024**3
 WAN_BASE = {

@@ -248,6 +248,8 @@ def build_pipeline(
 
         kernels = set_int8_kernel(transformer, int8_kernel, device)
     if compile_blocks:
+        from tunehub.inference.transformer import compile_transformer_blocks
+
         compile_transformer_blocks(transformer)
     return BuiltPipeline(
         pipe=pipe,
@@ -261,16 +263,6 @@ def build_pipeline(
         int8_kernels=kernels,
         load_seconds=time.perf_counter() - started,
     )
-
-
-def compile_transformer_blocks(transformer: Any) -> None:
-    """``torch.compile`` each repeated block (diffusers' regional compilation): the norms,
-    modulation and rotary work around the matrix products fuse into few kernels. The
-    first step pays the compile time."""
-    if getattr(transformer, "_repeated_blocks", None):
-        transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
-    else:
-        transformer.compile()
 
 
 def _ftfy_fallback(pipeline_class: Any) -> None:

@@ -249,3 +249,13 @@ def _finish(model: nn.Module, device: str | torch.device) -> None:
         param.requires_grad_(False)
     model.eval()
     model.to(device)
+
+
+def compile_transformer_blocks(transformer: Any) -> None:
+    """``torch.compile`` each repeated block (diffusers' regional compilation): the norms,
+    modulation and rotary work around the matrix products fuse into few kernels. The
+    first step pays the compile time."""
+    if getattr(transformer, "_repeated_blocks", None):
+        transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
+    else:
+        transformer.compile()
