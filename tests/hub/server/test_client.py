@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -394,3 +395,49 @@ def test_unusual_but_valid_names(hub: HubServer) -> None:
     for name in names:
         assert Path(hf_hub_download(repo, name)).read_bytes() == name.encode()
         assert api.file_exists(repo, name)
+
+
+def test_copies_within_and_across_repos(hub: HubServer) -> None:
+    from huggingface_hub import CommitOperationCopy
+
+    api = hub.api()
+    source = f"alice/{unique('src')}"
+    private = f"alice/{unique('priv')}"
+    api.create_repo(source)
+    api.create_repo(private, private=True)
+    weights = os.urandom(LFS_SIZE)
+    api.upload_file(path_or_fileobj=weights, path_in_repo="w.safetensors", repo_id=source)
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="c.json", repo_id=source)
+    api.create_commit(
+        source,
+        operations=[
+            CommitOperationCopy(src_path_in_repo="w.safetensors", path_in_repo="copy/w.safetensors"),
+            CommitOperationCopy(src_path_in_repo="c.json", path_in_repo="copy/c.json"),
+        ],
+        commit_message="copy within",
+    )
+    assert Path(hf_hub_download(source, "copy/w.safetensors")).read_bytes() == weights
+    assert Path(hf_hub_download(source, "copy/c.json")).read_bytes() == b"{}"
+
+    # Across repos (client 2.x does LFS cross-repo copies only over Xet, so speak the commit
+    # protocol directly): an lfsFile pointer to an object of a repo the committer can read is
+    # accepted, one to an object of a repo they cannot read is not.
+    secret = os.urandom(LFS_SIZE)
+    api.upload_file(path_or_fileobj=secret, path_in_repo="s.safetensors", repo_id=private)
+    bob_repo = f"bob/{unique()}"
+    hub.api(token=hub.bob_token).create_repo(bob_repo)
+
+    def bob_commit(oid: str, size: int) -> httpx.Response:
+        lines = [
+            {"key": "header", "value": {"summary": "copy", "description": ""}},
+            {"key": "lfsFile", "value": {"path": "w.safetensors", "algo": "sha256", "oid": oid, "size": size}},
+        ]
+        return httpx.post(
+            f"{hub.url}/api/models/{bob_repo}/commit/main",
+            content="\n".join(json.dumps(line) for line in lines).encode(),
+            headers={"Authorization": f"Bearer {hub.bob_token}", "Content-Type": "application/x-ndjson"},
+        )
+
+    assert bob_commit(hashlib.sha256(secret).hexdigest(), len(secret)).status_code == 400
+    assert bob_commit(hashlib.sha256(weights).hexdigest(), len(weights)).status_code == 200
+    assert Path(hf_hub_download(bob_repo, "w.safetensors", token=hub.bob_token)).read_bytes() == weights

@@ -974,7 +974,7 @@ class HubApp:
             elif key == "file":
                 operations.append(await self.regular_file(value, writers))
             elif key == "lfsFile":
-                operations.append(self.lfs_file(repo, value))
+                operations.append(await self.lfs_file(repo, principal, value))
             elif key in ("deletedFile", "deletedFolder"):
                 operations.append(DeleteFile(check_path(str(value.get("path", "")).rstrip("/")), key == "deletedFolder"))
             else:
@@ -1027,13 +1027,19 @@ class HubApp:
         sha256 = await anyio.to_thread.run_sync(write)
         return AddFile(path, sha256, len(data), False, git_blob_sha1(data))
 
-    def lfs_file(self, repo: Repo, value: dict[str, Any]) -> AddFile:
+    async def lfs_file(self, repo: Repo, principal: Principal, value: dict[str, Any]) -> AddFile:
         path = check_path(str(value.get("path", "")))
         oid = check_sha256(value.get("oid"))
         if value.get("algo", "sha256") != "sha256":
             raise problems.bad_request(f"Only sha256 LFS oids are supported ({path}).")
         if not self.store.repo_has_lfs(repo, oid):
-            raise problems.bad_request(f"LFS object {oid} for {path} was not uploaded to {repo.repo_id}.")
+            # A copy from another repo (CommitOperationCopy with src_repo_id) is allowed when the
+            # committer can read a repo holding the object: they could download and re-upload it.
+            # Knowing the hash alone is not enough.
+            readable = any(self.may_read(principal, other) for other in self.store.repos_with_blob(oid))
+            if not readable or not self.store.has_blob(oid):
+                raise problems.bad_request(f"LFS object {oid} for {path} was not uploaded to {repo.repo_id}.")
+            await anyio.to_thread.run_sync(self.store.grant_lfs, repo, oid)
         size = os.path.getsize(self.store.blob_path(oid))
         if value.get("size") is not None and check_size(value.get("size")) != size:
             raise problems.bad_request(f"Size of {path} ({value.get('size')}) differs from the stored object ({size}).")

@@ -670,6 +670,16 @@ class HubStore:
         ).fetchone()
         return row is not None and self.has_blob(oid)
 
+    def repos_with_blob(self, oid: str) -> list[Repo]:
+        """Repos with a commit that references the blob (for cross-repo LFS copies)."""
+        rows = self._connect().execute(
+            """SELECT DISTINCT r.id, r.type, r.namespace, r.name, r.private, r.created
+               FROM commit_files f JOIN commits c ON c.sha = f.commit_sha JOIN repos r ON r.id = c.repo_id
+               WHERE f.sha256=?""",
+            (oid,),
+        )
+        return [self._repo_from_row(row) for row in rows]
+
     def grant_lfs(self, repo: Repo, oid: str) -> None:
         with self._write() as conn:
             conn.execute("INSERT OR IGNORE INTO repo_lfs VALUES(?, ?)", (repo.id, oid))
