@@ -131,7 +131,7 @@ class MainScreen(Screen[None]):
 
                     app.registry = Registry.load(app.cfg)
                 rows = build_rows(app.registry)
-        except TunehubError as exc:
+        except (TunehubError, OSError) as exc:  # shown in the list; the app stays usable
             self.post_message(RegistryFailed(str(exc)))
             return
         self.post_message(RegistryLoaded(app.registry, rows))
@@ -250,7 +250,11 @@ class MainScreen(Screen[None]):
     # -- detail -------------------------------------------------------------------------
 
     def on_definition_list_highlighted(self, message: DefinitionList.Highlighted) -> None:
-        self._show_detail(message.row)
+        # After the list's own frame: typing in the filter repaints the list first.
+        self.call_after_refresh(self._show_highlighted)
+
+    def _show_highlighted(self) -> None:
+        self._show_detail(self.query_one(DefinitionList).highlighted)
 
     def on_definition_list_selected(self, message: DefinitionList.Selected) -> None:
         detail = self.query_one(DetailPane)
@@ -324,7 +328,7 @@ class MainScreen(Screen[None]):
             for path in sorted(paths):
                 try:
                     definition_id = app.registry.reload_file(path) if path.exists() else app.registry.remove_file(path)
-                except TunehubError:
+                except (TunehubError, OSError):
                     definition_id = None
                 if definition_id is None and path.parent.parent == app.cfg.remote_dir:
                     full_reload = True  # a remote folder the registry did not know yet

@@ -117,7 +117,7 @@ class DefinitionList(ScrollView, can_focus=True):
         self._scroll_cursor_into_view()
         self.refresh()
         new_id = row.id if row else None
-        if new_id != self._highlighted_id or old != new:
+        if new_id != self._highlighted_id:
             self._highlighted_id = new_id
             self.post_message(self.Highlighted(row))
 
