@@ -179,6 +179,31 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_finetune_transformer(
+    base_folder: Path,
+    architecture: str,
+    transformer_files: list[Path],
+    dtype: str,
+    device: str,
+    int8_kernel: str = "auto",
+    progress: Progress | None = None,
+) -> tuple[Any, Path]:
+    """The finetune's transformer alone (what a multi-GPU rank without text encoder or VAE
+    holds): the base repo's config (or the shipped one) + the original-layout files.
+    int8 layers start with the exact ``dequant`` kernel (or quanto's QLinear); call
+    ``set_int8_kernel`` once the model sits where it runs. Returns (model, config path)."""
+    from tunehub.inference.transformer import load_transformer
+
+    spec = arch_spec(architecture)
+    config, config_path = transformer_config(base_folder, architecture)
+    model_class = config.get("_class_name") or spec.transformer
+    if progress:
+        progress({"status": "loading transformer", "files": [str(p) for p in transformer_files]})
+    initial_kernel = "quanto" if int8_kernel == "quanto" else "dequant"
+    transformer = load_transformer(model_class, config, transformer_files, dtype, device, initial_kernel)
+    return transformer, config_path
+
+
 def build_pipeline(
     cfg: Config,
     architecture: str,
@@ -197,7 +222,7 @@ def build_pipeline(
     import torch
 
     from tunehub.inference.int8_linear import int8_layers
-    from tunehub.inference.transformer import DTYPES, load_transformer
+    from tunehub.inference.transformer import DTYPES
 
     spec = arch_spec(architecture)
     if offload not in OFFLOAD_MODES:
@@ -209,15 +234,12 @@ def build_pipeline(
         raise InferenceError("--device cuda asked but no CUDA device is available; use --device cpu")
     started = time.perf_counter()
     base_folder = fetch_base_repo(cfg, architecture, progress)
-    config, config_path = transformer_config(base_folder, architecture)
-    model_class = config.get("_class_name") or spec.transformer
-    if progress:
-        progress({"status": "loading transformer", "files": [str(p) for p in transformer_files]})
     # Without offload the transformer's tensors go straight to the device; with offload
     # it starts on the CPU, where the hooks expect every model.
-    initial_kernel = "quanto" if int8_kernel == "quanto" else "dequant"  # fast kernels: after placement
-    load_device = device if offload == "none" else "cpu"
-    transformer = load_transformer(model_class, config, transformer_files, dtype, load_device, initial_kernel)
+    transformer, config_path = load_finetune_transformer(
+        base_folder, architecture, transformer_files, dtype, device if offload == "none" else "cpu",
+        int8_kernel, progress,
+    )  # fmt: skip
     torch_dtype = DTYPES[dtype]
     component_dtypes: dict[str, Any] = {"default": torch_dtype}
     if spec.family == "wan":
