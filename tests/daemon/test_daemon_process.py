@@ -38,6 +38,11 @@ def _cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedPro
 def test_watch_status_lock_and_sigterm(home: Any, daemon_factory: Any) -> None:
     (home.ckpts / "local_ft_bf16.safetensors").write_bytes(b"x" * 16)
     daemon = daemon_factory(home.root)
+    env = {k: v for k, v in os.environ.items() if k != "TUNEHUB_HOME"}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tunehub", "--home", str(home.root), "logs", "-f", "-n", "100"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
 
     # a definition dropped into the folder is in `tunehub status --json` within 1 s
     started = time.monotonic()
@@ -52,6 +57,19 @@ def test_watch_status_lock_and_sigterm(home: Any, daemon_factory: Any) -> None:
         lambda s: (e := definition_in(s, "t2v_dropped")) and e["state"] == "ready" and e, what="t2v_dropped ready"
     )
     assert entry["files"][0]["present"] is True
+    text = _cli(home.root, "status")
+    assert text.returncode == 0 and "ready     t2v_dropped" in text.stdout
+    # `tunehub logs -f` follows the log as events happen
+    try:
+        assert follower.stdout is not None
+        line = ""
+        while "definition.added" not in line:
+            line = follower.stdout.readline()
+            assert line, "logs -f ended"
+        assert "definition=t2v_dropped" in line
+    finally:
+        follower.terminate()
+        follower.wait(10)
 
     # edited, then deleted
     _write(home.finetunes, "t2v_dropped", ["local_ft_bf16.safetensors"], description="edited")
