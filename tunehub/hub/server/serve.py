@@ -97,6 +97,9 @@ def serve(
         )
     print(f"Serving {store.root} at {url}", file=sys.stderr)
     print(f"Clients: export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1", file=sys.stderr)
+    if host in ("0.0.0.0", "::", ""):
+        port_bound = sock.getsockname()[1]
+        print(f"Listening on all interfaces: other machines use http://<this machine's address>:{port_bound}", file=sys.stderr)
     print(f"HF_ENDPOINT={url}", file=out, flush=True)
     try:
         server.run(sockets=[sock])
