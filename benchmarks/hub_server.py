@@ -157,6 +157,15 @@ def main() -> int:
                     cpu_ours += after_ours - before_ours
                 hf_plain.append(hf_rate(plain_url, tmp / "cache-plain", size, sha256))
                 hf_ours.append(hf_rate(ours.url, tmp / "cache-ours", size, sha256))
+            # Upload (no stand-in takes uploads: compared with the anchors.md figure, not re-measured).
+            import huggingface_hub.constants as constants
+
+            constants.HF_HUB_DISABLE_XET = True
+            api = ours.api()
+            make_file(tmp / "upload.safetensors", size)  # new bytes: the server must really receive them
+            started = time.perf_counter()
+            api.upload_file(path_or_fileobj=str(tmp / "upload.safetensors"), path_in_repo="upload.safetensors", repo_id=REPO)
+            upload_rate = size / (time.perf_counter() - started)
         finally:
             plain.shutdown()
             ours.stop()
@@ -169,6 +178,8 @@ def main() -> int:
     gigabytes = size * args.rounds / 1e9
     print(f"server CPU per GB sent (raw GET; load-independent cost): ours {cpu_ours / gigabytes:.3f} s, "
           f"plain {cpu_plain / gigabytes:.3f} s")
+    print(f"HfApi.upload_file to ours (client sha256 + LFS PUT + server hash/fsync): {upload_rate / mb:.0f} MB/s "
+          f"(anchors.md: 196 MB/s to the plain stand-in, another day)")
     raw_ok = max(raw_ours) >= 1e9
     hf_ok = max(hf_ours) >= 0.95 * max(hf_plain)
     print(f"target raw GET >= 1000 MB/s: {'met' if raw_ok else 'NOT met'}; "
