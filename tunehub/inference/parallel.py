@@ -359,6 +359,7 @@ def launch(
         elif kind == "error":
             errors.append((rank, payload))
 
+    exits: list[int | None] = []
     try:
         for process in processes:
             process.start()
@@ -384,16 +385,23 @@ def launch(
                         handle(queue.get(timeout=0.2))
                 break
     finally:
+        exits = [p.exitcode for p in processes]  # before the stop: who died by itself
         _stop(processes)
         with contextlib.suppress(Exception):
             while True:
                 handle(queue.get_nowait())
         queue.close()
         queue.cancel_join_thread()
+    primary = [item for item in errors if not _is_secondary(item[1])]
+    if primary:
+        raise _rank_error(*primary[0])
+    reported = {rank for rank, _ in errors}
+    silent = [(r, code) for r, code in enumerate(exits) if code not in (None, 0) and r not in reported]
+    if silent:  # died without a word (killed, out of memory, segfault): the others only lost it
+        rank, code = silent[0]
+        raise InferenceError(f"rank {rank} {_describe_exit(code)} (no error message; out of memory?)")
     if errors:
-        primary = [item for item in errors if not _is_secondary(item[1])] or errors
-        rank, payload = primary[0]
-        raise _rank_error(rank, payload)
+        raise _rank_error(*errors[0])
     bad = [(r, p.exitcode) for r, p in enumerate(processes) if p.exitcode != 0]
     if bad:
         rank, code = bad[0]
@@ -563,7 +571,10 @@ def _as_bytes(tensor: Any) -> Any:
     """Any dtype as a flat uint8 view: every backend moves bytes (gloo lacks some dtypes)."""
     import torch
 
-    return tensor.contiguous().reshape(-1).view(torch.uint8)
+    flat = tensor.contiguous().reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:  # a 1-element expand keeps stride 0
+        flat = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device).copy_(flat)
+    return flat.view(torch.uint8)
 
 
 def _empty_bytes(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
