@@ -176,8 +176,8 @@ class DefinitionList(ScrollView, can_focus=True):
         size_w, arch_w = 9, 11
         fixed = state_w + size_w + 2
         rest = max(width - fixed, 8)
-        if rest >= 60:
-            id_w = min(max(rest // 3, 24), 40)
+        if rest >= 50:
+            id_w = min(max(rest // 2 - 4, 22), 40)
             name_w = rest - id_w - arch_w - 2
             return [("id", id_w), ("name", name_w), ("architecture", arch_w), ("size", size_w), ("state", state_w)]
         if rest >= 36:
