@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading

@@ -103,6 +103,15 @@ def test_watch_status_lock_and_sigterm(home: Any, daemon_factory: Any) -> None:
     home.write_config('[daemon]\npull = "none"\n')
     daemon.signal(signal.SIGHUP)
     daemon.wait_for(lambda s: s["policy"]["pull"] == "none", timeout=10, what="reloaded policy")
+    # a broken tunehub.toml on SIGHUP is reported; the daemon keeps its settings and runs on
+    home.write_config('[daemon]\npull = "sometimes"\n')
+    daemon.signal(signal.SIGHUP)
+    error = daemon.wait_for(
+        lambda s: [e for e in daemon.client.events(0)["events"] if e["type"] == "config.error"], timeout=10,
+        what="config.error event",
+    )
+    assert "tunehub.toml" in error[0]["error"] and "pull" in error[0]["error"]
+    assert daemon.client.status()["policy"]["pull"] == "none" and daemon.client.health()["ok"]
 
     # SIGTERM: stops within 10 s, cleanly
     stop_started = time.monotonic()

@@ -315,7 +315,7 @@ class JobRunner:
         except JobCancelled as exc:
             if exc.reason == "shutdown":
                 outcome = "queued"
-                self.journal.retry_job(job["id"], "interrupted by shutdown; resumes at next start", 0.0)
+                self.journal.retry_job(job["id"], "interrupted by shutdown; resumes at next start", 0.0, count_attempt=False)
                 self.events.publish("job.interrupted", job=job["id"], kind=job["kind"], definition=job["definition_id"])
             else:
                 outcome = "cancelled"
@@ -324,7 +324,7 @@ class JobRunner:
         except BaseException as exc:  # every failure is journaled and shown; none stops the daemon
             if ctx.cancel.is_set() and ctx.cancel_reason == "shutdown":
                 outcome = "queued"
-                self.journal.retry_job(job["id"], "interrupted by shutdown; resumes at next start", 0.0)
+                self.journal.retry_job(job["id"], "interrupted by shutdown; resumes at next start", 0.0, count_attempt=False)
             else:
                 outcome = self._failed(job, exc, settings)
         finally:
@@ -340,8 +340,7 @@ class JobRunner:
         max_attempts = int(job.get("max_attempts") or settings.max_attempts)
         if isinstance(exc, DiskFullError):
             # Not the job's fault: wait for space without using up its attempts.
-            self.journal.retry_job(job["id"], message, time.time() + 30.0)
-            self.journal._execute("UPDATE jobs SET attempts=MAX(attempts-1, 0) WHERE id=?", (job["id"],))
+            self.journal.retry_job(job["id"], message, time.time() + 30.0, count_attempt=False)
             self.events.publish("downloads.paused", job=job["id"], definition=job["definition_id"], reason=message)
             logger.warning(message, extra={"event": "downloads.paused", "fields": {"job": job["id"]}})
             return "queued"

@@ -221,10 +221,12 @@ class Journal:
             (state, error, json.dumps(result) if result is not None else None, now, now, job_id),
         )
 
-    def retry_job(self, job_id: int, error: str, at: float) -> None:
+    def retry_job(self, job_id: int, error: str, at: float, *, count_attempt: bool = True) -> None:
+        """Back to the queue until ``at``; ``count_attempt=False`` gives the attempt back (not the job's fault)."""
+        refund = 0 if count_attempt else 1
         self._execute(
-            "UPDATE jobs SET state='queued', last_error=?, next_attempt_at=?, updated=? WHERE id=?",
-            (error, at, time.time(), job_id),
+            "UPDATE jobs SET state='queued', last_error=?, next_attempt_at=?, attempts=MAX(attempts-?, 0), updated=? WHERE id=?",
+            (error, at, refund, time.time(), job_id),
         )
 
     def set_progress(self, job_id: int, progress: dict[str, Any]) -> None:

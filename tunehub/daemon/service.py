@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from tunehub import __version__
@@ -579,6 +578,3 @@ class Daemon:
             print(f"  {self._downloads_paused}")
         return 1 if problems else 0
 
-
-def _home_path(home: str | None) -> Path:
-    return load_config(home).home
