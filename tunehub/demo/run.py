@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,8 +279,9 @@ class Demo:
         self.print_summary()
         return 0 if success else 1
 
-    def _timed(self, name: str, function: Callable[[], tuple[int | None, str]]) -> Step:
-        start = time.monotonic()
+    def _timed(self, name: str, function: Callable[[], tuple[int | None, str]], start: float | None = None) -> Step:
+        """Run one step; its time counts from ``start`` (default: now)."""
+        start = time.monotonic() if start is None else start
         try:
             size, detail = function()
         except DemoError:
@@ -301,19 +303,20 @@ class Demo:
         server = self._spawn("hub-server", _tunehub_command("hub", "serve", "--root", str(self.hub_root), "--port", "0"),
                              self._child_env())  # fmt: skip
         started = time.monotonic()
-        built = self._timed("build tiny models (Wan t2v 1.3B base repo + 16-bit finetune)", self._build_models)
-        self._timed("start hub server", lambda: self._wait_server(server, started))
+        watch = _Background(lambda: self._probe_server(server, started + START_TIMEOUT))
+        self._timed("build tiny models (Wan t2v 1.3B base repo + 16-bit finetune)", self._build_models)
+        step = self._timed("start hub server (during the build)", lambda: self._wait_server(watch), start=started)
+        step.seconds = (watch.finished_at or time.monotonic()) - started
         self._timed(f"publish base repo {BASE_REPO}", self._publish_base)
         self._timed(f"publish community repo {COMMUNITY_REPO}", self._publish_community)
         self._write_home()
         daemon_started = time.monotonic()
         self._daemon = self._spawn(
-            "daemon", _tunehub_command("--home", str(self.home), "daemon", "--quiet"), self._child_env(self._tokens[DEMO_USER])
+            "daemon", _tunehub_command("--home", str(self.home), "daemon"), self._child_env(self._tokens[DEMO_USER])
         )
-        self._timed("start daemon", lambda: self._wait_daemon_ready(self._daemon, daemon_started))
+        self._timed("start daemon", lambda: self._wait_daemon_ready(self._daemon, daemon_started), start=daemon_started)
         self._sync_steps()
         self._timed("generate a video (tunehub generate)", self._generate)
-        del built
 
     # ------------------------------------------------------------------ steps
 
@@ -327,8 +330,8 @@ class Demo:
         self.finetune_file = files["transformer"]
         return _tree_bytes(base) + _tree_bytes(self.finetune_file), ""
 
-    def _wait_server(self, server: Child, started: float) -> tuple[None, str]:
-        deadline = started + START_TIMEOUT
+    def _probe_server(self, server: Child, deadline: float) -> str:
+        """The server's URL once it answers /api/health (runs in a thread during the build)."""
         url = ""
         while not url:
             try:
@@ -359,6 +362,10 @@ class Demo:
             if time.monotonic() > deadline:
                 raise DemoError("start hub server", f"{url} not healthy after {START_TIMEOUT:.0f}s; log: {server.log}")
             time.sleep(0.05)
+        return url
+
+    def _wait_server(self, watch: _Background) -> tuple[None, str]:
+        url = watch.result()
         self.endpoint = url
         self.result.endpoint = url
         # users and tokens (written to the server's store directly, as `tunehub hub token add` does)
@@ -486,7 +493,8 @@ class Demo:
             entry = next((e for e in status.get("definitions", []) if e.get("id") == DEFINITION_ID), None)
             if entry is not None and seen_at is None:
                 seen_at = time.monotonic()
-                self._record(Step(step, seen_at - start, _tree_bytes(working) if working.exists() else None, str(working.parent)))
+                self._record(Step(step, seen_at - start, _tree_bytes(working) if working.exists() else None,
+                                  f"{working.relative_to(self.workdir)}"))  # fmt: skip
                 step = "daemon: pull, quantize, publish, rewrite"
             for remote in status.get("remotes", []):
                 if remote.get("failures") and remote.get("last_error") and seen_at is None and time.monotonic() - start > 20:
@@ -505,13 +513,11 @@ class Demo:
             time.sleep(0.1)
         done_at = time.monotonic()
         jobs = {j["kind"]: j for j in reversed(client.jobs()) if j.get("definition_id") == DEFINITION_ID}
-        files = {f["filename"]: f for f in entry.get("files", [])} if entry else {}
-        data = json.loads(working.read_text(encoding="utf-8"))
-        urls = data["model"]["URLs"]
-        names = [u.rsplit("/", 1)[-1] for u in urls]
+        urls = json.loads(working.read_text(encoding="utf-8"))["model"]["URLs"]
+        names = [url.rsplit("/", 1)[-1] for url in urls]
         ckpts = self.home / "ckpts"
         sizes = {name: (ckpts / name).stat().st_size for name in names if (ckpts / name).is_file()}
-        int8_name = next((n for n in names if "int8" in n), None)
+        int8_name = next((name for name in names if "int8" in name), "?")
         bf16_name = self.finetune_file.name
 
         def job_seconds(kind: str) -> float | None:
@@ -521,15 +527,13 @@ class Demo:
             return float(job["finished"]) - float(job["started"])
 
         self._record(Step("daemon: pull + verify sha256 (16-bit)", job_seconds("pull"), sizes.get(bf16_name), bf16_name))
-        self._record(Step("daemon: quantize to int8 (streaming)", job_seconds("quantize"), sizes.get(int8_name or ""), int8_name or "?"))
-        published = self._published_bytes()
-        self._record(Step(f"daemon: publish to {PUBLISH_REPO}", job_seconds("publish"), published, ""))
-        finished = max((float(j["finished"]) for j in jobs.values() if j.get("finished")), default=None)
-        lag = max(0.0, time.time() - finished - (time.monotonic() - done_at)) if finished else None
-        self._record(Step("daemon: definition rewritten to URLs", lag, _tree_bytes(working), f"{len(urls)} URLs"))
-        self._record(Step("  (daemon total: fetch to ready)", done_at - start, None, ""))
+        self._record(Step("daemon: quantize to int8 (streaming)", job_seconds("quantize"), sizes.get(int8_name), int8_name))
+        self._record(
+            Step(f"daemon: publish to {PUBLISH_REPO}, rewrite to URLs", job_seconds("publish"), self._published_bytes(),
+                 f"{len(urls)} URLs in the definition")  # fmt: skip
+        )
+        self._record(Step("daemon: total, fetch to synced", done_at - start, None, ""))
         self.result.definition = working
-        del files
 
     def _failed_job_step(self, client: Any) -> str:
         try:
@@ -632,6 +636,33 @@ class Demo:
         self.say(f"  tunehub --home {home} status")
         self.say("Stop both:")
         self.say(f"  kill -TERM -- {groups}")
+
+
+class _Background:
+    """Run ``function`` in a daemon thread; ``result()`` waits (interruptibly) and re-raises."""
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        self._function = function
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.finished_at: float | None = None
+        self._thread = threading.Thread(target=self._run, name="tunehub-demo-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._function()
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._error = exc
+        finally:
+            self.finished_at = time.monotonic()
+
+    def result(self) -> Any:
+        while self._thread.is_alive():
+            self._thread.join(0.1)  # short joins: Ctrl-C stays responsive
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _quiet_libraries() -> None:
