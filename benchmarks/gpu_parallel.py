@@ -174,11 +174,9 @@ def bench_rank(rank: int, world: int, channel: Any, job: dict[str, Any]) -> dict
             result = None
         else:
             leader = parallel.Leader(model, ctx, cfg_pairs=plan.cfg == 2) if ctx is not None else None
-            try:
-                times, latents = denoise_steps(model, inputs, make_scheduler(job["warmup"] + job["steps"], device), device)
-            finally:
-                if leader is not None:
-                    leader.finish()
+            times, latents = denoise_steps(model, inputs, make_scheduler(job["warmup"] + job["steps"], device), device)
+            if leader is not None:
+                leader.finish()  # on failure: no stop, no teardown; the parent ends the other ranks
             final = latents.float().cpu()
             baseline_file = Path(job["workdir"]) / "baseline.pt"
             if world == 1 and job["save_baseline"]:
@@ -201,10 +199,10 @@ def bench_rank(rank: int, world: int, channel: Any, job: dict[str, Any]) -> dict
             }
         peak = torch.cuda.max_memory_allocated(device) / GIB if str(device).startswith("cuda") else None
         channel.send({"rank": rank, "peak_gib": peak, "build_s": build_seconds})
-        return result
-    finally:
         if ctx is not None:
             ctx.close()
+        return result
+    finally:
         gc.collect()
 
 

@@ -107,6 +107,38 @@ def test_two_processes_match_one(home: Path, mode: str, tmp_path: Path) -> None:
     assert json.loads(multi.settings_file.read_text()) == json.loads(single.settings_file.read_text())
 
 
+def _children() -> list[int]:
+    """Live processes whose parent is this one (Linux /proc)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_rank_error_ends_generate_without_a_video(home: Path, tmp_path: Path) -> None:
+    """Every rank reads the (truncated) file: the run ends with a rank's own error, no
+    video under the final name, no temp file beside it, no process left."""
+    broken = home / "ckpts" / "tiny_broken_mbf16.safetensors"
+    good = next((home / "ckpts").glob("tiny_t2v*"))
+    broken.write_bytes(good.read_bytes()[:1000])
+    definition = {"model": {"name": "broken", "architecture": "t2v", "URLs": [broken.name]}}
+    (home / "finetunes" / "tiny_broken.json").write_text(json.dumps(definition), encoding="utf-8")
+    cfg = load_config(home)
+    before = set(_children())
+    out = tmp_path / "videos" / "clip.mp4"
+    with pytest.raises(InferenceError, match=r"^rank \d: .*tiny_broken_mbf16.safetensors"):
+        generate_parallel(cfg, Registry.load(cfg), "tiny_broken", gpus=2, parallel="cfg", device="cpu", out=out, **SETTINGS)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+    assert set(_children()) <= before
+
+
 # --- failure: worker functions run in the spawned children (importable from here) -----
 
 

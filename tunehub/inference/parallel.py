@@ -799,49 +799,49 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
     from tunehub.inference.pipeline import build_pipeline, denoise, pipeline_inputs, set_flow_shift
     from tunehub.inference.video import to_uint8_frames
 
+    # No ``finally`` around the work: after a failure this rank neither tells the others to
+    # stop nor tears the process group down (either could block on a peer in another
+    # collective); it reports its error and exits, and the parent stops the others.
     ctx = init_rank(rank, job.plan, job.init_method)
-    try:
-        if rank != 0:
-            transformer = load_transformer_only(
-                job.cfg, job.architecture, job.files, job.dtype, ctx.device, job.int8_kernel, job.compile_blocks
-            )
-            enable_context_parallel(transformer, ctx)
-            serve(transformer, ctx)
-            return None
-        built = build_pipeline(
-            job.cfg,
-            job.architecture,
-            job.files,
-            dtype=job.dtype,
-            device=ctx.device,
-            offload="none",
-            int8_kernel=job.int8_kernel,
-            vae_tiling=job.vae_tiling,
-            compile_blocks=job.compile_blocks,
-            progress=channel.progress,
+    if rank != 0:
+        transformer = load_transformer_only(
+            job.cfg, job.architecture, job.files, job.dtype, ctx.device, job.int8_kernel, job.compile_blocks
         )
-        enable_context_parallel(built.pipe.transformer, ctx)
-        set_flow_shift(built.pipe, job.values.flow_shift)
-        kwargs = pipeline_inputs(built, job.values, job.inputs)
-        leader = Leader(built.pipe.transformer, ctx, cfg_pairs=job.plan.cfg == 2)
-        started = time.perf_counter()
-        try:
-            frames = denoise(built, kwargs, channel.progress)
-        finally:
-            leader.finish()
-        denoise_seconds = time.perf_counter() - started
-        path = Path(job.workdir) / "frames.npy"
-        np.save(path, to_uint8_frames(frames))
-        return {
-            "frames_file": str(path),
-            "device": built.device,
-            "int8_kernels": built.int8_kernels,
-            "load_seconds": built.load_seconds,
-            "denoise_seconds": denoise_seconds,
-            "transformer_calls": leader.calls,
-        }
-    finally:
+        enable_context_parallel(transformer, ctx)
+        serve(transformer, ctx)
         ctx.close()
+        return None
+    built = build_pipeline(
+        job.cfg,
+        job.architecture,
+        job.files,
+        dtype=job.dtype,
+        device=ctx.device,
+        offload="none",
+        int8_kernel=job.int8_kernel,
+        vae_tiling=job.vae_tiling,
+        compile_blocks=job.compile_blocks,
+        progress=channel.progress,
+    )
+    enable_context_parallel(built.pipe.transformer, ctx)
+    set_flow_shift(built.pipe, job.values.flow_shift)
+    kwargs = pipeline_inputs(built, job.values, job.inputs)
+    leader = Leader(built.pipe.transformer, ctx, cfg_pairs=job.plan.cfg == 2)
+    started = time.perf_counter()
+    frames = denoise(built, kwargs, channel.progress)
+    denoise_seconds = time.perf_counter() - started
+    leader.finish()  # the other ranks stop serving
+    path = Path(job.workdir) / "frames.npy"
+    np.save(path, to_uint8_frames(frames))
+    ctx.close()
+    return {
+        "frames_file": str(path),
+        "device": built.device,
+        "int8_kernels": built.int8_kernels,
+        "load_seconds": built.load_seconds,
+        "denoise_seconds": denoise_seconds,
+        "transformer_calls": leader.calls,
+    }
 
 
 def resolve_world(gpus: int | str, device_type: str) -> int:
