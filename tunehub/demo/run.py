@@ -76,7 +76,6 @@ class Step:
     seconds: float | None = None
     bytes: int | None = None
     detail: str = ""
-    ok: bool = True
 
 
 @dataclass
@@ -488,8 +487,11 @@ class Demo:
                 raise DemoError(step, f"the daemon exited with {daemon.process.returncode}:\n{self._log_tail(daemon)}")
             try:
                 status = client.status()
-            except TunehubError as exc:
-                raise DemoError(step, f"{exc}") from None
+            except TunehubError as exc:  # a busy daemon may miss one answer: try again until the timeout
+                if time.monotonic() - start > SYNC_TIMEOUT:
+                    raise DemoError(step, f"{exc}") from None
+                time.sleep(0.5)
+                continue
             entry = next((e for e in status.get("definitions", []) if e.get("id") == DEFINITION_ID), None)
             if entry is not None and seen_at is None:
                 seen_at = time.monotonic()
