@@ -243,7 +243,9 @@ def child_compare(ours: str, theirs: str) -> None:
             for k in sorted(keys_a & keys_b)
             if not (
                 a.get_tensor(k).dtype == b.get_tensor(k).dtype
-                and torch.equal(a.get_tensor(k).reshape(-1).view(torch.uint8), b.get_tensor(k).reshape(-1).view(torch.uint8))
+                and torch.equal(
+                    a.get_tensor(k).reshape(-1).view(torch.uint8), b.get_tensor(k).reshape(-1).view(torch.uint8)
+                )
             )
         ]
         from tunehub.quant.format import decode_map
@@ -287,7 +289,7 @@ def run_child(args: list[str], label: str) -> dict:
         print(f"{label} failed ({process.returncode}):\n{stderr.decode(errors='replace')[-3000:]}", file=sys.stderr)
         raise SystemExit(1)
     text = stdout.decode()
-    result = json.loads(text[text.index("{"):]) if "{" in text else {}
+    result = json.loads(text[text.index("{") :]) if "{" in text else {}
     result.update(wall=wall, peak_rss=usage.ru_maxrss * 1024)
     return result
 
@@ -328,17 +330,26 @@ def gb(n: float) -> str:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         role, *rest = sys.argv[2:]
-        {"generate": child_generate, "reference": child_reference, "load": child_load,
-         "compare": child_compare, "read": child_read}[role](*rest)
+        {
+            "generate": child_generate,
+            "reference": child_reference,
+            "load": child_load,
+            "compare": child_compare,
+            "read": child_read,
+        }[role](*rest)
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="1.3B")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--dir", type=Path, default=Path(tempfile.gettempdir()) / "tunehub-bench-quantize",
+        "--dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tunehub-bench-quantize",
         help="where the generated files go (outside the repo: they are GBs)",
     )
-    parser.add_argument("--cache", choices=("warm", "cold"), help="page cache before each run (default: warm on cpu, cold on cuda)")
+    parser.add_argument(
+        "--cache", choices=("warm", "cold"), help="page cache before each run (default: warm on cpu, cold on cuda)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each flow, alternating; the median counts")
     parser.add_argument("--no-reference", action="store_true", help="skip WanGP's path (always skipped for 14B)")
     parser.add_argument("--no-loader", action="store_true", help="skip the loader comparison")
@@ -391,8 +402,20 @@ def main() -> int:
         if ours.exists():
             ours.unlink()
         result = run_child(
-            [python, "-m", "tunehub", "quantize", "--file", str(source), "--out", str(ours),
-             "--device", args.device, "--json", "-q"],
+            [
+                python,
+                "-m",
+                "tunehub",
+                "quantize",
+                "--file",
+                str(source),
+                "--out",
+                str(ours),
+                "--device",
+                args.device,
+                "--json",
+                "-q",
+            ],
             "tunehub",
         )
         tunehubs.append(result)
@@ -411,7 +434,9 @@ def main() -> int:
     )
     if reference is not None:
         ratio = tunehub["wall"] / reference["wall"]
-        print(f"RESULT wall ratio tunehub/reference: {ratio:.2f}x vs target <= 0.67x: {'PASS' if ratio <= 0.67 else 'FAIL'}")
+        print(
+            f"RESULT wall ratio tunehub/reference: {ratio:.2f}x vs target <= 0.67x: {'PASS' if ratio <= 0.67 else 'FAIL'}"
+        )
         print(f"RESULT RSS ratio tunehub/reference: {tunehub['peak_rss'] / reference['peak_rss']:.2f}x")
         compared = run_child([python, me, "_child", "compare", str(ours), str(theirs)], "compare")
         identical = compared["same_keys"] and not compared["differing"] and compared["same_map"]
@@ -436,7 +461,9 @@ def main() -> int:
             )
         ratio = times["tunehub"]["seconds"] / times["requantize"]["seconds"]
         touch_ratio = times["tunehub"]["with_touch"] / times["requantize"]["with_touch"]
-        print(f"RESULT load ratio tunehub/requantize: {ratio:.2f}x vs target <= 0.5x: {'PASS' if ratio <= 0.5 else 'FAIL'}")
+        print(
+            f"RESULT load ratio tunehub/requantize: {ratio:.2f}x vs target <= 0.5x: {'PASS' if ratio <= 0.5 else 'FAIL'}"
+        )
         print(f"RESULT load+read ratio tunehub/requantize: {touch_ratio:.2f}x")
     print(f"loadavg at end: {os.getloadavg()}")
     if args.cleanup:

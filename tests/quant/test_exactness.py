@@ -78,7 +78,10 @@ def test_each_layout_matches_quanto_byte_for_byte(layout: str, tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "factory, prefixes",
-    [(tiny_wan_diffusers, ("blocks.",)), (tiny_hunyuan_diffusers, ("transformer_blocks.", "single_transformer_blocks."))],
+    [
+        (tiny_wan_diffusers, ("blocks.",)),
+        (tiny_hunyuan_diffusers, ("transformer_blocks.", "single_transformer_blocks.")),
+    ],
 )
 def test_layer_table_names_exactly_the_block_linears_of_diffusers_models(factory, prefixes) -> None:
     model = factory()
@@ -147,7 +150,11 @@ def test_layouts_are_detected_from_keys_only() -> None:
 def test_layers_larger_than_a_row_block_match_quanto(tmp_path: Path, source_dtype: torch.dtype) -> None:
     # 2100 x 2048 bf16 is above the CPU row block (8 MiB): several blocks, the last one partial.
     torch.manual_seed(5)
-    shapes = {"blocks.0.ffn.0.weight": (2100, 2048), "blocks.0.ffn.0.bias": (2100,), "blocks.0.self_attn.q.weight": (8, 8)}
+    shapes = {
+        "blocks.0.ffn.0.weight": (2100, 2048),
+        "blocks.0.ffn.0.bias": (2100,),
+        "blocks.0.self_attn.q.weight": (8, 8),
+    }
     model = tree_from_shapes(shapes, {"blocks.0.ffn.0", "blocks.0.self_attn.q"})
     source = save_model(model, tmp_path / "big.safetensors", source_dtype)
     result = quantize_file(source, tmp_path / "out.safetensors", dtype="bf16")

@@ -40,7 +40,7 @@ def test_quantize_writes_wangp_name_and_appends_it(home) -> None:
     assert read_quantization_map(outputs[0])
     data = json.loads(path.read_text(encoding="utf-8"))
     assert data["model"]["URLs"] == [SOURCE, OUTPUT]
-    assert list(data) == ["prompt", "seed", "model"] and "\n\t\"prompt\"" in path.read_text(encoding="utf-8")
+    assert list(data) == ["prompt", "seed", "model"] and '\n\t"prompt"' in path.read_text(encoding="utf-8")
     # WanGP's rule now picks the int8 file; the registry saw the rewrite.
     assert registry.resolve("t2v_mywan", quantization="int8").transformer.filename == OUTPUT
 
@@ -58,10 +58,16 @@ def test_fp16_target_and_modules_are_quantized_too(home) -> None:
     torch.manual_seed(31)
     save_model(TinyWan(layers=1), home.ckpts / SOURCE, torch.bfloat16)
     vace = {f"vace_{k}": v for k, v in TinyWan(layers=1).blocks.state_dict(prefix="blocks.").items()}
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in vace.items()}, str(home.ckpts / "vace_module_bf16.safetensors"))
+    save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in vace.items()},
+        str(home.ckpts / "vace_module_bf16.safetensors"),
+    )
     path = _definition(home, modules=[["vace_module_bf16.safetensors"]])
     outputs = quantize_definition(home.config(), home.registry(), "t2v_mywan", dtype="fp16", device="cpu")
-    assert [p.name for p in outputs] == ["mywan_1.3B_quanto_mfp16_int8.safetensors", "vace_module_quanto_fp16_int8.safetensors"]
+    assert [p.name for p in outputs] == [
+        "mywan_1.3B_quanto_mfp16_int8.safetensors",
+        "vace_module_quanto_fp16_int8.safetensors",
+    ]
     assert all(read_quantization_map(p) for p in outputs)
     assert {e.dtype for e in read_header(outputs[1]).tensors} == {"I8", "F16"}
     model = json.loads(path.read_text(encoding="utf-8"))["model"]

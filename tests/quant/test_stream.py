@@ -60,7 +60,10 @@ def test_header_and_map_round_trip(tmp_path: Path) -> None:
         (struct.pack("<Q", 10**6) + b"{}", "does not fit"),
         (struct.pack("<Q", 4) + b"nope", "not JSON"),
         (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
-        (struct.pack("<Q", 60) + b'{"w":{"dtype":"BF16","shape":[4],"data_offsets":[0,6]}}'.ljust(60) + bytes(8), "do not match"),
+        (
+            struct.pack("<Q", 60) + b'{"w":{"dtype":"BF16","shape":[4],"data_offsets":[0,6]}}'.ljust(60) + bytes(8),
+            "do not match",
+        ),
     ],
 )
 def test_broken_files_are_named_in_the_error(tmp_path: Path, content: bytes, message: str) -> None:
@@ -130,7 +133,9 @@ def test_file_truncated_while_streaming_leaves_nothing(tiny_source: Path, tmp_pa
 
 
 @pytest.mark.parametrize("with_f64", [False, True])
-def test_layout_keeps_every_tensor_aligned_and_int8_on_64_bytes(tiny_source: Path, tmp_path: Path, with_f64: bool) -> None:
+def test_layout_keeps_every_tensor_aligned_and_int8_on_64_bytes(
+    tiny_source: Path, tmp_path: Path, with_f64: bool
+) -> None:
     mixed = tmp_path / "mixed.safetensors"
     tensors = {k: v.clone() for k, v in safe_open_all(tiny_source).items()}
     tensors["extra.f32"] = torch.randn(3)  # odd 4-byte count

@@ -185,9 +185,7 @@ def hunyuan_original_shapes(double: int = 1, single: int = 1, dim: int = 16, mlp
 
 def linear_modules(model: nn.Module, prefixes: tuple[str, ...]) -> set[str]:
     return {
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.startswith(prefixes)
+        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.startswith(prefixes)
     }
 
 

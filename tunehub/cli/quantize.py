@@ -33,8 +33,12 @@ def register(subparsers: Any) -> None:
         help="with --file: fnmatch pattern(s) of the module names to quantize, comma-separated "
         "(default: the transformer-block linears of the detected layout)",
     )
-    parser.add_argument("--dtype", choices=("bf16", "fp16"), help="16-bit dtype of the output (default: the definition's / the file's)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
+    parser.add_argument(
+        "--dtype", choices=("bf16", "fp16"), help="16-bit dtype of the output (default: the definition's / the file's)"
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)"
+    )
     parser.add_argument("--force", action="store_true", help="redo an output that already exists")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
@@ -94,7 +98,9 @@ def handle(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     registry = Registry.load(cfg)
     with _Progress(not args.quiet and not args.json) as progress:
-        outputs = quantize_definition(cfg, registry, args.id, dtype=args.dtype, device=args.device, force=args.force, progress=progress)
+        outputs = quantize_definition(
+            cfg, registry, args.id, dtype=args.dtype, device=args.device, force=args.force, progress=progress
+        )
     if args.json:
         print_json({"id": args.id, "files": [str(path) for path in outputs]})
     else:
@@ -115,7 +121,9 @@ def _handle_file(args: argparse.Namespace) -> int:
     if output.exists() and not args.force:
         raise QuantizationError(f"{output} exists; pass --force to overwrite it")
     with _Progress(not args.quiet and not args.json) as progress:
-        result = quantize_file(source, output, dtype=args.dtype, layers=args.layers, device=args.device, progress=progress)
+        result = quantize_file(
+            source, output, dtype=args.dtype, layers=args.layers, device=args.device, progress=progress
+        )
     if args.json:
         print_json(result.to_json())
     else:

@@ -61,7 +61,9 @@ def _target_dtype(registry: Registry, definition_id: str, dtype: str | None) -> 
     return effective
 
 
-def plan_definition(cfg: Config, registry: Registry, definition_id: str, dtype: str | None = None) -> tuple[str, list[QuantizeTarget]]:
+def plan_definition(
+    cfg: Config, registry: Registry, definition_id: str, dtype: str | None = None
+) -> tuple[str, list[QuantizeTarget]]:
     """The dtype and the lists that quantizing ``definition_id`` would touch; refuses what WanGP refuses."""
     definition = registry.get(definition_id)
     registry.resolve(definition_id)  # an invalid definition fails here, with its problems listed

@@ -150,9 +150,21 @@ def _pread_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
 
 
 _DTYPES = {
-    "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32",
-    "F32": "float32", "I64": "int64", "U64": "uint64", "F64": "float64",
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I16": "int16",
+    "U16": "uint16",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I32": "int32",
+    "U32": "uint32",
+    "F32": "float32",
+    "I64": "int64",
+    "U64": "uint64",
+    "F64": "float64",
 }
 
 
@@ -174,7 +186,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-def _empty_qlinear(templates: dict[tuple, Any], in_features: int, out_features: int, bias: bool, dtype: Any, qtype: Any) -> Any:
+def _empty_qlinear(
+    templates: dict[tuple, Any], in_features: int, out_features: int, bias: bool, dtype: Any, qtype: Any
+) -> Any:
     """A QLinear on the meta device. Building one runs nn.Linear's initialisation (slow even
     on meta), so one is built per shape and the others are shallow copies of it, each with
     its own containers (parameters, buffers, hooks)."""
@@ -186,7 +200,14 @@ def _empty_qlinear(templates: dict[tuple, Any], in_features: int, out_features: 
     template = templates.get(key)
     if template is None:
         template = QLinear(
-            in_features, out_features, bias, dtype=dtype, device="meta", weights=qtype, activations=None, quantize_input=True
+            in_features,
+            out_features,
+            bias,
+            dtype=dtype,
+            device="meta",
+            weights=qtype,
+            activations=None,
+            quantize_input=True,
         )
         templates[key] = template
     qlinear = copy.copy(template)
@@ -225,7 +246,9 @@ def _quantized_linear(
     if scale.device.type == "cpu" and scale.data_ptr() % 64:
         scale = scale.clone()
     bias_key = f"{name}.bias"
-    qlinear = _empty_qlinear(templates, linear.in_features, linear.out_features, linear.bias is not None, scale.dtype, qtype)
+    qlinear = _empty_qlinear(
+        templates, linear.in_features, linear.out_features, linear.bias is not None, scale.dtype, qtype
+    )
     # What quanto's own _load_from_state_dict + optimize() build, without the 16-bit detour.
     qweight = WeightQBytesTensor.create(
         qtype, 0, torch.Size(shape), (linear.in_features, 1), data, scale, activation_qtype=None
@@ -268,7 +291,9 @@ def load_quantized(
         try:
             linear = model.get_submodule(name)
         except AttributeError:
-            raise QuantizationError(f"{source.name}: the quantization map names '{name}', which the model lacks") from None
+            raise QuantizationError(
+                f"{source.name}: the quantization map names '{name}', which the model lacks"
+            ) from None
         if not isinstance(linear, torch.nn.Linear):
             raise QuantizationError(
                 f"{source.name}: the quantization map names '{name}', a {type(linear).__name__}, not a Linear layer"

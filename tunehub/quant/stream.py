@@ -159,8 +159,10 @@ def plan_quantization(
     header = read_header(source)
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise QuantizationError(f"dtype must be bf16 or fp16, got {dtype!r}")
-    if header.metadata.get(FORMAT_KEY) or MAP_KEY in header.metadata or any(
-        entry.key.endswith(".weight._data") for entry in header.tensors
+    if (
+        header.metadata.get(FORMAT_KEY)
+        or MAP_KEY in header.metadata
+        or any(entry.key.endswith(".weight._data") for entry in header.tensors)
     ):
         raise QuantizationError(f"{header.path}: already quantized (it has quanto int8 tensors or a quantization map)")
     candidates = [(e.key, e.dtype, e.shape) for e in header.tensors if e.numel > 0]
@@ -656,7 +658,9 @@ def quantize_file(
                 if progress is not None:
                     with progress_lock:
                         processed[0] += unit.source.nbytes
-                        progress({"file": output.name, "total": total, "completed": processed[0], "status": "quantizing"})
+                        progress(
+                            {"file": output.name, "total": total, "completed": processed[0], "status": "quantizing"}
+                        )
 
             def worker() -> None:
                 try:
@@ -678,7 +682,9 @@ def quantize_file(
                 threading.Thread(target=writer, name="tunehub-quant-write", daemon=True),
                 threading.Thread(target=flusher, name="tunehub-quant-flush", daemon=True),
             ]
-            computing = [threading.Thread(target=worker, name=f"tunehub-quant-{n}", daemon=True) for n in range(workers)]
+            computing = [
+                threading.Thread(target=worker, name=f"tunehub-quant-{n}", daemon=True) for n in range(workers)
+            ]
             for thread in threads + computing:
                 thread.start()
             try:
