@@ -531,7 +531,7 @@ class Demo:
         self._record(Step("daemon: pull + verify sha256 (16-bit)", job_seconds("pull"), sizes.get(bf16_name), bf16_name))
         self._record(Step("daemon: quantize to int8 (streaming)", job_seconds("quantize"), sizes.get(int8_name), int8_name))
         self._record(
-            Step(f"daemon: publish to {PUBLISH_REPO}, rewrite to URLs", job_seconds("publish"), self._published_bytes(),
+            Step(f"daemon: publish to {PUBLISH_REPO}, rewrite to URLs", job_seconds("publish"), self._published_bytes(jobs),
                  f"{len(urls)} URLs in the definition")  # fmt: skip
         )
         self._record(Step("daemon: total, fetch to synced", done_at - start, None, ""))
@@ -554,7 +554,11 @@ class Demo:
         urls = (data.get("model") or {}).get("URLs") or []
         return len(urls) >= 2 and all(isinstance(u, str) and u.startswith(self.endpoint + "/") for u in urls)
 
-    def _published_bytes(self) -> int | None:
+    def _published_bytes(self, jobs: dict[str, dict[str, Any]]) -> int | None:
+        """Bytes the publish job uploaded (its result), else the size of the publish repo."""
+        result = (jobs.get("publish") or {}).get("result")
+        if isinstance(result, dict) and isinstance(result.get("bytes_uploaded"), int):
+            return int(result["bytes_uploaded"])
         try:
             api = self._api(DEMO_USER)
             return sum(getattr(item, "size", 0) or 0 for item in api.list_repo_tree(PUBLISH_REPO, recursive=True)
