@@ -4,10 +4,11 @@ Nothing is ever loaded whole. The output header is computed from the input heade
 alone (shapes and dtypes are known before any math), written first, and every tensor
 is then written at its final offset. Threads overlap the work: a reader (``preadv``
 into pooled buffers, pinned ones for CUDA), compute workers (one per core on CPU, each
-with one torch thread; torch releases the GIL; one worker drives a GPU), and a writer
-(``pwrite``) with a flusher that pushes written data to the disk while the rest is
-computed, so the final fsync is short. Peak memory is the two pools' budget plus each
-worker's scratch (about two of the largest tensor), whatever the file size.
+with one torch thread, rows in 8 MiB blocks; torch releases the GIL; on CUDA two
+workers with a stream each), and a writer (``pwrite``) with a flusher that pushes
+written data to the disk while the rest is computed, so the final fsync is short. Peak
+memory is the two pools' budget (a few of the largest layers) plus small per-worker
+scratch, whatever the file size.
 
 The math is optimum-quanto's, op for op, in the target dtype, so the bytes are
 identical to ``quantize(model, weights=qint8)`` + ``freeze`` + ``state_dict()``:
@@ -520,8 +521,9 @@ def quantize_file(
     device_name = resolve_device(device)
     # One compute worker per core on CPU, each with one intra-op thread: OpenMP threads that
     # spin while other processes hold the cores made quantizing 6x slower on a busy 2-core
-    # machine than tensor-level parallelism. One worker feeds a GPU.
-    workers = 1 if device_name.startswith("cuda") else max(1, min(os.cpu_count() or 1, 4))
+    # machine than tensor-level parallelism. On CUDA two workers, each with its own stream,
+    # so one layer's transfers overlap the other's.
+    workers = 2 if device_name.startswith("cuda") else max(1, min(os.cpu_count() or 1, 4))
     if budget_bytes is None:
         # Room for each worker's layer plus one read ahead, sized by the quantized layers:
         # one odd big tensor that is only copied (Wan 14B's time_projection, 314 MB) is
