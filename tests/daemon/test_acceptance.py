@@ -26,6 +26,11 @@ def test_remote_definition_is_pulled_quantized_published_and_rewritten(
     api = hub_server.api()
     api.create_repo(REPO)
     api.upload_file(path_or_fileobj=b"# shared finetunes\n", path_in_repo="README.md", repo_id=REPO)
+    # there before the daemon first looked: the baseline, not "new", so pull = "new" leaves it alone
+    old_definition = {"model": {"name": "Old FT", "architecture": "t2v", "URLs": [f"{hub_server.url}/{REPO}/resolve/main/old_bf16.safetensors"]}}
+    api.upload_file(
+        path_or_fileobj=json.dumps(old_definition).encode(), path_in_repo="finetunes/t2v_old_ft.json", repo_id=REPO
+    )
     home.write_config(
         f'[daemon]\npublish = "{REPO}"\n'
         f'[[remote]]\nrepo = "{REPO}"\npath = "finetunes"\ninterval = "1s"\n'
@@ -78,6 +83,8 @@ def test_remote_definition_is_pulled_quantized_published_and_rewritten(
     assert working["prompt"] == "a tiny cat"
     # the chosen file is now the int8 one, present
     assert entry["files"][0]["filename"] == int8_name and entry["files"][0]["present"]
-    kinds = [(j["kind"], j["state"]) for j in reversed(daemon.client.jobs())]
-    assert kinds == [("pull", "done"), ("quantize", "done"), ("publish", "done")]
+    jobs = [(j["kind"], j["definition_id"], j["state"]) for j in reversed(daemon.client.jobs())]
+    assert jobs == [("pull", "t2v_tiny_ft", "done"), ("quantize", "t2v_tiny_ft", "done"), ("publish", "t2v_tiny_ft", "done")]
+    old_entry = definition_in(daemon.client.status(), "t2v_old_ft")
+    assert old_entry["origin"] == "remote" and old_entry["state"] == "missing" and old_entry["needs"] == []
     assert hub_server.write_token not in Path(home.root / ".tunehub" / "daemon.log").read_text()

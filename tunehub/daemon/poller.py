@@ -305,6 +305,9 @@ class RemotePoller:
                     extra={"event": "remote.refused", "fields": {"repo": spec.repo, "file": path}},
                 )
                 continue
+            # Recorded before the file lands, so the watcher never sees it first and takes a
+            # definition of a first fetch (the baseline) for a new one.
+            self.journal.mark_seen([Path(name).stem], baseline=result.first_fetch)
             self._store(spec, name, raw, data)
             self.journal.set_remote_file(spec.repo, path, name, blob_id, "present")
             result.written.append(working)

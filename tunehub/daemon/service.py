@@ -152,7 +152,14 @@ class Daemon:
                     change = "changed" if definition_id in self.registry.definitions else "removed"
                 changes.append((change, definition_id, self.registry.definitions.get(definition_id)))
         if need_full_reload:
+            with self._registry_lock:
+                known = set(self.registry.definitions)
             self._load_registry()
+            with self._registry_lock:
+                appeared = [
+                    ("added", d.id, d) for d in self.registry.definitions.values() if d.id not in known
+                ]
+            changes.extend(appeared)
             self.events.publish("registry.reloaded", reason="new remote folder")
         new_ids = [definition_id for change, definition_id, _ in changes if change == "added"]
         if new_ids:
