@@ -168,8 +168,11 @@ class Demo:
     # ------------------------------------------------------------------ processes
 
     def _child_env(self, token: str | None = None) -> dict[str, str]:
+        # The user's Hub settings (endpoint, token, offline mode, cache) must not leak into the demo.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
-        env.pop("TUNEHUB_HOME", None)
+        for key in ("TUNEHUB_HOME", "TUNEHUB_HUB_ROOT", "TRANSFORMERS_OFFLINE"):
+            env.pop(key, None)
+        env.update(_no_proxy_for_loopback(env))
         env.update(
             PYTHONUNBUFFERED="1",
             HF_HOME=str(self.hf_home),
@@ -349,9 +352,10 @@ class Demo:
         import urllib.error
         import urllib.request
 
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=5) as answer:
+                with direct.open(f"{url}/api/health", timeout=5) as answer:
                     if answer.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -383,10 +387,12 @@ class Demo:
 
     def _api(self, user: str) -> Any:
         os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+        os.environ.update(_no_proxy_for_loopback(os.environ))
         import huggingface_hub.constants as constants
         from huggingface_hub import HfApi
 
         constants.HF_HUB_DISABLE_XET = True  # the bundled server speaks plain LFS, not Xet
+        constants.HF_HUB_OFFLINE = False  # the demo's Hub is on this machine
         return HfApi(endpoint=self.endpoint, token=self._tokens[user])
 
     def _publish_base(self) -> tuple[int, str]:
@@ -642,6 +648,14 @@ class Demo:
         self.say(f"  tunehub --home {home} status")
         self.say("Stop both:")
         self.say(f"  kill -TERM -- {groups}")
+
+
+def _no_proxy_for_loopback(env: Any) -> dict[str, str]:
+    """NO_PROXY / no_proxy with the loopback names added: the demo's traffic never goes to a proxy."""
+    return {
+        key: ",".join(filter(None, [env.get(key, ""), "127.0.0.1", "localhost"]))
+        for key in ("NO_PROXY", "no_proxy")
+    }
 
 
 class _Background:
