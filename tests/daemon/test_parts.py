@@ -223,3 +223,39 @@ def test_socket_api_mode_and_client(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not client.socket_path.exists()
+
+
+def test_a_user_edit_during_the_daemons_rewrite_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user saves the working copy of a remote definition while the daemon merges a new
+    remote version into it: the daemon notices, re-reads, and both changes survive."""
+    from tunehub.daemon import poller as poller_module
+    from tunehub.daemon.policy import RemoteSpec
+    from tunehub.daemon.poller import RemotePoller
+
+    cfg = load_config(tmp_path)
+    journal = Journal(tmp_path / ".tunehub" / "state.db")
+    poller = RemotePoller(cfg, [], journal, EventBus(journal), lambda result: None)
+    spec = RemoteSpec(repo="ns/defs")
+    first = _definition([BF16], prompt="a cat")
+    poller._store(spec, "t2v_ft.json", json.dumps(first, indent=2).encode(), first)
+    working = cfg.remote_dir / "ns--defs" / "t2v_ft.json"
+    assert json.loads(working.read_text()) == first
+
+    real_rebase = poller_module.rebase
+    edits = []
+
+    def rebase_while_the_user_saves(old: object, current: object, new: dict[str, object]) -> dict[str, object]:
+        merged = real_rebase(old, current, new)  # type: ignore[arg-type]
+        if not edits:  # the user's editor saves right now, between the daemon's read and write
+            edited = json.loads(working.read_text())
+            edited["prompt"] = "a dog, by me"
+            working.write_text(json.dumps(edited, indent=2))
+            edits.append(edited)
+        return merged
+
+    monkeypatch.setattr(poller_module, "rebase", rebase_while_the_user_saves)
+    second = _definition([BF16], name="FT v2", prompt="a cat")
+    poller._store(spec, "t2v_ft.json", json.dumps(second, indent=2).encode(), second)
+    final = json.loads(working.read_text())
+    assert final["prompt"] == "a dog, by me"  # the user's edit
+    assert final["model"]["name"] == "FT v2"  # and the remote's change
