@@ -188,7 +188,7 @@ def _not_found_server() -> Any:
     return server
 
 
-def test_once_exit_codes_and_summary(home: Any, tmp_path: Path) -> None:
+def test_once_exit_codes_and_summary(home: Any, tmp_path: Path, daemon_factory: Any) -> None:
     # nothing to do: 0
     _write(home.finetunes, "t2v_have", ["have_bf16.safetensors"])
     (home.ckpts / "have_bf16.safetensors").write_bytes(b"x")
@@ -201,6 +201,13 @@ def test_once_exit_codes_and_summary(home: Any, tmp_path: Path) -> None:
         gone = f"http://127.0.0.1:{server.server_address[1]}/files/gone_bf16.safetensors"
         _write(home.finetunes, "t2v_unreachable", [gone])
         answer = _cli(home.root, "daemon", "--once", "--quiet", timeout=120)
+        # the running daemon shows the failure on the definition, and does not retry a 404 forever
+        daemon = daemon_factory(home.root)
+        entry = daemon.wait_for(
+            lambda s: (e := definition_in(s, "t2v_unreachable")) and e["state"] == "failed" and e, what="failed state"
+        )
+        assert "404" in entry["error"] and entry["needs"] == ["pull"]
+        daemon.stop()
     finally:
         server.shutdown()
     assert answer.returncode == 1

@@ -58,7 +58,7 @@ class Daemon:
         self._registry_lock = threading.RLock()
         self.registry: Any = None
         self._plans: dict[str, Plan] = {}
-        self._blocked: dict[str, str] = {}
+        self._blocked: dict[str, tuple[str, str]] = {}  # id -> (state shown, why)
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -236,7 +236,7 @@ class Daemon:
                     registry, definition, self.settings, is_new=seen.get(definition.id) is False,
                     quantization=self.cfg.quantization,
                 )
-        blocked: dict[str, str] = {}
+        blocked: dict[str, tuple[str, str]] = {}
         queued = 0
         for plan in plans.values():
             if not plan.managed or not plan.needs:
@@ -247,10 +247,10 @@ class Daemon:
             last = self.journal.last_job(kind, plan.id)
             if last is not None and last["fingerprint"] == plan.fingerprint:
                 if last["state"] in ("failed", "cancelled"):
-                    blocked[plan.id] = f"{kind} job {last['id']} {last['state']}: {last['last_error'] or ''}".strip()
+                    blocked[plan.id] = ("failed", f"{kind} job {last['id']} {last['state']}: {last['last_error'] or ''}".strip())
                     continue
                 if last["state"] == "done" and time.time() - (last["finished"] or 0) < DONE_LOOP_GUARD:
-                    blocked[plan.id] = f"{kind} job {last['id']} finished but {kind} is still needed; will check again"
+                    blocked[plan.id] = ("waiting", f"{kind} job {last['id']} finished but {kind} is still needed; will check again")
                     continue
             job = self.journal.add_job(
                 kind, plan.id, {}, fingerprint=plan.fingerprint, max_attempts=self.settings.max_attempts
@@ -283,7 +283,7 @@ class Daemon:
         elif not current:
             state = "checking"
         elif definition.id in self._blocked:
-            state = "failed"
+            state = self._blocked[definition.id][0]
         elif plan is not None and plan.needs:
             state = "pending"
         elif plan is not None and any(not f["present"] for f in plan.files):
@@ -302,7 +302,7 @@ class Daemon:
             if plan.note:
                 entry["note"] = plan.note
         if definition.id in self._blocked:
-            entry["error"] = self._blocked[definition.id]
+            entry["error"] = self._blocked[definition.id][1]
         if job is not None:
             entry["job"] = {"id": job["id"], "kind": job["kind"], "state": job["state"], "progress": job["progress"]}
         upstream = remote_files.get(str(definition.path))
@@ -573,7 +573,7 @@ class Daemon:
                 )
         for plan in plans.values():
             if plan.managed and plan.needs:
-                problems.append(f"{plan.id}: still needs {', '.join(plan.needs)}" + (f" ({self._blocked[plan.id]})" if plan.id in self._blocked else ""))
+                problems.append(f"{plan.id}: still needs {', '.join(plan.needs)}" + (f" ({self._blocked[plan.id][1]})" if plan.id in self._blocked else ""))
         invalid = [p for p in plans.values() if not p.valid and p.origin != "builtin"]
         done = sum(1 for outcome in outcomes.values() if outcome == "done")
         print(f"tunehub daemon --once: {len(plans)} definitions, {done} job(s) done, {len(problems)} problem(s)")
