@@ -588,7 +588,7 @@ class Demo:
                 self.children.remove(child)
         if child.process.returncode != 0:
             raise DemoError("generate a video (tunehub generate)", f"exit status {child.process.returncode}:\n{self._log_tail(child)}")
-        result = json.loads(stdout.decode() or "{}")
+        result = _last_json_object(stdout.decode(errors="replace"))
         video = Path(result.get("video") or out)
         if not video.is_file() or video.stat().st_size == 0:
             raise DemoError("generate a video (tunehub generate)", f"no video at {video}")
@@ -648,6 +648,18 @@ class Demo:
         self.say(f"  tunehub --home {home} status")
         self.say("Stop both:")
         self.say(f"  kill -TERM -- {groups}")
+
+
+def _last_json_object(text: str) -> dict[str, Any]:
+    """The JSON object `--json` prints last, even if a library printed something before it."""
+    for start in [0] + [i + 1 for i in range(len(text)) if text[i] == "\n" and text[i + 1 : i + 2] == "{"][::-1]:
+        try:
+            value = json.loads(text[start:])
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
 
 
 def _no_proxy_for_loopback(env: Any) -> dict[str, str]:
