@@ -168,3 +168,17 @@ def test_sigint_midway_stops_within_10s_and_leaves_nothing(tmp_path: Path) -> No
             process.wait()
         for pid in _marked_pids(mark):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_ci_runs_the_readme_commands_verbatim() -> None:
+    """.ci/run runs README.md's test command as written, then `tunehub demo`."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"```sh\n(python3 -m venv .venv && [^\n]+)\n```", readme)
+    assert len(commands) >= 2, "README.md should start with the two fresh-machine commands"
+    demo_command, test_command = commands[0], commands[1]
+    assert demo_command.endswith("&& tunehub demo") and test_command.endswith("&& python -m pytest -q")
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8")
+    lines = ci.splitlines()
+    assert test_command in lines, ".ci/run must run README.md's test command verbatim"
+    assert any(line.startswith("tunehub demo") for line in lines[lines.index(test_command):])
