@@ -323,6 +323,14 @@ class Demo:
     # ------------------------------------------------------------------ steps
 
     def _build_models(self) -> tuple[int, str]:
+        try:
+            import diffusers  # noqa: F401
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise DemoError(
+                "build tiny models", f"{exc}: the demo needs the full install: pip install -e '.[all]' (or 'tunehub[all]')"
+            ) from None
         _quiet_libraries()
         from tunehub.demo import tiny
 
