@@ -36,6 +36,7 @@ logger = logging.getLogger("tunehub.daemon")
 STOP_BUDGET = 6.0  # seconds given to running jobs at SIGTERM (the whole stop stays under 10 s)
 PERIODIC_RECONCILE = 60.0
 DONE_LOOP_GUARD = 60.0
+KEEP_EVENTS = 20000
 
 _EVENT_LEVELS = {
     "definition.invalid": logging.WARNING,
@@ -477,6 +478,7 @@ class Daemon:
                 if now - last_rescan >= self.settings.rescan_interval:
                     last_rescan = now
                     self.watcher.rescan()
+                    self.journal.trim_events(KEEP_EVENTS)  # progress events of long transfers add up
                 if now - last_reconcile >= PERIODIC_RECONCILE:
                     self.request_reconcile(0.0)
                 if self._reconcile_at is not None and time.monotonic() >= self._reconcile_at:
