@@ -37,7 +37,13 @@ def _cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedPro
 
 def test_watch_status_lock_and_sigterm(home: Any, daemon_factory: Any) -> None:
     (home.ckpts / "local_ft_bf16.safetensors").write_bytes(b"x" * 16)
+    dead_writer = home.ckpts / ".big_quanto_bf16_int8.safetensors.tunehub-tmp-999999999-abcd"
+    dead_writer.write_bytes(b"half a file")
+    live_writer = home.ckpts / f".other.safetensors.tunehub-tmp-{os.getpid()}-abcd"
+    live_writer.write_bytes(b"being written")
     daemon = daemon_factory(home.root)
+    # a crashed writer's temp file is removed at start; a live writer's is left alone
+    assert not dead_writer.exists() and live_writer.exists()
     env = {k: v for k, v in os.environ.items() if k != "TUNEHUB_HOME"}
     follower = subprocess.Popen(
         [sys.executable, "-m", "tunehub", "--home", str(home.root), "logs", "-f", "-n", "100"],
