@@ -199,9 +199,7 @@ def bench_rank(rank: int, world: int, channel: Any, job: dict[str, Any]) -> dict
             }
         peak = torch.cuda.max_memory_allocated(device) / GIB if str(device).startswith("cuda") else None
         channel.send({"rank": rank, "peak_gib": peak, "build_s": build_seconds})
-        if ctx is not None:
-            ctx.close()
-        return result
+        return result  # the process exits without process-group teardown (parallel._child_main)
     finally:
         gc.collect()
 

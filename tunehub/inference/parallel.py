@@ -50,6 +50,7 @@ import pickle
 import queue as queue_module
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -251,16 +252,21 @@ def _child_main(fn: Callable[..., Any], rank: int, world: int, queue: Any, args:
     _die_with_parent()
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    code = 0
     try:
         result = fn(rank, world, Channel(rank, queue), *args)
         queue.put(("result", rank, result if rank == 0 else None))
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent
         queue.put(("error", rank, _error_payload(exc)))
-        queue.close()
-        queue.join_thread()
-        os._exit(1)  # skip teardown that could block on a dead peer
+        code = 1
     queue.close()
     queue.join_thread()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    # No interpreter teardown: process-group destructors can block on a dead peer or
+    # abort ("terminate called without an active exception") after a clean run.
+    os._exit(code)
 
 
 _SECONDARY = ("DistBackendError", "DistNetworkError", "DistError", "DistStoreError")
@@ -371,7 +377,8 @@ def launch(
                 continue
             except queue_module.Empty:
                 pass
-            dead = [r for r, p in enumerate(processes) if p.exitcode not in (None, 0)]
+            # a rank that delivered its result and then died in teardown has done its part
+            dead = [r for r, p in enumerate(processes) if p.exitcode not in (None, 0) and r not in finished]
             if errors or dead:
                 if failed_at is None:
                     failed_at = time.monotonic()
@@ -379,7 +386,7 @@ def launch(
                 if time.monotonic() - failed_at > 1.0 or (errors and not _is_secondary(errors[0][1])):
                     break
                 continue
-            if all(p.exitcode == 0 for p in processes):
+            if all(p.exitcode == 0 or (p.exitcode is not None and r in finished) for r, p in enumerate(processes)):
                 with contextlib.suppress(queue_module.Empty):
                     while True:
                         handle(queue.get(timeout=0.2))
@@ -396,13 +403,14 @@ def launch(
     if primary:
         raise _rank_error(*primary[0])
     reported = {rank for rank, _ in errors}
-    silent = [(r, code) for r, code in enumerate(exits) if code not in (None, 0) and r not in reported]
+    silent = [(r, code) for r, code in enumerate(exits) if code not in (None, 0) and r not in reported | finished]
     if silent:  # died without a word (killed, out of memory, segfault): the others only lost it
         rank, code = silent[0]
-        raise InferenceError(f"rank {rank} {_describe_exit(code)} (no error message; out of memory?)")
+        hint = "out of memory?" if code == -signal.SIGKILL else "its output above may say why"
+        raise InferenceError(f"rank {rank} {_describe_exit(code)} without an error message ({hint})")
     if errors:
         raise _rank_error(*errors[0])
-    bad = [(r, p.exitcode) for r, p in enumerate(processes) if p.exitcode != 0]
+    bad = [(r, code) for r, code in enumerate(exits) if code != 0 and r not in finished]
     if bad:
         rank, code = bad[0]
         raise InferenceError(f"rank {rank} {_describe_exit(code)} without reporting an error")
@@ -801,7 +809,8 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
 
     # No ``finally`` around the work: after a failure this rank neither tells the others to
     # stop nor tears the process group down (either could block on a peer in another
-    # collective); it reports its error and exits, and the parent stops the others.
+    # collective); it reports its error and exits, and the parent stops the others. After
+    # success the process exits without teardown too (see _child_main).
     ctx = init_rank(rank, job.plan, job.init_method)
     if rank != 0:
         transformer = load_transformer_only(
@@ -809,7 +818,6 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
         )
         enable_context_parallel(transformer, ctx)
         serve(transformer, ctx)
-        ctx.close()
         return None
     built = build_pipeline(
         job.cfg,
@@ -833,7 +841,6 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
     leader.finish()  # the other ranks stop serving
     path = Path(job.workdir) / "frames.npy"
     np.save(path, to_uint8_frames(frames))
-    ctx.close()
     return {
         "frames_file": str(path),
         "device": built.device,
