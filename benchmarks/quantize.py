@@ -198,8 +198,8 @@ def _original_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def child_load(path: str, which: str) -> None:
-    """Load the int8 file into a model built on the meta device: requantize or tunehub."""
+def child_load(path: str, which: str, device: str = "cpu") -> None:
+    """Load the int8 file into a model built on the meta device, onto ``device``: requantize or tunehub."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -207,29 +207,36 @@ def child_load(path: str, which: str) -> None:
 
     # Imports first (optimum.quanto pulls in transformers: seconds), so only loading is timed.
     from optimum.quanto import requantize
+    from optimum.quanto.tensor import QTensor
     from safetensors.torch import load_file
 
     from tunehub.quant.load import load_quantized_file
 
     qmap = read_quantization_map(path)
-    model = _module_tree(_original_shapes(path), device="meta")
-    started = time.perf_counter()
-    if which == "requantize":
-        requantize(model, load_file(path), qmap, device=torch.device("cpu"))
-    else:
-        load_quantized_file(model, path, device="cpu", quantization_map=qmap)
-    seconds = time.perf_counter() - started
-    # Both loaders may leave weights as views of a memory-mapped file (read on first use):
-    # also time one read of every page of every weight, so lazy and eager loads compare.
-    from optimum.quanto.tensor import QTensor
-
-    touched = 0
-    for param in list(model.parameters()) + list(model.buffers()):
-        assert not param.is_meta
-        for tensor in (param._data, param._scale) if isinstance(param, QTensor) else (param,):
-            flat = tensor.detach().reshape(-1).view(torch.uint8)
-            touched += int(flat[::4096].sum()) + flat.numel()
-    print(json.dumps({"seconds": seconds, "with_touch": time.perf_counter() - started, "bytes": touched}))
+    shapes = _original_shapes(path)
+    runs = []
+    for _ in range(3):  # a fresh meta model each time; the median of three counts
+        model = _module_tree(shapes, device="meta")
+        started = time.perf_counter()
+        if which == "requantize":
+            requantize(model, load_file(path), qmap, device=torch.device(device))
+        else:
+            load_quantized_file(model, path, device=device, quantization_map=qmap)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        # Both loaders may leave weights as views of a memory-mapped file (read on first use):
+        # also time one read of every page of every weight, so lazy and eager loads compare.
+        touched = 0
+        for param in list(model.parameters()) + list(model.buffers()):
+            assert param.device.type == torch.device(device).type
+            for tensor in (param._data, param._scale) if isinstance(param, QTensor) else (param,):
+                flat = tensor.detach().reshape(-1).view(torch.uint8)
+                touched += int(flat[::4096].sum()) + flat.numel()
+        runs.append((seconds, time.perf_counter() - started))
+        del model
+    seconds, with_touch = sorted(runs)[1]
+    print(json.dumps({"seconds": seconds, "with_touch": with_touch, "bytes": touched}))
 
 
 def child_compare(ours: str, theirs: str) -> None:
@@ -453,9 +460,11 @@ def main() -> int:
         times = {}
         for which in ("requantize", "tunehub"):
             prepare_cache(ours, "warm")
-            times[which] = run_child([python, me, "_child", "load", str(ours), which], f"load {which}")
+            times[which] = run_child(
+                [python, me, "_child", "load", str(ours), which, args.device], f"load {which} ({args.device})"
+            )
             print(
-                f"load int8 file into a meta model, {which}: {times[which]['seconds']:.2f} s, "
+                f"load int8 file into a meta model on {args.device}, {which}: {times[which]['seconds']:.2f} s, "
                 f"{times[which]['with_touch']:.2f} s with every weight page read once "
                 f"(child wall {times[which]['wall']:.1f} s with imports), peak RSS {times[which]['peak_rss'] / GiB:.2f} GiB"
             )

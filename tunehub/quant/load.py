@@ -192,8 +192,6 @@ def _empty_qlinear(
     """A QLinear on the meta device. Building one runs nn.Linear's initialisation (slow even
     on meta), so one is built per shape and the others are shallow copies of it, each with
     its own containers (parameters, buffers, hooks)."""
-    import copy
-
     from optimum.quanto.nn import QLinear
 
     key = (in_features, out_features, bias, dtype, qtype.name)
@@ -210,10 +208,10 @@ def _empty_qlinear(
             quantize_input=True,
         )
         templates[key] = template
-    qlinear = copy.copy(template)
-    for attribute, value in list(vars(qlinear).items()):
-        if isinstance(value, (dict, set, list)):
-            qlinear.__dict__[attribute] = copy.copy(value)
+    qlinear = QLinear.__new__(QLinear)
+    qlinear.__dict__.update(
+        {name: value.copy() if isinstance(value, (dict, set, list)) else value for name, value in vars(template).items()}
+    )
     return qlinear
 
 
@@ -253,7 +251,12 @@ def _quantized_linear(
     qweight = WeightQBytesTensor.create(
         qtype, 0, torch.Size(shape), (linear.in_features, 1), data, scale, activation_qtype=None
     )
-    qlinear._parameters["weight"] = torch.nn.Parameter(qweight, requires_grad=False)
+    # What nn.Parameter(qweight, requires_grad=False) returns for a tensor subclass, minus
+    # its detach (a fresh tensor with no autograd history already; detach re-parses quanto's
+    # metadata strings, the largest cost left here).
+    qweight.requires_grad_(False)
+    qweight._is_param = True
+    qlinear._parameters["weight"] = qweight
     if linear.bias is not None:
         qlinear._parameters["bias"] = torch.nn.Parameter(source.get(bias_key).to(scale.dtype), requires_grad=False)
     for buffer in ("input_scale", "output_scale"):
