@@ -516,13 +516,10 @@ def enable_context_parallel(transformer: Any, ctx: RankContext) -> None:
     mesh = init_device_mesh(
         plan.device_type, (plan.cfg, plan.ring_degree, plan.ulysses_degree), mesh_dim_names=("cfg", "ring", "ulysses")
     )
-    config = ContextParallelConfig(
-        ring_degree=plan.ring_degree,
-        ulysses_degree=plan.ulysses_degree,
-        ulysses_anything=plan.attention == "ulysses_anything",
-        ring_anything=plan.attention == "ring_anything",
-        mesh=mesh,
-    )
+    options: dict[str, Any] = {"ring_degree": plan.ring_degree, "ulysses_degree": plan.ulysses_degree, "mesh": mesh}
+    if plan.attention.endswith("_anything"):  # newer options: passed only when needed
+        options[plan.attention] = True
+    config = ContextParallelConfig(**options)
     if plan.ring_degree > 1 and plan.device_type == "cuda":
         # ring attention merges partial results by their log-sum-exp: SDPA's default path
         # does not return it, cuDNN's does
