@@ -72,13 +72,12 @@ def test_remote_definitions_overlay_refusals_removal(home: Any, remote_repo: Any
     assert [r["file"] for r in remote["refused"]] == ["finetunes/t2v_evil.json"]
     assert "/etc/passwd" in remote["refused"][0]["problem"]
 
-    # nothing changed upstream: exactly one HTTP request per poll
-    before_requests = daemon.client.status()["remotes"][0]["requests"]
+    # nothing changed upstream: one HTTP request per poll (the revision's info), nothing else
     before_proxy = len(fault_proxy.requests)
     time.sleep(3.5)
-    polls = daemon.client.status()["remotes"][0]["requests"] - before_requests
-    assert polls >= 2
-    assert len(fault_proxy.requests) - before_proxy == polls
+    window = fault_proxy.requests[before_proxy:]
+    assert 2 <= len(window) <= 5  # a 1 s interval over 3.5 s
+    assert all(m == "GET" and p.startswith(f"/api/models/{REPO}/revision/main") for m, p, _ in window), window
 
     # what this machine adds (a quantized file) survives the remote's next edit
     def add_local(data: dict[str, Any]) -> None:
