@@ -227,3 +227,30 @@ def test_peak_memory_is_bounded_by_the_budget_not_the_file(tmp_path: Path) -> No
     peak = _peak_rss(big_path, tmp_path / "big_out.safetensors", 16 * 2**20)
     assert size > 160e6
     assert peak - baseline < 64 * 2**20, (peak - baseline, size)
+
+
+@pytest.mark.parametrize("where", ["header", "tensor data"])
+def test_a_failing_write_is_reported_by_name_and_leaves_nothing(tiny_source: Path, tmp_path: Path, where: str) -> None:
+    # A file-size limit makes the output's writes fail (EFBIG) in a real subprocess: in the
+    # header (main thread) or past it (the writer thread).
+    header_size = len(plan_quantization(tiny_source).header_bytes)
+    limit = header_size // 2 if where == "header" else header_size + 4096
+    out = tmp_path / "out" / "limited.safetensors"
+    script = textwrap.dedent(
+        """
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+        from tunehub.cli.main import main
+        sys.exit(main(["quantize", "--file", sys.argv[1], "--out", sys.argv[2], "-q"]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_source), str(out), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert str(out) in done.stderr and "writing failed" in done.stderr and "Traceback" not in done.stderr
+    assert os.listdir(out.parent) == []

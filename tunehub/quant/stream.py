@@ -22,6 +22,7 @@ leaves no file under the final name (only a temporary that the next run removes)
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import queue
@@ -356,7 +357,11 @@ def _read_into(fd: int, buf: Any, nbytes: int, offset: int, path: Path) -> None:
     view = memoryview(buf.numpy())[:nbytes]
     done = 0
     while done < nbytes:
-        count = os.preadv(fd, [view[done:]], offset + done)
+        try:
+            count = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            exc.tunehub_side = "read"  # so the message names the source, not the output
+            raise
         if count == 0:
             raise QuantizationError(f"{path}: file ended early (truncated or changed while reading)")
         done += count
@@ -366,6 +371,24 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
+
+
+def _disk_full(output: Path, needed: int) -> DiskFullError:
+    free = shutil.disk_usage(output.parent).free
+    return DiskFullError(
+        f"{output.parent}: disk full writing {output.name} ({needed / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free)"
+    )
+
+
+def _user_error(exc: BaseException, plan: QuantizationPlan, output: Path) -> BaseException:
+    """An OS error from a worker thread as a message that names the file."""
+    if not isinstance(exc, OSError) or isinstance(exc, DiskFullError):
+        return exc
+    if exc.errno == errno.ENOSPC:
+        return _disk_full(output, plan.output_size)
+    if exc.filename is None and getattr(exc, "tunehub_side", None) == "read":
+        return QuantizationError(f"{plan.source}: reading failed: {exc.strerror or exc}")
+    return QuantizationError(f"{output}: writing failed: {exc.strerror or exc}")
 
 
 def resolve_device(device: str | None) -> str:
@@ -582,8 +605,13 @@ def quantize_file(
 
         with atomic_writer(output, "wb") as handle:
             out_fd = handle.fileno()
-            with contextlib.suppress(AttributeError, OSError):
+            try:  # reserve the space now: a full disk fails here, not after minutes of work
                 os.posix_fallocate(out_fd, 0, plan.output_size)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise _disk_full(output, plan.output_size) from None
+            except AttributeError:  # not on this platform
+                pass
             _write_all(out_fd, memoryview(plan.header_bytes), 0)
             flush_needed = threading.Event()
             written = [0]
@@ -705,11 +733,17 @@ def quantize_file(
                 flush_needed.set()
                 threads[2].join()
             if errors:
-                raise errors[0]
+                converted = _user_error(errors[0], plan, output)
+                raise converted if converted is errors[0] else converted from errors[0]
             if written[0] != sum(entry.nbytes for entry in plan.outputs):
                 raise QuantizationError(f"{output}: internal error: wrote {written[0]} bytes of tensor data")
             if progress is not None:
                 progress({"file": output.name, "total": total, "completed": total, "status": "syncing"})
+    except OSError as exc:  # the header write, the rename, the final fsync
+        converted = _user_error(exc, plan, output)
+        if converted is exc:
+            raise
+        raise converted from exc
     finally:
         os.close(src_fd)
         in_pool.close()
