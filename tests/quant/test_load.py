@@ -155,6 +155,9 @@ def test_diffusers_wan_from_our_file_matches_the_reference_forward(tmp_path: Pat
     timestep = torch.tensor([500])
     fresh = tiny_wan_diffusers(layers=2).to(torch.bfloat16)  # rotary buffers are computed, not stored
     load_quantized_file(fresh, output)
+    by_quanto = tiny_wan_diffusers(layers=2).to(torch.bfloat16)
+    requantize(by_quanto, load_file(str(output)), read_quantization_map(output), device=torch.device("cpu"))
     with torch.no_grad():
         expected = reference(hidden, timestep, context, return_dict=False)[0]
         assert torch.equal(fresh(hidden, timestep, context, return_dict=False)[0], expected)
+        assert torch.equal(by_quanto(hidden, timestep, context, return_dict=False)[0], expected)
