@@ -261,6 +261,12 @@ def _child_main(fn: Callable[..., Any], rank: int, world: int, queue: Any, args:
         code = 1
     queue.close()
     queue.join_thread()
+    with contextlib.suppress(Exception):
+        import multiprocessing.util
+
+        # multiprocessing finalizers only (e.g. tqdm's lock: its semaphore is unregistered
+        # from the resource tracker instead of being reported as leaked)
+        multiprocessing.util._run_finalizers(0)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
