@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         try:
             result = parallel.launch(bench_rank, (job,), plan.world,
-                                     on_message=lambda rank, payload: peaks.__setitem__(rank, payload.get("peak_gib")))  # fmt: skip
+                                     on_message=lambda rank, payload, peaks=peaks: peaks.__setitem__(rank, payload.get("peak_gib")))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a failed row is reported, the others still run
             row["error"] = f"{type(exc).__name__}: {exc}"
             log(f"[{label}] FAILED after {time.monotonic() - started:.0f} s: {row['error']}")

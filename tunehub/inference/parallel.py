@@ -70,6 +70,7 @@ NVLINK_MULTICAST_OFF = {
 # Collectives wait this long for a peer (rank 0 loads the text encoder while the others
 # wait); a rank that dies is noticed by the parent long before, through its exit.
 COLLECTIVE_TIMEOUT_S = 2 * 3600
+STRAGGLER_GRACE_S = 30.0  # after rank 0's result, how long the other ranks get to exit
 
 
 # ------------------------------------------------------------------ the plan
@@ -372,6 +373,7 @@ def launch(
             errors.append((rank, payload))
 
     exits: list[int | None] = []
+    result_at: float | None = None
     try:
         for process in processes:
             process.start()
@@ -397,6 +399,12 @@ def launch(
                     while True:
                         handle(queue.get(timeout=0.2))
                 break
+            if 0 in finished:
+                # rank 0 has the video; a rank that does not exit within the grace is stopped
+                result_at = result_at or time.monotonic()
+                if time.monotonic() - result_at > STRAGGLER_GRACE_S:
+                    finished.update(range(nprocs))
+                    break
     finally:
         exits = [p.exitcode for p in processes]  # before the stop: who died by itself
         _stop(processes)
@@ -774,7 +782,11 @@ def load_transformer_only(cfg: Any, architecture: str, files: Sequence[Path], dt
     """The transformer part of :func:`~tunehub.inference.pipeline.build_pipeline` alone:
     what ranks other than 0 hold (no text encoder, no VAE)."""
     from tunehub.inference.int8_linear import int8_layers, set_int8_kernel
-    from tunehub.inference.pipeline import arch_spec, fetch_base_repo, transformer_config
+    from tunehub.inference.pipeline import (
+        arch_spec,
+        fetch_base_repo,
+        transformer_config,
+    )
     from tunehub.inference.transformer import load_transformer
 
     spec = arch_spec(architecture)
@@ -807,7 +819,12 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
     _quiet_children()
     import numpy as np
 
-    from tunehub.inference.pipeline import build_pipeline, denoise, pipeline_inputs, set_flow_shift
+    from tunehub.inference.pipeline import (
+        build_pipeline,
+        denoise,
+        pipeline_inputs,
+        set_flow_shift,
+    )
     from tunehub.inference.video import to_uint8_frames
 
     # No ``finally`` around the work: after a failure this rank neither tells the others to
@@ -914,8 +931,19 @@ def generate_parallel(
     docstring). Same result, video and settings file as the single-GPU run; a first
     ``{"status": "parallel", "plan", "description"}`` event says how the work is split."""
     from tunehub.inference.generation import GenerateResult, generate
-    from tunehub.inference.pipeline import Inputs, arch_spec, fetch_base_repo, transformer_config
-    from tunehub.inference.settings import effective, export_settings, merge_settings, reserve_output, write_settings
+    from tunehub.inference.pipeline import (
+        Inputs,
+        arch_spec,
+        fetch_base_repo,
+        transformer_config,
+    )
+    from tunehub.inference.settings import (
+        effective,
+        export_settings,
+        merge_settings,
+        reserve_output,
+        write_settings,
+    )
     from tunehub.inference.video import write_mp4
 
     if parallel not in PARALLEL_MODES:
@@ -1024,7 +1052,7 @@ def generate_parallel(
         video=video_path,
         settings_file=settings_file,
         settings=exported,
-        frames=int(len(frames)),
+        frames=len(frames),
         width=values.width,
         height=values.height,
         seed=values.seed,
