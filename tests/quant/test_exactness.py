@@ -124,13 +124,15 @@ def test_single_row_layer_and_layers_pattern_match_quanto(tmp_path: Path) -> Non
         "net.gate.bias": (1,),
         "net.wide.weight": (40, 16),
         "net.keep.weight": (8, 16),
+        "net.odd.weight": (3, 5),  # an odd number of int8 bytes
+        "net.odd2.weight": (7, 3),
         "norm.weight": (16,),
     }
-    model = tree_from_shapes(shapes, {"net.gate", "net.wide", "net.keep"})
+    model = tree_from_shapes(shapes, {"net.gate", "net.wide", "net.keep", "net.odd", "net.odd2"})
     source = save_model(model, tmp_path / "custom.safetensors", torch.bfloat16)
-    result = quantize_file(source, tmp_path / "out.safetensors", layers="net.gate,net.wi*")
-    _, state, qmap = quanto_reference(copy.deepcopy(model), torch.bfloat16, ["net.gate", "net.wi*"])
-    assert set(qmap) == {"net.gate", "net.wide"}
+    result = quantize_file(source, tmp_path / "out.safetensors", layers="net.gate,net.wi*,net.odd*")
+    _, state, qmap = quanto_reference(copy.deepcopy(model), torch.bfloat16, ["net.gate", "net.wi*", "net.odd*"])
+    assert set(qmap) == {"net.gate", "net.wide", "net.odd", "net.odd2"}
     assert state["net.gate.weight._scale"].shape == ()
     assert_same_as_reference(result.output, state, qmap)
 

@@ -671,10 +671,11 @@ def quantize_file(
                         write_queue.put(([(out.start, _as_bytes(_typed(out_buf, out)))], [(out_pool, out_buf)]))
                 else:
                     scale_entry, input_entry, output_entry, data_entry = unit.outputs
-                    out_buf = out_pool.acquire(data_entry.nbytes + scale_entry.nbytes)
-                    data_view = _typed(out_buf, data_entry)
-                    scale_view = out_buf[data_entry.nbytes : data_entry.nbytes + scale_entry.nbytes]
-                    scale_view = scale_view.view(_torch_dtype(scale_entry.dtype)).view(scale_entry.shape)
+                    # The 16-bit scale first: an int8 block of odd length would misalign it.
+                    out_buf = out_pool.acquire(scale_entry.nbytes + data_entry.nbytes)
+                    scale_view = _typed(out_buf, scale_entry)
+                    data_bytes = out_buf[scale_entry.nbytes : scale_entry.nbytes + data_entry.nbytes]
+                    data_view = data_bytes.view(torch.int8).view(data_entry.shape)
                     compute.quantize(source_tensor, data_view, scale_view)
                     in_pool.release(in_buf)
                     one = _as_bytes(one_bytes[input_entry.dtype])
