@@ -333,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         if baseline:
             row["ratio"] = result["step_s"] / baseline
         row["target"] = TARGETS.get(plan.world)
-        log(f"[{label}] {result['step_s']:.3f} s/step (steps {result['step_times']}), build {result['build_s']:.1f} s, "
+        log(f"[{label}] {result['step_s']:.3f} s/step = {fmt(row.get('ratio'))}x 1-GPU (steps {result['step_times']}), "
+            f"max|diff| {fmt(row.get('max_abs_diff'), '.2e')}, rel diff {fmt(row.get('rel_diff'), '.2e')}, "
+            f"peak GiB {[fmt(p, '.1f') for p in row['peak_gib']]}, build {result['build_s']:.1f} s, "
             f"row {time.monotonic() - started:.0f} s")  # fmt: skip
 
     log("")
