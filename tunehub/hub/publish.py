@@ -237,6 +237,19 @@ def _operation(operation_class: Any, path_in_repo: str, payload: bytes | Path, k
     return operation
 
 
+@contextlib.contextmanager
+def _hub_progress_bars_off() -> Iterator[None]:
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    already_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not already_off:
+            enable_progress_bars()
+
+
 def publish(
     cfg: Config,
     registry: Any,
@@ -349,13 +362,14 @@ def publish(
                 emit(path_in_repo.rsplit("/", 1)[-1] if isinstance(payload, Path) else path_in_repo, size, 0, "uploading")
             known = {str(path): sha for _entry, path, _size, sha in locals_}
             try:
-                commit = api.create_commit(
-                    repo,
-                    [_operation(CommitOperationAdd, p, payload, known) for p, payload in operations],
-                    commit_message=f"tunehub publish {definition_id}",
-                    commit_description=f"{len(operations)} file(s) for the finetune definition '{definition_id}'.",
-                    revision=revision,
-                )
+                with _hub_progress_bars_off():  # our own progress is shown; theirs would draw over it
+                    commit = api.create_commit(
+                        repo,
+                        [_operation(CommitOperationAdd, p, payload, known) for p, payload in operations],
+                        commit_message=f"tunehub publish {definition_id}",
+                        commit_description=f"{len(operations)} file(s) for the finetune definition '{definition_id}'.",
+                        revision=revision,
+                    )
             except Exception as exc:
                 raise _map_hub_error(exc, repo, "uploading to") from None
         result.commit_url = getattr(commit, "commit_url", None)

@@ -8,10 +8,11 @@ arguments, and :func:`denoise` runs the call with per-step progress events.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,21 @@ def load_finetune_transformer(
     return transformer, config_path
 
 
+@contextlib.contextmanager
+def _quiet_diffusers_loading() -> Iterator[None]:
+    """No "Loading pipeline components" bars or accelerate notes: tunehub reports progress itself."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        diffusers_logging.set_verbosity(verbosity)
+
+
 def build_pipeline(
     cfg: Config,
     architecture: str,
@@ -250,7 +266,7 @@ def build_pipeline(
     pipeline_class = getattr(diffusers, spec.pipeline)
     _ftfy_fallback(pipeline_class)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_diffusers_loading():
             # diffusers 0.42 renames torch_dtype to dtype; older ones only know torch_dtype
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = pipeline_class.from_pretrained(
