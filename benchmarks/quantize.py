@@ -18,13 +18,25 @@ never imports torch, so the fork-time RSS it lends the child is small):
   ``requantize`` against ``tunehub.quant.load`` (target: at most half the time).
 
 With ``--device cuda`` the file's sequential read rate is measured first, under the same
-cache state, and tunehub's throughput is reported against it (target >= 70%).
+cache state, and tunehub's throughput is reported against it (target >= 70%). The disk's
+other limits are measured in the same run (``--no-disk-tests`` skips them): a sequential
+write of the output's size with ``fdatasync`` every 256 MiB, and reading the input while
+writing that much at the same time, which bounds any quantizer on this disk (it must do
+both): tunehub is reported against that ceiling too. Then tunehub runs under several
+pipeline tunings (``TUNEHUB_QUANT_*`` environment variables, see ``tunehub.quant.stream._Tuning``;
+``--variant LABEL:KEY=VALUE,...`` to choose them, the built-in list otherwise), each from a
+cold cache with its own output deleted first, each with its stage timings, so one run on the
+GPU machine tells which tuning is best; ``--deadline`` skips the variants that would not fit.
+The RESULT lines are those of the first variant (the defaults). ``--hash`` checks that every
+variant wrote the same bytes (and, on 1.3B, the same as the CPU path).
+
 Prints ``os.getloadavg()`` so numbers can be judged on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -39,10 +51,11 @@ GiB = 1024**3
 
 SIZES = {
     # dim, ffn_dim, layers
+    "tiny": (256, 512, 2),  # a dry run of the benchmark itself
     "1.3B": (1536, 8960, 30),
     "14B": (5120, 13824, 40),
 }
-TARGET_RSS = {"1.3B": 1.0 * GiB, "14B": 2.0 * GiB}
+TARGET_RSS = {"tiny": 1.0 * GiB, "1.3B": 1.0 * GiB, "14B": 2.0 * GiB}
 
 
 def wan_shapes(size: str) -> dict[str, tuple[int, ...]]:
@@ -278,13 +291,77 @@ def child_read(path: str) -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "bytes": total}))
 
 
+def _write_stream(path: str, nbytes: int) -> float:
+    """Write ``nbytes`` sequentially, fdatasync every 256 MiB and fsync at the end: the seconds."""
+    chunk = memoryview(os.urandom(64 * 1024 * 1024))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    started = time.perf_counter()
+    try:
+        done = since_sync = 0
+        while done < nbytes:
+            count = os.write(fd, chunk[: min(len(chunk), nbytes - done)])
+            done += count
+            since_sync += count
+            if since_sync >= 256 * 1024 * 1024:
+                os.fdatasync(fd)
+                since_sync = 0
+        os.fsync(fd)
+        return time.perf_counter() - started
+    finally:
+        os.close(fd)
+
+
+def _read_stream(path: str) -> tuple[float, int]:
+    buffer = memoryview(bytearray(64 * 1024 * 1024))
+    started = time.perf_counter()
+    total = 0
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                break
+            total += count
+    return time.perf_counter() - started, total
+
+
+def child_write(path: str, nbytes: str) -> None:
+    """Sequential write rate with fdatasync every 256 MiB (what a durable output costs)."""
+    seconds = _write_stream(path, int(nbytes))
+    print(json.dumps({"seconds": seconds, "bytes": int(nbytes)}))
+
+
+def child_readwrite(src: str, dst: str, nbytes: str) -> None:
+    """Read ``src`` while writing ``nbytes`` to ``dst`` (fdatasync every 256 MiB), both at once."""
+    import threading
+
+    times: dict = {}
+
+    def read() -> None:
+        times["read"], times["bytes_read"] = _read_stream(src)
+
+    def write() -> None:
+        times["write"] = _write_stream(dst, int(nbytes))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=read), threading.Thread(target=write)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    times["seconds"] = time.perf_counter() - started
+    times["bytes_written"] = int(nbytes)
+    print(json.dumps(times))
+
+
 # --- parent --------------------------------------------------------------------------
 
 
-def run_child(args: list[str], label: str) -> dict:
+def run_child(args: list[str], label: str, env: dict | None = None, fatal: bool = True) -> dict:
     """Run a child; wall time measured here, peak RSS from os.wait4 (kernel's ru_maxrss)."""
     started = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=None if env is None else {**os.environ, **env}
+    )
     stdout, stderr = b"", b""
     # Read pipes first (a child blocked on a full pipe never exits), then reap with wait4.
     stdout = process.stdout.read()
@@ -294,6 +371,8 @@ def run_child(args: list[str], label: str) -> dict:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         print(f"{label} failed ({process.returncode}):\n{stderr.decode(errors='replace')[-3000:]}", file=sys.stderr)
+        if not fatal:
+            return {"failed": True, "wall": wall}
         raise SystemExit(1)
     text = stdout.decode()
     result = json.loads(text[text.index("{") :]) if "{" in text else {}
@@ -343,6 +422,8 @@ def main() -> int:
             "load": child_load,
             "compare": child_compare,
             "read": child_read,
+            "write": child_write,
+            "readwrite": child_readwrite,
         }[role](*rest)
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -361,7 +442,22 @@ def main() -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip WanGP's path (always skipped for 14B)")
     parser.add_argument("--no-loader", action="store_true", help="skip the loader comparison")
     parser.add_argument("--cleanup", action="store_true", help="delete the generated files at the end")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE,...",
+        help="a pipeline tuning to run (TUNEHUB_QUANT_KEY=VALUE; DEVICE=cpu for the CPU path); repeatable; "
+        "the first one gives the RESULT lines (default on cuda: a built-in list, the defaults first)",
+    )
+    parser.add_argument("--no-disk-tests", action="store_true", help="cuda: skip the write and read+write tests")
+    parser.add_argument("--disk-tests", action="store_true", help="measure the disk on cpu too (a dry run here)")
+    parser.add_argument("--hash", action="store_true", help="hash each variant's output (they must all agree)")
+    parser.add_argument(
+        "--deadline", type=float, default=0, help="seconds from the start after which no further variant starts"
+    )
     args = parser.parse_args()
+    began = time.perf_counter()
     # Warm: the file read once beforehand, for every run alike. Cold (default on CUDA, and for
     # 14B, which does not fit this machine's page cache anyway): its pages evicted first.
     cache = args.cache or ("cold" if args.device == "cuda" or args.size == "14B" else "warm")
@@ -384,18 +480,55 @@ def main() -> int:
     size = source.stat().st_size
     print(f"source: {source} ({gb(size)}, Wan {args.size} original layout, bf16)")
 
-    read_rate = None
-    if args.device == "cuda":
+    read_rate = ceiling_rate = None
+    if args.device == "cuda" or args.disk_tests:
         prepare_cache(source, cache)
         read = run_child([python, me, "_child", "read", str(source)], "read")
         read_rate = read["bytes"] / read["seconds"]
         print(f"sequential read ({cache}): {read_rate / 1e9:.2f} GB/s ({read['seconds']:.1f} s)")
+        if not args.no_disk_tests:
+            scratch = args.dir / "disk-test.tmp"
+            out_size = int(size * 0.51)  # about the int8 file's size
+            try:
+                os.sync()
+                wrote = run_child([python, me, "_child", "write", str(scratch), str(out_size)], "write")
+                print(
+                    f"sequential write + fdatasync every 256 MiB: {out_size / wrote['seconds'] / 1e9:.2f} GB/s "
+                    f"({gb(out_size)} in {wrote['seconds']:.1f} s)"
+                )
+                scratch.unlink()
+                prepare_cache(source, cache)
+                both = run_child(
+                    [python, me, "_child", "readwrite", str(source), str(scratch), str(out_size)], "read+write"
+                )
+                ceiling_rate = size / both["seconds"]
+                print(
+                    f"read {gb(size)} while writing {gb(out_size)} (fdatasync every 256 MiB): all done in "
+                    f"{both['seconds']:.1f} s (read alone done at {both['read']:.1f} s = {size / both['read'] / 1e9:.2f} "
+                    f"GB/s, write at {both['write']:.1f} s = {out_size / both['write'] / 1e9:.2f} GB/s); "
+                    f"disk total {(size + out_size) / both['seconds'] / 1e9:.2f} GB/s"
+                )
+                print(
+                    f"ceiling for a quantizer on this disk: {ceiling_rate / 1e9:.2f} GB/s of input = "
+                    f"{ceiling_rate / read_rate:.0%} of the sequential read rate"
+                )
+            finally:
+                if scratch.exists():
+                    scratch.unlink()
+
+    variants = [_parse_variant(text) for text in args.variant] or (
+        list(CUDA_VARIANTS) if args.device == "cuda" else [("default", {})]
+    )
+    if args.hash and args.device == "cuda" and args.size == "1.3B":
+        variants.append(("cpu-path", {"DEVICE": "cpu"}))
 
     # Runs alternate (reference, tunehub, reference, ...); with --repeat N the median counts.
     run_reference = not (args.size == "14B" or args.no_reference)
     if not run_reference:
         print("reference (WanGP path): skipped" + (" (needs about 70 GB of RAM)" if args.size == "14B" else ""))
     references, tunehubs = [], []
+    hashes: dict[str, str] = {}
+    last_wall = 0.0
     for _ in range(args.repeat):
         if run_reference:
             prepare_cache(source, cache)
@@ -405,31 +538,64 @@ def main() -> int:
                 f"reference (load all + quanto quantize/freeze + save): wall {result['wall']:.1f} s "
                 f"(work {result['seconds']:.1f} s), peak RSS {result['peak_rss'] / GiB:.2f} GiB"
             )
-        prepare_cache(source, cache)
-        if ours.exists():
-            ours.unlink()
-        result = run_child(
-            [
-                python,
-                "-m",
-                "tunehub",
-                "quantize",
-                "--file",
-                str(source),
-                "--out",
-                str(ours),
-                "--device",
-                args.device,
-                "--json",
-                "-q",
-            ],
-            "tunehub",
-        )
-        tunehubs.append(result)
-        print(
-            f"tunehub quantize --file: wall {result['wall']:.1f} s (work {result['seconds']:.1f} s), "
-            f"peak RSS {result['peak_rss'] / GiB:.2f} GiB, {gb(result['bytes_written'])} written"
-        )
+        for index, (label, knobs) in enumerate(variants):
+            elapsed = time.perf_counter() - began
+            if args.deadline and index > 0 and elapsed + 1.3 * last_wall + 10 > args.deadline:
+                print(f"variant {label}: skipped (the --deadline of {args.deadline:.0f} s would pass)")
+                continue
+            env = {"TUNEHUB_QUANT_" + key: value for key, value in knobs.items() if key != "DEVICE"}
+            env["TUNEHUB_QUANT_STATS"] = "1"
+            device = knobs.get("DEVICE", args.device)
+            if ours.exists():
+                ours.unlink()  # one output at a time: a 14B input and two outputs do not fit some disks
+            prepare_cache(source, cache)
+            result = run_child(
+                [
+                    python,
+                    "-m",
+                    "tunehub",
+                    "quantize",
+                    "--file",
+                    str(source),
+                    "--out",
+                    str(ours),
+                    "--device",
+                    device,
+                    "--json",
+                    "-q",
+                ],
+                f"tunehub ({label})",
+                env=env,
+                fatal=index == 0,
+            )
+            if result.get("failed"):
+                continue
+            last_wall = result["wall"]
+            if index == 0:
+                tunehubs.append(result)
+            stats = result.get("stats", {})
+            line = (
+                f"tunehub quantize --file [{label}: {_describe(knobs)}]: wall {result['wall']:.1f} s "
+                f"(work {result['seconds']:.1f} s), peak RSS {result['peak_rss'] / GiB:.2f} GiB, "
+                f"{gb(result['bytes_written'])} written"
+            )
+            if read_rate is not None:
+                rate = size / result["seconds"]
+                line += f"; {rate / 1e9:.2f} GB/s = {rate / read_rate:.0%} of read"
+                if ceiling_rate:
+                    line += f", {rate / ceiling_rate:.0%} of the read+write ceiling"
+                if stats.get("all_written") and stats.get("torch_imported") is not None:
+                    # Without the fixed start-up (torch import, plan) before the pipeline began.
+                    stream_s = result["seconds"] - stats["torch_imported"]
+                    line += f" ({size / stream_s / 1e9:.2f} GB/s after torch's import)"
+            print(line)
+            if stats:
+                shown = {k: v for k, v in stats.items() if k != "tuning"}
+                print(f"    stats: {json.dumps(shown, sort_keys=True)}")
+            if args.hash:
+                digest = _file_hash(ours)
+                hashes.setdefault(digest, label)
+                print(f"    blake2b {digest[:16]} (same as {hashes[digest]})")
     reference = median_run(references) if references else None
     tunehub = median_run(tunehubs)
     tunehub["peak_rss"] = max(run["peak_rss"] for run in tunehubs)
@@ -455,6 +621,10 @@ def main() -> int:
             f"RESULT throughput {throughput / 1e9:.2f} GB/s = {share:.0%} of the sequential read rate "
             f"vs target >= 70%: {'PASS' if share >= 0.7 else 'FAIL'}"
         )
+        if ceiling_rate:
+            print(f"RESULT throughput = {throughput / ceiling_rate:.0%} of the disk's read+write ceiling")
+    if args.hash:
+        print(f"RESULT every variant wrote the same bytes: {'yes' if len(hashes) == 1 else 'NO ' + str(hashes)}")
 
     if not args.no_loader and args.size == "1.3B":
         times = {}
@@ -481,6 +651,48 @@ def main() -> int:
                 path.unlink()
         print(f"removed the generated files from {args.dir}")
     return 0
+
+
+# Pipeline tunings tried on CUDA (TUNEHUB_QUANT_<KEY>): the defaults first, then the old
+# pipeline, then one change each, most telling first (a --deadline cuts the tail).
+CUDA_VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("defaults", {}),
+    ("old", {"PIN": "torch", "READERS": "1", "PREFETCH_MB": "0", "FLUSH": "fdatasync", "DROP": "0"}),
+    ("no-prefetch", {"PREFETCH_MB": "0"}),
+    ("pin-register", {"PIN": "register"}),
+    ("flush-fdatasync", {"FLUSH": "fdatasync"}),
+    ("prefetch-4g-4threads", {"PREFETCH_MB": "4096", "PREFETCH_THREADS": "4"}),
+    ("prefetch-1g", {"PREFETCH_MB": "1024"}),
+    ("readers-1", {"READERS": "1"}),
+    ("readers-4-workers-3", {"READERS": "4", "WORKERS": "3"}),
+    ("prefetch-willneed", {"PREFETCH": "willneed"}),
+    ("pin-torch", {"PIN": "torch"}),
+    ("flush-64mb", {"FLUSH_MB": "64"}),
+    ("no-drop", {"DROP": "0"}),
+    ("defaults-again", {}),
+]
+
+
+def _parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    label, _, spec = text.partition(":")
+    knobs = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        knobs[key.strip().upper()] = value.strip()
+    return label, knobs
+
+
+def _describe(knobs: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in knobs.items()) or "as shipped"
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.blake2b()
+    buffer = memoryview(bytearray(16 * 1024 * 1024))
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(buffer[:count])
+    return digest.hexdigest()
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -41,3 +41,17 @@ def test_loading_onto_the_gpu_matches_quanto_on_the_gpu(tmp_path: Path) -> None:
     text = torch.randn(1, 4, TEXT_DIM, device="cuda").to(torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(loaded(tokens, text), reference(tokens, text))
+
+
+@pytest.mark.parametrize("pin", ["off", "torch", "register"])
+def test_every_cuda_pipeline_tuning_is_byte_identical(tmp_path: Path, pin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(42)
+    source = save_model(TinyWan(layers=3, image=True), tmp_path / "m_bf16.safetensors", torch.bfloat16)
+    on_cpu = quantize_file(source, tmp_path / "cpu.safetensors", device="cpu").output.read_bytes()
+    monkeypatch.setenv("TUNEHUB_QUANT_PIN", pin)
+    monkeypatch.setenv("TUNEHUB_QUANT_WORKERS", "3")
+    monkeypatch.setenv("TUNEHUB_QUANT_READERS", "3")
+    result = quantize_file(source, tmp_path / "gpu.safetensors", device="cuda")
+    assert result.output.read_bytes() == on_cpu
+    assert result.stats["tuning"]["pin"] == pin
+    assert "pin_fallback" not in result.stats, result.stats  # cudaHostRegister worked

@@ -22,6 +22,7 @@ leaves no file under the final name (only a temporary that the next run removes)
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -66,6 +67,217 @@ _MiB = 1024 * 1024
 _FLUSH_EVERY = 256 * _MiB
 # Rows quantized at a time on CPU: per-worker scratch stays this size.
 _ROW_BLOCK_BYTES = 8 * _MiB
+# Pieces the CUDA path's read-ahead threads pull into the page cache.
+_PREFETCH_CHUNK = 8 * _MiB
+_ENV_PREFIX = "TUNEHUB_QUANT_"
+_CHOICES = {"pin": ("off", "torch", "register"), "flush": ("fdatasync", "range", "off"), "prefetch": ("read", "willneed")}
+
+
+@dataclass
+class _Tuning:
+    """How the pipeline is sized; the defaults per device, each overridable by an environment
+    variable ``TUNEHUB_QUANT_<NAME>`` (for benchmarking: ``benchmarks/quantize.py`` tries several).
+
+    - ``workers``: compute threads; ``readers``: threads reading tensors into the input pool;
+    - ``pin`` (CUDA): ``off`` (pageable pool buffers; CUDA starts while reading has begun),
+      ``torch`` (``pin_memory`` tensors) or ``register`` (our own mappings, ``cudaHostRegister``-ed,
+      exact sizes);
+    - ``budget_mb``: each pool's budget (default: from the layer sizes);
+    - ``flush_mb`` / ``flush``: written data pushed to the disk every so much, by ``fdatasync``,
+      ``range`` (``sync_file_range``: starts the writeback without waiting or a journal commit;
+      the final fsync still makes the file durable before its rename) or ``off``;
+    - ``prefetch_mb`` / ``prefetch_threads`` / ``prefetch``: the input read into the page cache
+      this far ahead of the readers (``read`` into a scratch buffer, or ``willneed``: fadvise),
+      starting before torch is imported and CUDA started, so that those fixed costs overlap the
+      disk; 0 turns it off;
+    - ``drop``: the page cache of the input behind the readers and of the output after each
+      flush is dropped (``POSIX_FADV_DONTNEED``), so a 28 GB run does not fill the cache.
+    """
+
+    workers: int
+    readers: int = 1
+    pin: str = "off"
+    budget_mb: int = 0
+    flush_mb: int = 256
+    flush: str = "fdatasync"
+    prefetch_mb: int = 0
+    prefetch_threads: int = 2
+    prefetch: str = "read"
+    drop: int = 0
+
+    @classmethod
+    def for_device(cls, cuda: bool, environ: Any = None) -> _Tuning:
+        environ = os.environ if environ is None else environ
+        if cuda:
+            tuning = cls(
+                workers=2, readers=2, pin="off", flush="range", prefetch_mb=2048, prefetch_threads=2, drop=1
+            )
+        else:
+            # One compute worker per core, each with one intra-op thread: OpenMP threads that
+            # spin while other processes hold the cores made quantizing 6x slower on a busy
+            # 2-core machine than tensor-level parallelism.
+            tuning = cls(workers=max(1, min(os.cpu_count() or 1, 4)))
+        for name, default in list(vars(tuning).items()):
+            value = environ.get(_ENV_PREFIX + name.upper())
+            if value is None or value == "":
+                continue
+            if isinstance(default, int):
+                try:
+                    number = int(value)
+                except ValueError:
+                    number = -1
+                if number < 0 or (name in ("workers", "readers", "prefetch_threads") and number < 1):
+                    raise QuantizationError(f"{_ENV_PREFIX}{name.upper()}={value!r}: not a valid count")
+                setattr(tuning, name, number)
+            else:
+                if value not in _CHOICES[name]:
+                    raise QuantizationError(
+                        f"{_ENV_PREFIX}{name.upper()}={value!r}: use one of {', '.join(_CHOICES[name])}"
+                    )
+                setattr(tuning, name, value)
+        if not cuda:
+            tuning.pin = "off"
+        return tuning
+
+    def describe(self) -> dict[str, Any]:
+        return {name: value for name, value in vars(self).items()}
+
+
+class _Stats:
+    """Where the time went, per stage (summed over a stage's threads), for the benchmark."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.lock = threading.Lock()
+        self.values: dict[str, Any] = {}
+
+    def add(self, name: str, seconds: float, count: int = 1) -> None:
+        with self.lock:
+            self.values[name] = self.values.get(name, 0.0) + seconds
+            if count:
+                self.values[name + "_n"] = self.values.get(name + "_n", 0) + count
+
+    def mark(self, name: str, once: bool = True) -> None:
+        with self.lock:
+            if not once or name not in self.values:
+                self.values[name] = time.perf_counter() - self.started
+
+    def set(self, name: str, value: Any) -> None:
+        with self.lock:
+            self.values[name] = value
+
+    def rss(self, name: str) -> None:
+        try:
+            with open("/proc/self/statm") as handle:
+                pages = int(handle.read().split()[1])
+            self.set(name, round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 3))
+        except (OSError, ValueError, IndexError):
+            pass
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.values.items()}
+
+
+_SYNC_FILE_RANGE: Any = None
+
+
+def _sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> bool:
+    """``sync_file_range(2)`` through libc; False where it is missing (then the caller fdatasyncs)."""
+    global _SYNC_FILE_RANGE
+    if _SYNC_FILE_RANGE is None:
+        try:
+            function = ctypes.CDLL(None, use_errno=True).sync_file_range
+            function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _SYNC_FILE_RANGE = function
+        except (OSError, AttributeError):
+            _SYNC_FILE_RANGE = False
+    if not _SYNC_FILE_RANGE:
+        return False
+    if _SYNC_FILE_RANGE(fd, offset, nbytes, flags) != 0:
+        number = ctypes.get_errno()
+        if number in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
+            return False
+        raise OSError(number, os.strerror(number))
+    return True
+
+
+_SFR_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writeback of the dirty pages, do not wait
+
+
+def _drop_cache(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+
+
+class _Prefetch:
+    """Threads that pull the input into the page cache ahead of the readers, ``window`` bytes at most."""
+
+    def __init__(self, path: Path, start: int, end: int, window: int, threads: int, mode: str, stats: _Stats) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        with contextlib.suppress(AttributeError, OSError):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        self.end = end
+        self.window = window
+        self.mode = mode
+        self.stats = stats
+        self.next = start
+        self.consumer = start
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.threads = [
+            threading.Thread(target=self._run, name=f"tunehub-quant-prefetch-{n}", daemon=True) for n in range(threads)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def advance(self, position: int) -> None:
+        """The readers got to ``position``: the window moves on."""
+        with self.cond:
+            if position > self.consumer:
+                self.consumer = position
+                self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join()
+        os.close(self.fd)
+
+    def _run(self) -> None:
+        scratch = memoryview(bytearray(_PREFETCH_CHUNK)) if self.mode == "read" else None
+        busy = 0.0
+        fetched = 0
+        try:
+            while True:
+                with self.cond:
+                    while not self.stopped and self.next < self.end and self.next >= self.consumer + self.window:
+                        self.cond.wait()
+                    if self.stopped or self.next >= self.end:
+                        return
+                    offset = max(self.next, self.consumer)
+                    count = min(_PREFETCH_CHUNK, self.end - offset)
+                    self.next = offset + count
+                began = time.perf_counter()
+                if scratch is None:
+                    os.posix_fadvise(self.fd, offset, count, os.POSIX_FADV_WILLNEED)
+                else:
+                    done = 0
+                    while done < count:
+                        got = os.preadv(self.fd, [scratch[: count - done]], offset + done)
+                        if got <= 0:
+                            return  # the readers report a short file
+                        done += got
+                busy += time.perf_counter() - began
+                fetched += count
+        except OSError:
+            return  # only a hint: the readers read (and report) for real
+        finally:
+            self.stats.add("prefetch_busy_s", busy, 0)
+            self.stats.add("prefetch_gb", fetched / 1e9, 0)
 
 
 @dataclass
@@ -118,8 +330,17 @@ class QuantizeResult:
     bytes_written: int
     seconds: float
     device: str
+    # Where the time went (stage timings, the tuning used): for benchmarks; only in the
+    # JSON when TUNEHUB_QUANT_STATS is set.
+    stats: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        data = self._json()
+        if self.stats is not None and os.environ.get(_ENV_PREFIX + "STATS"):
+            data["stats"] = self.stats
+        return data
+
+    def _json(self) -> dict[str, Any]:
         return {
             "source": str(self.source),
             "output": str(self.output),
@@ -259,23 +480,52 @@ class _BufferPool:
     bigger than the whole budget is still served once nothing else is held.
     """
 
-    def __init__(self, budget: int, pin: bool) -> None:
+    def __init__(self, budget: int, pin: str = "off", stats: _Stats | None = None) -> None:
         self.budget = budget
-        self.pin = pin
+        self.pin = pin  # "off" | "torch" | "register"
+        self.stats = stats
         self.allocated = 0
         self.in_use = 0
         self.free: list[Any] = []
+        self.registered: dict[int, int] = {}  # id(buffer) -> its cudaHostRegister-ed address
         self.closed = False
         self.cond = threading.Condition()
 
     def _allocate(self, size: int) -> Any:
         import torch
 
-        if self.pin:
-            return torch.empty(size, dtype=torch.uint8, pin_memory=True)
-        # Anonymous mappings of our own: a dropped buffer goes back to the system at once,
-        # where malloc would keep freed blocks of these sizes in its heap and RSS would creep.
-        return torch.frombuffer(mmap.mmap(-1, size), dtype=torch.uint8)
+        began = time.perf_counter()
+        try:
+            if self.pin == "torch":
+                return torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            # Anonymous mappings of our own: a dropped buffer goes back to the system at once,
+            # where malloc (or torch's pinned-memory cache, which also rounds sizes up to powers
+            # of two) would keep freed blocks and RSS would creep.
+            buf = torch.frombuffer(mmap.mmap(-1, size), dtype=torch.uint8)
+            if self.pin == "register":
+                try:
+                    code = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), size, 0)
+                    code = int(getattr(code, "value", code))
+                except Exception:  # noqa: BLE001 - no cudart binding: torch's pinned memory instead
+                    code = -1
+                if code != 0:
+                    self.pin = "torch"
+                    if self.stats is not None:
+                        self.stats.set("pin_fallback", f"cudaHostRegister gave {code}")
+                    return torch.empty(size, dtype=torch.uint8, pin_memory=True)
+                self.registered[id(buf)] = buf.data_ptr()
+            return buf
+        finally:
+            if self.stats is not None:
+                self.stats.add("pool_alloc_s", time.perf_counter() - began)
+
+    def _free(self, buf: Any) -> None:
+        address = self.registered.pop(id(buf), None)
+        if address is not None:
+            import torch
+
+            with contextlib.suppress(Exception):
+                torch.cuda.cudart().cudaHostUnregister(address)
 
     def acquire(self, nbytes: int) -> Any:
         size = max(_MiB, -(-nbytes // _MiB) * _MiB)  # whole MiB, so buffers get reused
@@ -294,6 +544,7 @@ class _BufferPool:
                     dropped = max(self.free, key=lambda b: b.numel())
                     self._take(dropped)
                     self.allocated -= dropped.numel()
+                    self._free(dropped)
                 if self.allocated + size <= self.budget or self.in_use == 0:
                     buf = self._allocate(size)
                     self.allocated += size
@@ -315,6 +566,8 @@ class _BufferPool:
     def close(self) -> None:
         with self.cond:
             self.closed = True
+            for buf in self.free:
+                self._free(buf)
             self.free.clear()
             self.cond.notify_all()
 
@@ -537,25 +790,76 @@ def quantize_file(
     sized so that every compute worker holds a layer while one more is read ahead).
     """
     started = time.perf_counter()
+    stats = _Stats(started)
     plan = plan_quantization(src, dtype=dtype, layers=layers)
     output = Path(dst)
     if output.resolve() == plan.source.resolve():
         raise QuantizationError(f"{output}: the output must not be the input file")
+    cuda_asked = str(device).startswith("cuda")
+    tuning = _Tuning.for_device(cuda_asked)
+    stats.set("tuning", tuning.describe())
+    data_region = (plan.header.data_start, plan.header.data_start + max((u.source.end for u in plan.units), default=0))
+    prefetch: _Prefetch | None = None
+    if tuning.prefetch_mb > 0:
+        # Before torch is imported and CUDA started: the disk works while those fixed costs run.
+        prefetch = _Prefetch(
+            plan.source, *data_region, tuning.prefetch_mb * _MiB, tuning.prefetch_threads, tuning.prefetch, stats
+        )
+    held = [prefetch]
+    try:
+        return _quantize(plan, output, device, progress, budget_bytes, tuning, held, stats)
+    finally:
+        if held[0] is not None:
+            held[0].stop()
+
+
+def _quantize(
+    plan: QuantizationPlan,
+    output: Path,
+    device: str,
+    progress: ProgressCallback | None,
+    budget_bytes: int | None,
+    tuning: _Tuning,
+    held: list[_Prefetch | None],
+    stats: _Stats,
+) -> QuantizeResult:
+    started = stats.started
     device_name = resolve_device(device)
-    # One compute worker per core on CPU, each with one intra-op thread: OpenMP threads that
-    # spin while other processes hold the cores made quantizing 6x slower on a busy 2-core
-    # machine than tensor-level parallelism. On CUDA two workers, each with its own stream,
-    # so one layer's transfers overlap the other's.
-    workers = 2 if device_name.startswith("cuda") else max(1, min(os.cpu_count() or 1, 4))
+    cuda = device_name.startswith("cuda")
+    if cuda != str(device).startswith("cuda"):  # "auto" found a GPU
+        tuning = _Tuning.for_device(cuda)
+        stats.set("tuning", tuning.describe())
+        if tuning.prefetch_mb > 0 and held[0] is None:
+            end = plan.header.data_start + max((u.source.end for u in plan.units), default=0)
+            held[0] = _Prefetch(
+                plan.source,
+                plan.header.data_start,
+                end,
+                tuning.prefetch_mb * _MiB,
+                tuning.prefetch_threads,
+                tuning.prefetch,
+                stats,
+            )
+    prefetch = held[0]
+    import torch  # noqa: F401 - here, so that the stage timings show what the import costs
+
+    stats.mark("torch_imported")
+    stats.rss("rss_after_import_gib")
+    # On CPU one compute worker per core, each with one intra-op thread (see _Tuning); on CUDA
+    # a few, each with its own stream, so one layer's transfers overlap another's.
+    workers = tuning.workers
+    readers = tuning.readers
+    if budget_bytes is None and tuning.budget_mb:
+        budget_bytes = tuning.budget_mb * _MiB
     if budget_bytes is None:
-        # Room for each worker's layer plus one read ahead, sized by the quantized layers:
-        # one odd big tensor that is only copied (Wan 14B's time_projection, 314 MB) is
+        # Room for each worker's layer plus one read ahead per reader, sized by the quantized
+        # layers: one odd big tensor that is only copied (Wan 14B's time_projection, 314 MB) is
         # served alone rather than multiplied.
         quantized = [unit for unit in plan.units if unit.module is not None]
         largest_layer_in = max(unit.source.nbytes for unit in quantized)
         largest_layer_out = max(sum(o.nbytes for o in unit.outputs) for unit in quantized)
         largest_in = max(unit.source.nbytes for unit in plan.units)
-        in_budget = max(128 * _MiB, largest_in, (workers + 1) * largest_layer_in)
+        in_budget = max(128 * _MiB, largest_in, (workers + readers) * largest_layer_in)
         out_budget = max(64 * _MiB, (workers + 1) * largest_layer_out)
     else:
         in_budget = out_budget = budget_bytes
@@ -569,9 +873,9 @@ def quantize_file(
 
     import torch
 
-    pin = device_name.startswith("cuda")
-    in_pool = _BufferPool(in_budget, pin)
-    out_pool = _BufferPool(out_budget, pin)
+    in_pool = _BufferPool(in_budget, tuning.pin, stats)
+    out_pool = _BufferPool(out_budget, tuning.pin, stats)
+    stats.set("budgets_mib", [in_budget // _MiB, out_budget // _MiB])
     read_queue: queue.Queue[Any] = queue.Queue()
     write_queue: queue.Queue[Any] = queue.Queue()
     errors: list[BaseException] = []
@@ -589,19 +893,44 @@ def quantize_file(
     try:
         with contextlib.suppress(AttributeError, OSError):
             os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        next_unit = [0]
+        readers_left = [readers]
+        reader_lock = threading.Lock()
 
         def reader() -> None:
+            busy = waiting = 0.0
             try:
-                for unit in plan.units:
-                    if stop.is_set():
-                        return
+                while not stop.is_set():
+                    with reader_lock:  # units are taken in file order, whichever reader is free
+                        index = next_unit[0]
+                        if index >= len(plan.units):
+                            return
+                        next_unit[0] += 1
+                    unit = plan.units[index]
+                    offset = plan.header.data_start + unit.source.start
+                    if prefetch is not None:
+                        prefetch.advance(offset)
+                    began = time.perf_counter()
                     buf = in_pool.acquire(unit.source.nbytes)
-                    _read_into(src_fd, buf, unit.source.nbytes, plan.header.data_start + unit.source.start, plan.source)
+                    got = time.perf_counter()
+                    _read_into(src_fd, buf, unit.source.nbytes, offset, plan.source)
+                    busy += time.perf_counter() - got
+                    waiting += got - began
+                    stats.mark("first_read_done")
+                    if tuning.drop:
+                        _drop_cache(src_fd, offset, unit.source.nbytes)
                     read_queue.put((unit, buf))
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 fail(exc)
             finally:
-                read_queue.put(None)
+                stats.add("read_busy_s", busy)
+                stats.add("read_wait_pool_s", waiting)
+                with reader_lock:
+                    readers_left[0] -= 1
+                    last = readers_left[0] == 0
+                if last:  # the workers stop at this; every reader's units are queued by now
+                    stats.mark("reading_done")
+                    read_queue.put(None)
 
         with atomic_writer(output, "wb") as handle:
             out_fd = handle.fileno()
@@ -617,22 +946,37 @@ def quantize_file(
             written = [0]
 
             def flusher() -> None:
-                # Push written pages to the disk while the rest is computed.
-                while True:
-                    flush_needed.wait()
-                    flush_needed.clear()
-                    if stop.is_set():
-                        return
-                    with contextlib.suppress(OSError):
-                        os.fdatasync(out_fd)
+                # Push written pages to the disk while the rest is computed, so that the final
+                # fsync (which makes the file durable before its rename) has little left to do.
+                busy = 0.0
+                try:
+                    while True:
+                        flush_needed.wait()
+                        flush_needed.clear()
+                        if stop.is_set():
+                            return
+                        began = time.perf_counter()
+                        if tuning.drop:  # clean pages of earlier rounds: written, no longer needed
+                            _drop_cache(out_fd)
+                        with contextlib.suppress(OSError):
+                            if tuning.flush != "range" or not _sync_file_range(out_fd, 0, 0, _SFR_WRITE):
+                                os.fdatasync(out_fd)
+                        busy += time.perf_counter() - began
+                        stats.add("flushes", 0.0)
+                finally:
+                    stats.add("flush_busy_s", busy, 0)
 
             def writer() -> None:
                 since_flush = 0
+                busy = waiting = 0.0
                 try:
                     while True:
+                        began = time.perf_counter()
                         item = write_queue.get()
+                        waiting += time.perf_counter() - began
                         if item is None:
                             return
+                        began = time.perf_counter()
                         pieces, release = item
                         for offset, data in pieces:
                             if not stop.is_set():
@@ -641,7 +985,8 @@ def quantize_file(
                                 written[0] += len(data)
                         for pool, buf in release:
                             pool.release(buf)
-                        if since_flush >= _FLUSH_EVERY:
+                        busy += time.perf_counter() - began
+                        if tuning.flush != "off" and since_flush >= tuning.flush_mb * _MiB:
                             since_flush = 0
                             flush_needed.set()
                 except BaseException as exc:  # noqa: BLE001
@@ -649,6 +994,10 @@ def quantize_file(
                     # Keep draining so that no producer waits on a full queue.
                     while write_queue.get() is not None:
                         pass
+                finally:
+                    stats.add("write_busy_s", busy, 0)
+                    stats.add("write_wait_s", waiting, 0)
+                    stats.mark("writing_done")
 
             one_bytes = {
                 "BF16": torch.ones((), dtype=torch.bfloat16),
@@ -672,11 +1021,15 @@ def quantize_file(
                 else:
                     scale_entry, input_entry, output_entry, data_entry = unit.outputs
                     # The 16-bit scale first: an int8 block of odd length would misalign it.
+                    began = time.perf_counter()
                     out_buf = out_pool.acquire(scale_entry.nbytes + data_entry.nbytes)
+                    got = time.perf_counter()
                     scale_view = _typed(out_buf, scale_entry)
                     data_bytes = out_buf[scale_entry.nbytes : scale_entry.nbytes + data_entry.nbytes]
                     data_view = data_bytes.view(torch.int8).view(data_entry.shape)
                     compute.quantize(source_tensor, data_view, scale_view)
+                    stats.add("compute_s", time.perf_counter() - got)
+                    stats.add("compute_wait_pool_s", got - began, 0)
                     in_pool.release(in_buf)
                     one = _as_bytes(one_bytes[input_entry.dtype])
                     pieces = [
@@ -694,29 +1047,37 @@ def quantize_file(
                         )
 
             def worker() -> None:
+                waiting = 0.0
                 try:
-                    if not pin:
+                    if not cuda:
                         torch.set_num_threads(1)
+                    began = time.perf_counter()
                     compute = _Compute(device_name, plan.dtype)
+                    stats.add("compute_init_s", time.perf_counter() - began)
+                    stats.mark("compute_ready")
                     while not stop.is_set():
+                        began = time.perf_counter()
                         item = read_queue.get()
+                        waiting += time.perf_counter() - began
                         if item is None:
                             read_queue.put(None)  # let the other workers see the end too
                             return
                         process(compute, *item)
                 except BaseException as exc:  # noqa: BLE001
                     fail(exc)
+                finally:
+                    stats.add("compute_wait_input_s", waiting, 0)
 
             intra_op_threads = torch.get_num_threads()
-            threads = [
-                threading.Thread(target=reader, name="tunehub-quant-read", daemon=True),
-                threading.Thread(target=writer, name="tunehub-quant-write", daemon=True),
-                threading.Thread(target=flusher, name="tunehub-quant-flush", daemon=True),
+            reading = [
+                threading.Thread(target=reader, name=f"tunehub-quant-read-{n}", daemon=True) for n in range(readers)
             ]
+            writing = threading.Thread(target=writer, name="tunehub-quant-write", daemon=True)
+            flushing = threading.Thread(target=flusher, name="tunehub-quant-flush", daemon=True)
             computing = [
                 threading.Thread(target=worker, name=f"tunehub-quant-{n}", daemon=True) for n in range(workers)
             ]
-            for thread in threads + computing:
+            for thread in [*reading, writing, flushing, *computing]:
                 thread.start()
             try:
                 for thread in computing:
@@ -728,11 +1089,12 @@ def quantize_file(
             finally:
                 torch.set_num_threads(intra_op_threads)  # workers changed torch's default for new threads
                 write_queue.put(None)
-                threads[1].join()
-                threads[0].join()
+                writing.join()
+                for thread in reading:
+                    thread.join()
                 stop.set()  # the writer is done: end the flusher
                 flush_needed.set()
-                threads[2].join()
+                flushing.join()
             if errors:
                 converted = _user_error(errors[0], plan, output)
                 raise converted if converted is errors[0] else converted from errors[0]
@@ -740,6 +1102,7 @@ def quantize_file(
                 raise QuantizationError(f"{output}: internal error: wrote {written[0]} bytes of tensor data")
             if progress is not None:
                 progress({"file": output.name, "total": total, "completed": total, "status": "syncing"})
+            stats.mark("all_written")
     except OSError as exc:  # the header write, the rename, the final fsync
         converted = _user_error(exc, plan, output)
         if converted is exc:
@@ -750,6 +1113,9 @@ def quantize_file(
         in_pool.close()
         out_pool.close()
     seconds = time.perf_counter() - started
+    stats.set("seconds", seconds)
+    stats.set("final_sync_s", seconds - stats.values.get("all_written", seconds))
+    stats.rss("rss_at_end_gib")
     if progress is not None:
         progress({"file": output.name, "total": plan.input_size, "completed": plan.input_size, "status": "done"})
     return QuantizeResult(
@@ -763,4 +1129,5 @@ def quantize_file(
         bytes_written=plan.output_size,
         seconds=seconds,
         device=device_name,
+        stats=stats.report(),
     )
