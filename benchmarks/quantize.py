@@ -516,11 +516,16 @@ def main() -> int:
                 if scratch.exists():
                     scratch.unlink()
 
-    variants = [_parse_variant(text) for text in args.variant] or (
-        list(CUDA_VARIANTS) if args.device == "cuda" else [("default", {})]
-    )
-    if args.hash and args.device == "cuda" and args.size == "1.3B":
-        variants.append(("cpu-path", {"DEVICE": "cpu"}))
+    if args.variant == ["all"]:  # the built-in list whatever the device (a dry run on cpu)
+        args.variant = []
+        variants = list(CUDA_VARIANTS)
+    else:
+        variants = [_parse_variant(text) for text in args.variant] or (
+            list(CUDA_VARIANTS) if args.device == "cuda" else [("default", {})]
+        )
+    if args.hash and args.size != "14B" and all(knobs.get("DEVICE") != "cpu" for _, knobs in variants):
+        # The CPU path's bytes, second: every variant must match them.
+        variants.insert(1, ("cpu-path", {"DEVICE": "cpu"}))
 
     # Runs alternate (reference, tunehub, reference, ...); with --repeat N the median counts.
     run_reference = not (args.size == "14B" or args.no_reference)

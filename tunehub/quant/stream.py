@@ -841,7 +841,7 @@ def _quantize(
                 stats,
             )
     prefetch = held[0]
-    import torch  # noqa: F401 - here, so that the stage timings show what the import costs
+    import torch  # here, so that the stage timings show what the import costs
 
     stats.mark("torch_imported")
     stats.rss("rss_after_import_gib")
@@ -870,8 +870,6 @@ def _quantize(
         raise DiskFullError(
             f"{output.parent}: {free / 1e9:.2f} GB free, the quantized file needs {plan.output_size / 1e9:.2f} GB"
         )
-
-    import torch
 
     in_pool = _BufferPool(in_budget, tuning.pin, stats)
     out_pool = _BufferPool(out_budget, tuning.pin, stats)
