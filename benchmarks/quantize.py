@@ -668,7 +668,7 @@ CUDA_VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("flush-fdatasync", {"FLUSH": "fdatasync"}),
     ("prefetch-4g-4threads", {"PREFETCH_MB": "4096", "PREFETCH_THREADS": "4"}),
     ("prefetch-1g", {"PREFETCH_MB": "1024"}),
-    ("readers-1", {"READERS": "1"}),
+    ("readers-2", {"READERS": "2"}),
     ("readers-4-workers-3", {"READERS": "4", "WORKERS": "3"}),
     ("prefetch-willneed", {"PREFETCH": "willneed"}),
     ("pin-torch", {"PIN": "torch"}),

@@ -110,7 +110,7 @@ class _Tuning:
         environ = os.environ if environ is None else environ
         if cuda:
             tuning = cls(
-                workers=2, readers=2, pin="off", flush="range", prefetch_mb=2048, prefetch_threads=2, drop=1
+                workers=2, readers=1, pin="off", flush="range", prefetch_mb=2048, prefetch_threads=2, drop=1
             )
         else:
             # One compute worker per core, each with one intra-op thread: OpenMP threads that
