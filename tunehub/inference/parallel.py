@@ -779,30 +779,18 @@ class _Job:
 
 def load_transformer_only(cfg: Any, architecture: str, files: Sequence[Path], dtype: str, device: str,
                           int8_kernel: str = "auto", compile_blocks: bool = False) -> Any:  # fmt: skip
-    """The transformer part of :func:`~tunehub.inference.pipeline.build_pipeline` alone:
-    what ranks other than 0 hold (no text encoder, no VAE)."""
+    """The transformer part of :func:`~tunehub.inference.pipeline.build_pipeline` alone
+    (:func:`~tunehub.inference.pipeline.load_finetune_transformer`, then the int8 kernel
+    and compilation as there): what ranks other than 0 hold (no text encoder, no VAE)."""
     from tunehub.inference.int8_linear import int8_layers, set_int8_kernel
-    from tunehub.inference.pipeline import (
-        arch_spec,
-        fetch_base_repo,
-        transformer_config,
-    )
-    from tunehub.inference.transformer import load_transformer
+    from tunehub.inference.pipeline import fetch_base_repo, load_finetune_transformer
+    from tunehub.inference.transformer import compile_transformer_blocks
 
-    spec = arch_spec(architecture)
     base_folder = fetch_base_repo(cfg, architecture)
-    config, _ = transformer_config(base_folder, architecture)
-    model_class = config.get("_class_name") or spec.transformer
-    initial_kernel = "quanto" if int8_kernel == "quanto" else "dequant"
-    transformer = load_transformer(model_class, config, list(files), dtype, device, initial_kernel)
+    transformer, _ = load_finetune_transformer(base_folder, architecture, list(files), dtype, device, int8_kernel)
     if int8_kernel != "quanto" and any(True for _ in int8_layers(transformer)):
         set_int8_kernel(transformer, int8_kernel, device)
     if compile_blocks:
-        try:
-            from tunehub.inference.transformer import compile_transformer_blocks
-        except ImportError:  # its older home
-            from tunehub.inference.pipeline import compile_transformer_blocks  # type: ignore[attr-defined,no-redef]
-
         compile_transformer_blocks(transformer)
     return transformer
 
