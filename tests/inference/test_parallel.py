@@ -25,6 +25,7 @@ from tunehub.config import load_config
 from tunehub.errors import ConfigError, InferenceError
 from tunehub.inference import parallel
 from tunehub.inference.generation import generate
+from tunehub.cli.main import main as tunehub_main
 from tunehub.inference.parallel import generate_parallel, launch, plan_parallel
 from tunehub.inference.video import read_video
 from tunehub.registry import Registry
@@ -88,8 +89,9 @@ def test_two_processes_match_one(home: Path, mode: str, tmp_path: Path) -> None:
     registry = Registry.load(cfg)
     single = generate(cfg, registry, "tiny_t2v", device="cpu", out=tmp_path / "one.mp4", **SETTINGS)
     events: list[dict[str, Any]] = []
-    multi = generate_parallel(cfg, registry, "tiny_t2v", gpus=2, parallel=mode, device="cpu",
-                              out=tmp_path / "two.mp4", progress=events.append, **SETTINGS)  # fmt: skip
+    # through generate(gpus=...), the API the CLI and the daemon call
+    multi = generate(cfg, registry, "tiny_t2v", gpus=2, parallel=mode, device="cpu",
+                     out=tmp_path / "two.mp4", progress=events.append, **SETTINGS)  # fmt: skip
     plan = events[0]
     assert plan["status"] == "parallel" and plan["plan"]["processes"] == 2
     assert plan["plan"]["cfg" if mode == "cfg" else "context"] == 2
@@ -105,6 +107,23 @@ def test_two_processes_match_one(home: Path, mode: str, tmp_path: Path) -> None:
     )
     assert one.std() > 1.0  # a real picture, not a constant
     assert json.loads(multi.settings_file.read_text()) == json.loads(single.settings_file.read_text())
+
+
+def test_cli_gpus(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tunehub generate --gpus 2 --parallel auto` on CPU: 2 gloo processes, CFG-parallel
+    chosen (guidance on, 2 processes); the plan is printed; the video is the one-process video."""
+    out = tmp_path / "cli.mp4"
+    argv = ["--home", str(home), "generate", "tiny_t2v", "--device", "cpu", "--gpus", "2", "--out", str(out),
+            "--prompt", SETTINGS["prompt"], "--resolution", "32x32", "--frames", "5", "--steps", "2",
+            "--seed", "11", "--guidance", "5"]  # fmt: skip
+    assert tunehub_main(argv) == 0
+    assert "2 processes (gloo): CFG-parallel x2" in capsys.readouterr().err
+    cfg = load_config(home)
+    single = generate(cfg, Registry.load(cfg), "tiny_t2v", device="cpu", out=tmp_path / "one.mp4", **SETTINGS)
+    difference = np.abs(_frames(out) - _frames(single.video))
+    assert difference.mean() <= MEAN_TOLERANCE and difference.max() <= MAX_TOLERANCE
+    with pytest.raises(SystemExit):
+        tunehub_main(["--home", str(home), "generate", "tiny_t2v", "--gpus", "2", "--parallel", "ring"])
 
 
 def _children() -> list[int]:

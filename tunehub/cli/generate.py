@@ -10,6 +10,7 @@ from typing import Any
 from tunehub.cli.common import config_from_args, print_json
 from tunehub.config import QUANTIZATIONS
 
+from tunehub.inference.parallel import PARALLEL_MODES  # torch-free at import time
 from tunehub.inference.pipeline import INT8_KERNELS, OFFLOAD_MODES  # torch-free at import time
 
 
@@ -50,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-vae-tiling", action="store_true", help="decode the whole video at once")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks: faster steps, slower first step")  # fmt: skip
+    p.add_argument("--gpus", metavar="N|auto",
+                   help="one video across N GPUs of this host (auto: all visible), one process each; "
+                        "with --device cpu, N gloo processes")  # fmt: skip
+    p.add_argument("--parallel", choices=PARALLEL_MODES, default="auto",
+                   help="how --gpus splits the work: cfg (cond / uncond pass on different GPUs), context "
+                        "(the video's tokens split, Ulysses or ring attention; Wan t2v/i2v), both, or auto")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON; progress as JSON lines on stderr")
     p.set_defaults(func=cmd_generate)
 
@@ -62,6 +69,8 @@ def _progress_printer(as_json: bool) -> Any:
             end = "\n" if event["completed"] == event["total"] else ""
             print(f"\rstep {event['completed']}/{event['total']}  {event['elapsed']:.1f}s", end=end,
                   file=sys.stderr, flush=True)  # fmt: skip
+        elif event.get("status") == "parallel":
+            print(event.get("description", "parallel"), file=sys.stderr, flush=True)
         elif event.get("status") not in ("done", "decoded"):
             print(event.get("status", ""), "...", file=sys.stderr, flush=True)
 
@@ -98,6 +107,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         vae_tiling=not args.no_vae_tiling,
         compile_blocks=args.compile,
         progress=_progress_printer(args.json),
+        gpus=args.gpus,
+        parallel=args.parallel,
     )
     if args.json:
         print_json(result.to_json())

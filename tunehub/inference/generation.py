@@ -64,9 +64,14 @@ def generate(
     vae_tiling: bool = True,
     compile_blocks: bool = False,
     progress: Progress | None = None,
+    gpus: int | str | None = None,
+    parallel: str = "auto",
     **settings: Any,
 ) -> GenerateResult:
     """Generate one video for ``definition_id``.
+
+    ``gpus`` (N or "auto") > 1 runs one process per GPU, split by ``parallel``
+    (auto|cfg|context|both): see :mod:`tunehub.inference.parallel`.
 
     ``settings`` are WanGP keys (``prompt``, ``negative_prompt``, ``resolution`` "WxH",
     ``video_length``, ``num_inference_steps``, ``guidance_scale``, ``flow_shift``,
@@ -74,6 +79,15 @@ def generate(
     over the definition's top-level settings. The video goes to ``out`` or a new name in
     ``cfg.outputs_dir``; the settings used go beside it (``clip.mp4`` -> ``clip.json``).
     """
+    if gpus is not None and str(gpus).strip() != "1":
+        from tunehub.inference.parallel import generate_parallel
+
+        return generate_parallel(
+            cfg, registry, definition_id, gpus=gpus, parallel=parallel, image=image, video=video, mask=mask,
+            out=out, device=device, offload=offload, quantization=quantization, dtype=dtype,
+            int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks, progress=progress,
+            **settings,
+        )  # fmt: skip
     definition = registry.get(definition_id)
     resolution = registry.resolve(definition_id, quantization=quantization, dtype=dtype)
     spec = arch_spec(resolution.architecture)
