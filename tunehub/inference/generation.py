@@ -9,8 +9,22 @@ from typing import Any
 
 from tunehub.config import Config
 from tunehub.errors import ConfigError, InferenceError
-from tunehub.inference.pipeline import Inputs, Progress, arch_spec, build_pipeline, denoise, pipeline_inputs, set_flow_shift
-from tunehub.inference.settings import effective, export_settings, merge_settings, reserve_output, write_settings
+from tunehub.inference.pipeline import (
+    Inputs,
+    Progress,
+    arch_spec,
+    build_pipeline,
+    denoise,
+    pipeline_inputs,
+    set_flow_shift,
+)
+from tunehub.inference.settings import (
+    effective,
+    export_settings,
+    merge_settings,
+    reserve_output,
+    write_settings,
+)
 from tunehub.inference.video import write_mp4
 
 
@@ -45,6 +59,54 @@ class GenerateResult:
             "load_seconds": round(self.load_seconds, 3),
             "denoise_seconds": round(self.denoise_seconds, 3),
         }
+
+
+@dataclass
+class Prepared:
+    """A generation checked before anything heavy is loaded: files present, settings merged."""
+
+    definition: Any
+    resolution: Any
+    spec: Any
+    files: list[Any]  # the transformer file, then each module's
+    merged: dict[str, Any]
+    values: Any
+    inputs: Inputs
+
+
+def prepare(
+    registry: Any,
+    definition_id: str,
+    quantization: str | None,
+    dtype: str | None,
+    settings: dict[str, Any],
+    image: str | Path | None,
+    video: str | Path | None,
+    mask: str | Path | None,
+) -> Prepared:
+    """Resolve the definition's files, check they are on disk, merge the settings, check inputs.
+
+    Shared by the one-process path and the multi-GPU driver, so both refuse the same things.
+    """
+    definition = registry.get(definition_id)
+    resolution = registry.resolve(definition_id, quantization=quantization, dtype=dtype)
+    spec = arch_spec(resolution.architecture)
+    if resolution.transformer is None:
+        raise InferenceError(f"definition '{definition_id}' ({definition.path}) lists no transformer file (URLs)")
+    files = [resolution.transformer, *resolution.modules]
+    missing = [choice for choice in files if not choice.present]
+    if missing:
+        names = ", ".join(choice.filename for choice in missing)
+        raise InferenceError(
+            f"definition '{definition_id}': file(s) not downloaded yet: {names}; run `tunehub pull {definition_id}`"
+        )
+    merged = merge_settings(definition.settings, settings, spec.family)
+    values = effective(merged, f"definition '{definition_id}'")
+    inputs = Inputs(*(Path(p) if p is not None else None for p in (image, video, mask)))
+    for label, path in (("--image", inputs.image), ("--video", inputs.video), ("--mask", inputs.mask)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{label} {path}: no such file")
+    return Prepared(definition, resolution, spec, files, merged, values, inputs)
 
 
 def generate(
@@ -88,24 +150,9 @@ def generate(
             int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks, progress=progress,
             **settings,
         )  # fmt: skip
-    definition = registry.get(definition_id)
-    resolution = registry.resolve(definition_id, quantization=quantization, dtype=dtype)
-    spec = arch_spec(resolution.architecture)
-    if resolution.transformer is None:
-        raise InferenceError(f"definition '{definition_id}' ({definition.path}) lists no transformer file (URLs)")
-    files = [resolution.transformer, *resolution.modules]
-    missing = [choice for choice in files if not choice.present]
-    if missing:
-        names = ", ".join(choice.filename for choice in missing)
-        raise InferenceError(
-            f"definition '{definition_id}': file(s) not downloaded yet: {names}; run `tunehub pull {definition_id}`"
-        )
-    merged = merge_settings(definition.settings, settings, spec.family)
-    values = effective(merged, f"definition '{definition_id}'")
-    inputs = Inputs(*(Path(p) if p is not None else None for p in (image, video, mask)))
-    for label, path in (("--image", inputs.image), ("--video", inputs.video), ("--mask", inputs.mask)):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{label} {path}: no such file")
+    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask)
+    resolution, spec, files = prepared.resolution, prepared.spec, prepared.files
+    merged, values, inputs = prepared.merged, prepared.values, prepared.inputs
     built = build_pipeline(
         cfg,
         resolution.architecture,

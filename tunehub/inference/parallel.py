@@ -918,17 +918,10 @@ def generate_parallel(
     """:func:`tunehub.inference.generate` over ``gpus`` processes (see the module
     docstring). Same result, video and settings file as the single-GPU run; a first
     ``{"status": "parallel", "plan", "description"}`` event says how the work is split."""
-    from tunehub.inference.generation import GenerateResult, generate
-    from tunehub.inference.pipeline import (
-        Inputs,
-        arch_spec,
-        fetch_base_repo,
-        transformer_config,
-    )
+    from tunehub.inference.generation import GenerateResult, generate, prepare
+    from tunehub.inference.pipeline import fetch_base_repo, transformer_config
     from tunehub.inference.settings import (
-        effective,
         export_settings,
-        merge_settings,
         reserve_output,
         write_settings,
     )
@@ -954,25 +947,10 @@ def generate_parallel(
     common = dict(image=image, video=video, mask=mask, out=out, quantization=quantization, dtype=dtype,
                   int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks)  # fmt: skip
 
-    definition = registry.get(definition_id)
-    resolution = registry.resolve(definition_id, quantization=quantization, dtype=dtype)
-    spec = arch_spec(resolution.architecture)
-    if resolution.transformer is None:
-        raise InferenceError(f"definition '{definition_id}' ({definition.path}) lists no transformer file (URLs)")
-    files = [resolution.transformer, *resolution.modules]
-    missing = [choice for choice in files if not choice.present]
-    if missing:
-        names = ", ".join(choice.filename for choice in missing)
-        raise InferenceError(
-            f"definition '{definition_id}': file(s) not downloaded yet: {names}; run `tunehub pull {definition_id}`"
-        )
-    merged = merge_settings(definition.settings, settings, spec.family)
-    values = effective(merged, f"definition '{definition_id}'")
+    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask)
+    resolution, spec, files = prepared.resolution, prepared.spec, prepared.files
+    merged, values, inputs = prepared.merged, prepared.values, prepared.inputs
     settings = {**settings, "seed": values.seed}  # a random seed is drawn once, here
-    inputs = Inputs(*(Path(p) if p is not None else None for p in (image, video, mask)))
-    for label, path in (("--image", inputs.image), ("--video", inputs.video), ("--mask", inputs.mask)):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{label} {path}: no such file")
     video_path: Path | None = None
     if out is not None:
         video_path = Path(out).expanduser()
