@@ -172,6 +172,52 @@ async def test_generate_form_runs_with_progress_and_shows_the_output(action_home
         assert (bar.total, bar.progress) == (2, 2)  # one step of the bar per denoising step
 
 
+async def test_generate_form_gpus_2_cfg_runs_through_the_gloo_driver(action_home: Home, hub: Hub) -> None:
+    """GPUs=2 + Parallel=cfg on CPU: two spawned processes (gloo), one video, the plan shown."""
+    shutil.copy2(hub.finetune, action_home.ckpts / hub.finetune.name)
+    _write_definition(action_home, [hub.finetune.name])
+    app = make_app(action_home)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await _select(pilot)
+        await pilot.press("s")  # 16-bit: no int8 file here
+        await settle(pilot)
+        await pilot.press("g")
+        await wait_for(pilot, lambda: "Generate with Tiny T2V" in screen_text(app), what="form")
+        screen = app.screen
+        screen.query_one("#field-guidance_scale").value = "5"  # CFG-parallel needs guidance on
+        gpus = screen.query_one("#field-gpus")
+        parallel = screen.query_one("#field-parallel")
+        gpus.value = "zero"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "must be a positive whole number or auto" in screen_text(app), what="gpus error")
+        assert screen.job_key is None
+        gpus.value = ""
+        parallel.value = "cfg"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "needs GPUs of 2 or more" in screen_text(app), what="parallel error")
+        assert screen.job_key is None
+        gpus.value = "2"
+        await pilot.press("ctrl+g")
+        assert screen.job_key is not None
+        params = app.jobs[screen.job_key]["params"]
+        assert (params["gpus"], params["parallel"]) == (2, "cfg")  # what a worker or the daemon gets
+        assert "must be" not in str(screen.query_one("#generate-errors").render())
+
+        def finished() -> bool:
+            text = screen_text(app)
+            return "Settings used:" in text or "generate failed" in text
+
+        await wait_for(pilot, finished, timeout=300, what="generation done")
+        text = screen_text(app)
+        assert "generate failed" not in text, text
+        assert "parallel: 2 processes (gloo): CFG-parallel x2" in text
+        videos = list((action_home.root / "outputs").glob("*.mp4"))
+        assert len(videos) == 1 and videos[0].stat().st_size > 0
+        assert videos[0].name in text.replace("\n", "")
+        bar = screen.query_one("#generate-progress")
+        assert (bar.total, bar.progress) == (2, 2)
+
+
 async def test_with_a_daemon_actions_become_its_jobs_and_the_screen_follows_events(
     action_home: Home, hub: Hub
 ) -> None:

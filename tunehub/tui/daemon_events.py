@@ -56,7 +56,7 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
             error = event.get("error") or job.get("error") or state
             app.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}"))
         else:
-            progress = {k: event[k] for k in ("completed", "total", "status", "file", "message") if k in event}
+            progress = {k: event[k] for k in ("completed", "total", "status", "file", "message", "description") if k in event}
             progress.setdefault("status", state)
             app.post_message(JobUpdate(key, kind, definition_id, progress))
     if event_type.startswith(("job.done", "job.failed", "definition", "weights", "remote.changed", "registry")):

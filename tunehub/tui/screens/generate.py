@@ -9,7 +9,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static
+from textual.widgets import (
+    Button,
+    Footer,
+    Header,
+    Input,
+    Label,
+    ProgressBar,
+    Select,
+    Static,
+)
 
 from tunehub.tui.messages import JobFinished, JobUpdate
 
@@ -29,12 +38,18 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
 )
 IMAGE_FIELD = ("image", "Start image (i2v)", "text")
 IMAGE_ARCHITECTURES = ("i2v", "i2v_720p", "hunyuan_i2v")
+# Multi-GPU generation (docs/parallel.md): not definition settings, but generate()'s own
+# ``gpus=`` (empty or 1: one GPU; N; auto) and ``parallel=`` arguments.
+GPUS_FIELD = ("gpus", "GPUs (N or auto)", "gpus")
+PARALLEL_FIELD = ("parallel", "Parallel", "select")
+PARALLEL_MODES = ("auto", "cfg", "context", "both")
 
 
 def form_fields(definition: Definition) -> list[tuple[str, str, str]]:
     fields = list(FIELDS)
     if (definition.architecture or "") in IMAGE_ARCHITECTURES:
         fields.append(IMAGE_FIELD)
+    fields.extend((GPUS_FIELD, PARALLEL_FIELD))
     return fields
 
 
@@ -44,9 +59,19 @@ def parse_form(values: dict[str, str], fields: list[tuple[str, str, str]]) -> tu
     errors: list[str] = []
     for key, label, kind in fields:
         text = values.get(key, "").strip()
+        if kind == "select":
+            continue  # checked below, with the GPU count it goes with
         if not text:
             continue
-        if kind == "integer":
+        if kind == "gpus":
+            if text.lower() == "auto":
+                settings[key] = "auto"
+            elif text.isdigit() and int(text) >= 1:
+                if int(text) > 1:  # 1 is the single-GPU path: nothing to pass
+                    settings[key] = int(text)
+            else:
+                errors.append(f"{label.split(' (')[0]}: '{text}' must be a positive whole number or auto")
+        elif kind == "integer":
             try:
                 settings[key] = int(text)
             except ValueError:
@@ -63,6 +88,14 @@ def parse_form(values: dict[str, str], fields: list[tuple[str, str, str]]) -> tu
         parts = resolution.lower().split("x")
         if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
             errors.append(f"Resolution: '{resolution}' must look like 832x480")
+    if any(key == "parallel" for key, _, _ in fields):
+        parallel = values.get("parallel", "").strip().lower() or "auto"
+        if parallel not in PARALLEL_MODES:
+            errors.append(f"Parallel: '{parallel}' must be one of {', '.join(PARALLEL_MODES)}")
+        elif "gpus" in settings:
+            settings["parallel"] = parallel
+        elif parallel != "auto" and not any(e.startswith("GPUs:") for e in errors):
+            errors.append(f"Parallel: '{parallel}' needs GPUs of 2 or more (or auto)")
     return settings, errors
 
 
@@ -90,17 +123,28 @@ class GenerateScreen(Screen[None]):
                 settings = self.definition.settings
                 for key, label, kind in self.fields:
                     yield Label(label, classes="form-label")
+                    if kind == "select":
+                        yield Select(
+                            [(mode, mode) for mode in PARALLEL_MODES],
+                            value="auto",
+                            allow_blank=False,
+                            id=f"field-{key}",
+                            compact=True,
+                        )
+                        continue
                     value = settings.get(key)
                     yield Input(
                         "" if value is None else str(value),
                         id=f"field-{key}",
                         type=kind if kind in ("integer", "number") else "text",
+                        placeholder="1" if kind == "gpus" else "",
                         compact=True,
                     )
             yield Static("", id="generate-errors", markup=False)
             with Horizontal(id="generate-actions"):
                 yield Button("Generate", id="generate-start", variant="success")
             yield ProgressBar(total=None, show_eta=True, id="generate-progress")
+            yield Static("", id="generate-plan", markup=False)
             yield Static("", id="generate-status", markup=False)
             yield Static("", id="generate-result", markup=False)
         yield Footer()
@@ -112,7 +156,14 @@ class GenerateScreen(Screen[None]):
         self.query_one(f"#field-{self.fields[0][0]}", Input).focus()
 
     def values(self) -> dict[str, str]:
-        return {key: self.query_one(f"#field-{key}", Input).value for key, _, _ in self.fields}
+        values: dict[str, str] = {}
+        for key, _, kind in self.fields:
+            if kind == "select":
+                value = self.query_one(f"#field-{key}", Select).value
+                values[key] = "" if value is Select.NULL else str(value)
+            else:
+                values[key] = self.query_one(f"#field-{key}", Input).value
+        return values
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "generate-start":
@@ -135,6 +186,7 @@ class GenerateScreen(Screen[None]):
         bar.display = True
         bar.update(total=None, progress=0)
         self.query_one("#generate-result", Static).update("")
+        self.query_one("#generate-plan", Static).update("")
         self.query_one("#generate-status", Static).update("starting…")
         self.job_key = self.app.start_job("generate", self.definition.id, settings)
 
@@ -142,6 +194,12 @@ class GenerateScreen(Screen[None]):
         if message.key != self.job_key:
             return
         event = message.event
+        if event.get("status") == "parallel":
+            # The multi-GPU driver's first event: how the work is split (kept on screen).
+            description = event.get("description") or "several processes"
+            self.query_one("#generate-plan", Static).update(f"parallel: {description}")
+            self.query_one("#generate-status", Static).update("starting the processes…")
+            return
         bar = self.query_one("#generate-progress", ProgressBar)
         if event.get("total"):
             bar.update(total=event["total"], progress=event.get("completed") or 0)
