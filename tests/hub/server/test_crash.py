@@ -170,7 +170,9 @@ def test_kill_during_commits(hub_server: HubServer, tmp_path: Path) -> None:
         commits = [c.commit_id for c in hub_server.api().list_repo_commits(repo)]
         if acknowledged:
             assert acknowledged[-1] in commits
-        assert len(folders) in (len(acknowledged), len(acknowledged) + 1)
+        # Each kill can cut off at most one answer (one request in flight per round), so a
+        # commit may have landed unacknowledged in this round or in an earlier one.
+        assert len(acknowledged) <= len(folders) <= len(acknowledged) + round_index + 1
 
 
 def test_kill_while_commit_body_arrives(hub_server: HubServer, tmp_path: Path) -> None:
