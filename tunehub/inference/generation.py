@@ -72,6 +72,7 @@ class Prepared:
     merged: dict[str, Any]
     values: Any
     inputs: Inputs
+    video_path: Path | None  # --out, absolute; None: a fresh name in outputs/ once the video exists
 
 
 def prepare(
@@ -83,8 +84,10 @@ def prepare(
     image: str | Path | None,
     video: str | Path | None,
     mask: str | Path | None,
+    out: str | Path | None = None,
 ) -> Prepared:
-    """Resolve the definition's files, check they are on disk, merge the settings, check inputs.
+    """Resolve the definition's files, check they are on disk, merge the settings, check inputs
+    and the output name (before anything heavy is loaded, not after the denoising).
 
     Shared by the one-process path and the multi-GPU driver, so both refuse the same things.
     """
@@ -106,7 +109,51 @@ def prepare(
     for label, path in (("--image", inputs.image), ("--video", inputs.video), ("--mask", inputs.mask)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{label} {path}: no such file")
-    return Prepared(definition, resolution, spec, files, merged, values, inputs)
+    video_path: Path | None = None
+    if out is not None:
+        video_path = Path(out).expanduser()
+        if not video_path.is_absolute():
+            video_path = Path.cwd() / video_path
+        if video_path.suffix.lower() != ".mp4":
+            raise ConfigError(f"--out {out}: the video is written as mp4; name it *.mp4")
+    return Prepared(definition, resolution, spec, files, merged, values, inputs, video_path)
+
+
+def finish(
+    cfg: Config,
+    definition_id: str,
+    prepared: Prepared,
+    frames: Any,
+    *,
+    device: str,
+    int8_kernels: dict[str, int],
+    load_seconds: float,
+    denoise_seconds: float,
+    progress: Progress | None,
+) -> GenerateResult:
+    """Write the video and the settings used beside it; the one-process and multi-GPU paths end here."""
+    values = prepared.values
+    video_path = prepared.video_path or reserve_output(cfg.outputs_dir, definition_id, values.seed)
+    write_mp4(frames, video_path, fps=prepared.spec.fps)
+    exported = export_settings(prepared.merged, definition_id, prepared.resolution.transformer.source)
+    settings_file = write_settings(video_path, exported)
+    if progress:
+        progress({"status": "done", "video": str(video_path), "settings": str(settings_file)})
+    return GenerateResult(
+        id=definition_id,
+        video=video_path,
+        settings_file=settings_file,
+        settings=exported,
+        frames=int(len(frames)),
+        width=values.width,
+        height=values.height,
+        seed=values.seed,
+        transformer_files=[choice.path for choice in prepared.files],
+        device=device,
+        int8_kernels=int8_kernels,
+        load_seconds=load_seconds,
+        denoise_seconds=denoise_seconds,
+    )
 
 
 def generate(
@@ -150,9 +197,8 @@ def generate(
             int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks, progress=progress,
             **settings,
         )  # fmt: skip
-    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask)
-    resolution, spec, files = prepared.resolution, prepared.spec, prepared.files
-    merged, values, inputs = prepared.merged, prepared.values, prepared.inputs
+    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask, out)
+    resolution, files, values = prepared.resolution, prepared.files, prepared.values
     built = build_pipeline(
         cfg,
         resolution.architecture,
@@ -166,35 +212,11 @@ def generate(
         progress=progress,
     )
     set_flow_shift(built.pipe, values.flow_shift)
-    kwargs = pipeline_inputs(built, values, inputs)
+    kwargs = pipeline_inputs(built, values, prepared.inputs)
     started = time.perf_counter()
     frames = denoise(built, kwargs, progress)
-    denoise_seconds = time.perf_counter() - started
-    if out is not None:
-        video_path = Path(out).expanduser()
-        if not video_path.is_absolute():
-            video_path = Path.cwd() / video_path
-        if video_path.suffix.lower() != ".mp4":
-            raise ConfigError(f"--out {out}: the video is written as mp4; name it *.mp4")
-    else:
-        video_path = reserve_output(cfg.outputs_dir, definition_id, values.seed)
-    write_mp4(frames, video_path, fps=spec.fps)
-    exported = export_settings(merged, definition_id, resolution.transformer.source)
-    settings_file = write_settings(video_path, exported)
-    if progress:
-        progress({"status": "done", "video": str(video_path), "settings": str(settings_file)})
-    return GenerateResult(
-        id=definition_id,
-        video=video_path,
-        settings_file=settings_file,
-        settings=exported,
-        frames=int(len(frames)),
-        width=values.width,
-        height=values.height,
-        seed=values.seed,
-        transformer_files=[choice.path for choice in files],
-        device=built.device,
-        int8_kernels=built.int8_kernels,
-        load_seconds=built.load_seconds,
-        denoise_seconds=denoise_seconds,
-    )
+    return finish(
+        cfg, definition_id, prepared, frames,
+        device=built.device, int8_kernels=built.int8_kernels, load_seconds=built.load_seconds,
+        denoise_seconds=time.perf_counter() - started, progress=progress,
+    )  # fmt: skip

@@ -918,14 +918,8 @@ def generate_parallel(
     """:func:`tunehub.inference.generate` over ``gpus`` processes (see the module
     docstring). Same result, video and settings file as the single-GPU run; a first
     ``{"status": "parallel", "plan", "description"}`` event says how the work is split."""
-    from tunehub.inference.generation import GenerateResult, generate, prepare
+    from tunehub.inference.generation import finish, generate, prepare
     from tunehub.inference.pipeline import fetch_base_repo, transformer_config
-    from tunehub.inference.settings import (
-        export_settings,
-        reserve_output,
-        write_settings,
-    )
-    from tunehub.inference.video import write_mp4
 
     if parallel not in PARALLEL_MODES:
         raise ConfigError(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}")
@@ -947,17 +941,10 @@ def generate_parallel(
     common = dict(image=image, video=video, mask=mask, out=out, quantization=quantization, dtype=dtype,
                   int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks)  # fmt: skip
 
-    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask)
+    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask, out)
     resolution, spec, files = prepared.resolution, prepared.spec, prepared.files
-    merged, values, inputs = prepared.merged, prepared.values, prepared.inputs
+    values, inputs = prepared.values, prepared.inputs
     settings = {**settings, "seed": values.seed}  # a random seed is drawn once, here
-    video_path: Path | None = None
-    if out is not None:
-        video_path = Path(out).expanduser()
-        if not video_path.is_absolute():
-            video_path = Path.cwd() / video_path
-        if video_path.suffix.lower() != ".mp4":
-            raise ConfigError(f"--out {out}: the video is written as mp4; name it *.mp4")
 
     base_folder = fetch_base_repo(cfg, resolution.architecture, progress)  # once, here
     config, _ = transformer_config(base_folder, resolution.architecture)
@@ -1006,25 +993,8 @@ def generate_parallel(
         frames = np.load(outcome["frames_file"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if video_path is None:
-        video_path = reserve_output(cfg.outputs_dir, definition_id, values.seed)
-    write_mp4(frames, video_path, fps=spec.fps)
-    exported = export_settings(merged, definition_id, resolution.transformer.source)
-    settings_file = write_settings(video_path, exported)
-    if progress:
-        progress({"status": "done", "video": str(video_path), "settings": str(settings_file)})
-    return GenerateResult(
-        id=definition_id,
-        video=video_path,
-        settings_file=settings_file,
-        settings=exported,
-        frames=len(frames),
-        width=values.width,
-        height=values.height,
-        seed=values.seed,
-        transformer_files=[choice.path for choice in files],
-        device=f"{outcome['device'].split(':')[0]} x{plan.world}",
-        int8_kernels=outcome["int8_kernels"],
-        load_seconds=outcome["load_seconds"],
-        denoise_seconds=outcome["denoise_seconds"],
-    )
+    return finish(
+        cfg, definition_id, prepared, frames,
+        device=f"{outcome['device'].split(':')[0]} x{plan.world}", int8_kernels=outcome["int8_kernels"],
+        load_seconds=outcome["load_seconds"], denoise_seconds=outcome["denoise_seconds"], progress=progress,
+    )  # fmt: skip

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from tunehub.config import Config
-from tunehub.errors import ConfigError, HubAuthError, HubError, HubNotFoundError, InferenceError, OfflineError
+from tunehub.errors import (
+    ConfigError,
+    HubAuthError,
+    HubError,
+    HubNotFoundError,
+    InferenceError,
+    OfflineError,
+)
 from tunehub.inference.settings import Effective
 
 Progress = Callable[[dict[str, Any]], None]
