@@ -39,18 +39,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from tunehub.inference.pipeline import shipped_transformer_config  # noqa: E402 (light: no torch)
+
 GIB = 1024**3
-WAN_BASE: dict[str, Any] = {
-    "_class_name": "WanTransformer3DModel", "added_kv_proj_dim": None, "attention_head_dim": 128,
-    "cross_attn_norm": True, "eps": 1e-06, "freq_dim": 256, "image_dim": None, "in_channels": 16,
-    "out_channels": 16, "patch_size": [1, 2, 2], "qk_norm": "rms_norm_across_heads",
-    "rope_max_seq_len": 1024, "text_dim": 4096,
-}  # fmt: skip
-MODELS = {
-    "14B": {**WAN_BASE, "num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824},
-    "1.3B": {**WAN_BASE, "num_attention_heads": 12, "num_layers": 30, "ffn_dim": 8960},
-    "tiny": {**WAN_BASE, "num_attention_heads": 4, "attention_head_dim": 16, "num_layers": 2, "ffn_dim": 128,
-             "text_dim": 64, "freq_dim": 32},  # fmt: skip
+# The real model sizes, from the configs tunehub ships (the ones `tunehub generate` uses).
+MODELS: dict[str, dict[str, Any]] = {
+    "14B": shipped_transformer_config("t2v"),
+    "1.3B": shipped_transformer_config("t2v_1.3B"),
+    "tiny": {**shipped_transformer_config("t2v"), "num_attention_heads": 4, "attention_head_dim": 16, "num_layers": 2,
+             "ffn_dim": 128, "text_dim": 64, "freq_dim": 32},  # fmt: skip
 }
 TARGETS = {2: 0.52, 4: 0.28}
 GUIDANCE = 5.0

@@ -154,6 +154,13 @@ def fetch_base_repo(cfg: Config, architecture: str, progress: Progress | None = 
     return Path(path)
 
 
+def shipped_transformer_config(architecture: str) -> dict[str, Any]:
+    """The transformer config tunehub ships for an architecture's real model size."""
+    import json
+
+    return json.loads((CONFIGS_DIR / architecture / "transformer" / "config.json").read_text(encoding="utf-8"))
+
+
 def transformer_config(base_folder: Path, architecture: str) -> tuple[dict[str, Any], Path]:
     """The base repo's ``transformer/config.json`` when it has one, else the config
     tunehub ships for the real model size."""
