@@ -7,11 +7,13 @@ import json
 import sys
 from typing import Any
 
-from tunehub.cli.common import config_from_args, print_json
+from tunehub.cli.common import config_and_registry, print_json
 from tunehub.config import QUANTIZATIONS
-
 from tunehub.inference.parallel import PARALLEL_MODES  # torch-free at import time
-from tunehub.inference.pipeline import INT8_KERNELS, OFFLOAD_MODES  # torch-free at import time
+from tunehub.inference.pipeline import (  # torch-free at import time
+    INT8_KERNELS,
+    OFFLOAD_MODES,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,10 +81,8 @@ def _progress_printer(as_json: bool) -> Any:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tunehub.inference import generate
-    from tunehub.registry import Registry
 
-    cfg = config_from_args(args)
-    registry = Registry.load(cfg)
+    cfg, registry = config_and_registry(args)
     result = generate(
         cfg,
         registry,

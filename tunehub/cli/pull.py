@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tunehub.cli.common import config_from_args, print_json
+from tunehub.cli.common import config_and_registry, print_json
 from tunehub.config import QUANTIZATIONS
 
 
@@ -32,10 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_pull(args: argparse.Namespace) -> int:
     from tunehub.hub.progress import ProgressDisplay
     from tunehub.hub.pull import pull
-    from tunehub.registry import Registry
 
-    cfg = config_from_args(args)
-    registry = Registry.load(cfg)
+    cfg, registry = config_and_registry(args)
     display = ProgressDisplay(enabled=None if not args.json else False)
     with display:
         result = pull(

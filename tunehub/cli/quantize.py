@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunehub.cli.common import config_from_args, print_json
+from tunehub.cli.common import config_and_registry, print_json
 from tunehub.errors import QuantizationError
 
 
@@ -93,10 +93,8 @@ def handle(args: argparse.Namespace) -> int:
     if not args.id:
         raise QuantizationError("tunehub quantize needs a definition ID, or --file IN.safetensors [--out OUT]")
     from tunehub.quant.flow import quantize_definition
-    from tunehub.registry import Registry
 
-    cfg = config_from_args(args)
-    registry = Registry.load(cfg)
+    cfg, registry = config_and_registry(args)
     with _Progress(not args.quiet and not args.json) as progress:
         outputs = quantize_definition(
             cfg, registry, args.id, dtype=args.dtype, device=args.device, force=args.force, progress=progress

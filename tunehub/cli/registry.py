@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from tunehub.cli.common import config_from_args, print_json
+from tunehub.cli.common import config_and_registry, config_from_args, print_json
 from tunehub.config import QUANTIZATIONS
 
 
@@ -48,14 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_config)
 
 
-def load_registry(args: argparse.Namespace) -> Any:
-    from tunehub.registry import Registry
-
-    return Registry.load(config_from_args(args))
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    registry = load_registry(args)
+    _, registry = config_and_registry(args)
     selected = list(
         registry.filter(architecture=args.arch, search=args.search, invalid_only=args.invalid, include_hidden=args.all)
     )
@@ -84,7 +77,7 @@ def _describe_variants(choices: list[str]) -> list[str]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    registry = load_registry(args)
+    _, registry = config_and_registry(args)
     definition = registry.get(args.id)
     if args.json:
         print_json({**definition.summary(), "data": definition.data})
@@ -119,7 +112,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    registry = load_registry(args)
+    _, registry = config_and_registry(args)
     resolution = registry.resolve(args.id, args.quantization, args.dtype)
     if args.json:
         print_json(resolution.to_json())
