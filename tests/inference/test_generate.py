@@ -26,8 +26,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import tunehub.registry  # noqa: F401  (first: importing tunehub.quant.flow first hits a registry<->hub.urls import cycle)
-from tests.fixtures.tiny_models import ARCHS, TinyModels, base_repo_id, publish_base_repo
+from tests.fixtures.tiny_models import (
+    ARCHS,
+    TinyModels,
+    base_repo_id,
+    publish_base_repo,
+)
 from tunehub.cli.main import main as tunehub_main
 from tunehub.inference.video import read_video
 

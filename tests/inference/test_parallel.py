@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import tunehub.registry  # noqa: F401  (first: avoids the registry <-> hub.urls import cycle)
 from tests.fixtures.tiny_models import TinyModels
+from tunehub.cli.main import main as tunehub_main
 from tunehub.config import load_config
 from tunehub.errors import ConfigError, InferenceError
 from tunehub.inference import parallel
 from tunehub.inference.generation import generate
-from tunehub.cli.main import main as tunehub_main
 from tunehub.inference.parallel import generate_parallel, launch, plan_parallel
 from tunehub.inference.video import read_video
 from tunehub.registry import Registry

@@ -49,3 +49,12 @@ def test_build_then_parse_round_trip() -> None:
     url = hub_resolve_url("http://h:1", "ns/n", "feature/x", "a/b.bin", "dataset")
     hub = parse_hub_url(url)
     assert hub is not None and (hub.repo_type, hub.revision, hub.path) == ("dataset", "feature/x", "a/b.bin")
+
+
+def test_hub_urls_imports_first_without_a_cycle() -> None:
+    import subprocess
+    import sys
+
+    for module in ("tunehub.hub.urls", "tunehub.hub.pull", "tunehub.hub.publish", "tunehub.registry.naming"):
+        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+        assert result.returncode == 0, f"import {module} first: {result.stderr}"

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-import tunehub.registry  # noqa: F401  (first: tunehub.hub.urls first is an import cycle)
 from tests.fixtures.homes import Home
 from tests.fixtures.tiny_models import TinyModels, base_repo_id, publish_base_repo
 from tests.tui.conftest import make_app, screen_text, settle, wait_for

@@ -31,7 +31,6 @@ from tunehub.config import Config
 from tunehub.errors import DefinitionError, HubAuthError, HubError, HubNotFoundError
 from tunehub.hub.download import ProgressCallback, offline_mode, redact
 from tunehub.hub.pull import VerifiedRecords, hash_file
-import tunehub.registry  # noqa: F401,I001  (first: tunehub.hub.urls and tunehub.registry import each other)
 from tunehub.hub.urls import hub_resolve_url, is_url
 from tunehub.safeio import DefinitionDocument, dump_json_like, update_definition
 

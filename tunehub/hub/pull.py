@@ -45,7 +45,6 @@ from tunehub.hub.download import (
     part_paths,
     probe,
 )
-import tunehub.registry  # noqa: F401,I001  (first: tunehub.hub.urls and tunehub.registry import each other)
 from tunehub.hub.urls import hub_resolve_url, is_url, parse_hub_url
 from tunehub.safeio import atomic_write_text, fsync_dir, temp_path_for
 

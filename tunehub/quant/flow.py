@@ -20,8 +20,8 @@ from typing import Any
 
 from tunehub.config import Config
 from tunehub.errors import QuantizationError
-from tunehub.registry import Origin, Registry  # before hub.urls: the two import each other
-from tunehub.hub.urls import local_name  # noqa: I001
+from tunehub.hub.urls import local_name
+from tunehub.registry import Origin, Registry
 from tunehub.registry.naming import parse_variant_name, quantized_filename
 from tunehub.registry.weights import locate
 from tunehub.safeio import atomic_write_text, update_definition

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# tunehub.registry first: importing tunehub.hub.urls first is a circular import.
+from tunehub.hub.urls import is_url, local_name, parse_hub_url
 from tunehub.registry.naming import parse_variant_name
-from tunehub.hub.urls import is_url, local_name, parse_hub_url  # isort: skip
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tunehub.config import Config
