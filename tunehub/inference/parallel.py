@@ -330,6 +330,30 @@ def _stop(processes: Sequence[Any], grace: float = 5.0) -> None:
             process.join(10)
 
 
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker before spawning, with a usable stderr.
+
+    Spawning first starts the tracker and hands it ``sys.stderr.fileno()``; under a TUI
+    (Textual's print capture) that is -1 and the spawn fails with "bad value(s) in
+    fds_to_keep". Then the tracker's stderr goes to /dev/null instead."""
+    from multiprocessing import resource_tracker
+
+    try:
+        usable = sys.stderr is not None and sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):
+        usable = False
+    if usable:
+        resource_tracker.ensure_running()
+        return
+    saved = sys.stderr
+    with open(os.devnull, "w", encoding="utf-8") as null:
+        sys.stderr = null
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            sys.stderr = saved
+
+
 def launch(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -347,6 +371,7 @@ def launch(
     ``channel.send``; ``on_start(pids)`` once the processes exist."""
     import multiprocessing
 
+    _start_resource_tracker()
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child_env = child_environment() if env is None else env

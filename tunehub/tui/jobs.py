@@ -9,8 +9,6 @@ them for real, so an action is never shown as available when its code is missing
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -83,24 +81,6 @@ def progress_event(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return event
 
 
-def start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker with its stderr on /dev/null.
-
-    The multi-GPU driver (``gpus=`` > 1) spawns processes, which first starts the tracker,
-    passing it ``sys.stderr.fileno()``; while Textual runs, ``sys.stderr`` is its print
-    capture whose ``fileno()`` is -1, and the spawn fails with "bad value(s) in
-    fds_to_keep". Started here first, the tracker is already running by then."""
-    from multiprocessing import resource_tracker
-
-    saved = sys.stderr
-    with open(os.devnull, "w", encoding="utf-8") as null:
-        sys.stderr = null
-        try:
-            resource_tracker.ensure_running()
-        finally:
-            sys.stderr = saved
-
-
 def _summary(kind: str, definition_id: str, result: Any, params: dict[str, Any]) -> str:
     """A one-line account of a finished job, from what its function returned."""
     from tunehub.tui.model import format_size
@@ -156,8 +136,6 @@ def run_local(
         )
     elif kind == "generate":
         settings = {key: value for key, value in params.items() if value not in (None, "")}
-        if str(settings.get("gpus", 1)).strip() != "1":
-            start_resource_tracker()
         result = function(cfg, registry, definition_id, progress=progress, **settings)
     else:  # pragma: no cover - the app only starts known kinds
         raise ValueError(f"unknown job kind {kind!r}")
