@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from tunehub.errors import ServerError
 
@@ -107,29 +110,31 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
 
-def _token_add(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[Any]:
+    """The server's store under ``--root``, closed afterwards; bad input becomes a user error."""
     from tunehub.hub.server.storage import HubStore
     from tunehub.hub.server.validation import InvalidInput
 
     store = HubStore(_root(args))
     try:
-        token = store.add_token(args.user, write=args.write, name=args.name)
+        yield store
     except InvalidInput as exc:
         raise ServerError(str(exc)) from exc
     finally:
         store.close()
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        token = store.add_token(args.user, write=args.write, name=args.name)
     print(token)
     return 0
 
 
 def _token_list(args: argparse.Namespace) -> int:
-    from tunehub.hub.server.storage import HubStore
-
-    store = HubStore(_root(args))
-    try:
+    with _store(args) as store:
         tokens = store.list_tokens(args.user)
-    finally:
-        store.close()
     for record in tokens:
         created = datetime.datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M")
         state = "revoked" if record.revoked else "active"
@@ -140,13 +145,8 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
-    from tunehub.hub.server.storage import HubStore
-
-    store = HubStore(_root(args))
-    try:
+    with _store(args) as store:
         revoked = store.revoke_token(args.id)
-    finally:
-        store.close()
     if not revoked:
         raise ServerError(f"No active token with id {args.id} (see `tunehub hub token list`).")
     print(f"revoked token {args.id}", file=sys.stderr)
@@ -154,17 +154,9 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
 
 def _org_add(args: argparse.Namespace) -> int:
-    from tunehub.hub.server.storage import HubStore
-    from tunehub.hub.server.validation import InvalidInput
-
-    store = HubStore(_root(args))
-    try:
+    with _store(args) as store:
         for member in args.member:
             store.add_org_member(args.org, member)
-    except InvalidInput as exc:
-        raise ServerError(str(exc)) from exc
-    finally:
-        store.close()
     print(f"{args.org}: added {', '.join(args.member)}", file=sys.stderr)
     return 0
 
