@@ -62,14 +62,15 @@ def _bad_path(entry: str) -> bool:
     return posix.startswith("/") or bool(re.match(r"^[A-Za-z]:", posix)) or ".." in posix.split("/")
 
 
-def validate_remote_definition(name: str, raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+def validate_remote_definition(name: str, raw: bytes, max_bytes: int = 1 << 20) -> tuple[dict[str, Any] | None, str | None]:
     """Parse and check a fetched definition; returns (data, None) or (None, why refused)."""
     if not _SAFE_NAME.match(name):
         return None, f"file name {name!r} is not a plain definition name"
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, f"not valid JSON: {exc}"
+    from tunehub.registry.reading import parse_definition_bytes
+
+    data, problem = parse_definition_bytes(raw, max_bytes)
+    if problem is not None:
+        return None, problem
     if not isinstance(data, dict):
         return None, "the top level must be a JSON object"
     model = data.get("model")
@@ -295,7 +296,7 @@ class RemotePoller:
                 continue
             raw = self._download(api, spec, path, sha)
             result.requests += 1
-            data, problem = validate_remote_definition(name, raw)
+            data, problem = validate_remote_definition(name, raw, self.cfg.max_definition_bytes)
             if data is None:
                 self.journal.set_remote_file(spec.repo, path, name, blob_id, "refused", problem)
                 result.refused.append(path)

@@ -167,7 +167,7 @@ class Daemon:
         with self._registry_lock:
             for path in sorted(batch.definitions):
                 before = path.stem in self.registry.definitions
-                if path.is_file():
+                if os.path.lexists(path):  # a broken link is reported by the registry, not taken for a removal
                     definition_id = self.registry.reload_file(path)
                     if definition_id is None:
                         if self.cfg.remote_dir in path.parents:
