@@ -239,7 +239,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.verbose:
         for problem in problems:
             print(problem)
-    else:
+    elif problems:
         print("\n".join(group_problems(problems)))
     if problems:
         files = len({p.file for p in problems})
