@@ -41,6 +41,7 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "readonly_dirs": ((list,), "list of strings"),
     "lora_dirs": ((dict,), "table ([lora_dirs])"),
     "max_definition_bytes": ((int,), "integer (bytes)"),
+    "cluster": ((dict,), "table ([cluster])"),
 }
 LINK_MODES = ("hardlink", "copy", "symlink")
 
@@ -71,6 +72,8 @@ class Config:
     config_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
     max_definition_bytes: int = 1 << 20  # larger definition files are refused unread
+    # [cluster] as written (checked by tunehub.cluster.settings); empty: generate jobs run here
+    cluster: dict[str, Any] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -242,6 +245,7 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"{file}: key 'max_definition_bytes' must be an integer of at least 1024 (bytes)")
         cfg.max_definition_bytes = raw["max_definition_bytes"]
     cfg.daemon = dict(raw.get("daemon", {}))
+    cfg.cluster = dict(raw.get("cluster", {}))
     base_repos = raw.get("base_repos", {})
     for arch, target in base_repos.items():
         if not isinstance(target, str):

@@ -21,7 +21,10 @@ huggingface_hub does: ``RepositoryNotFoundError`` is an ``OSError``)::
     ├── DaemonError(RuntimeError)
     │   └── DaemonLockedError                another daemon holds the home
     ├── InferenceError(RuntimeError)
-    └── ServerError(RuntimeError)            the bundled Hub server's own errors
+    ├── ServerError(RuntimeError)            the bundled Hub server's own errors
+    └── ClusterError(RuntimeError)           the [cluster] (Ray) cannot take or finish a job
+        ├── ClusterVersionError              the workers run another tunehub or Ray version
+        └── ClusterJobLost                   the node running a job died (retried elsewhere)
 
 Messages are meant for users: they name the file, the key or the URL and say
 what to do. They never contain a token.
@@ -104,3 +107,33 @@ class InferenceError(TunehubError, RuntimeError):
 
 class ServerError(TunehubError, RuntimeError):
     """The bundled Hub server's storage or setup failed."""
+
+
+class ClusterError(TunehubError, RuntimeError):
+    """The render fleet ([cluster], Ray) cannot take or finish a job.
+
+    ``permanent`` is True when a retry cannot help (the worker refused the job for the
+    same reason a local run would); ``retry_after`` is the delay wanted before a retry.
+    """
+
+    permanent: bool = False
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, permanent: bool | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if permanent is not None:
+            self.permanent = permanent
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class ClusterVersionError(ClusterError):
+    """The cluster's workers run another tunehub (or Ray) version than this home."""
+
+    permanent = True
+
+
+class ClusterJobLost(ClusterError):
+    """The node (or worker process) running a job died; the job is retried on another node."""
+
+    retry_after = 0.0

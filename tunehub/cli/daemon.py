@@ -117,7 +117,7 @@ def _status(args: argparse.Namespace) -> int:
     active = [j for j in status["jobs"] if j["state"] in ("queued", "running")]
     print(f"jobs: {len(active)} active")
     for job in active:
-        print(f"  #{job['id']} {job['kind']} {job['definition_id']} {job['state']}")
+        print(f"  #{job['id']} {job['kind']} {job['definition_id']} {job['state']}{_where_and_progress(job)}")
     return 0
 
 
@@ -151,8 +151,33 @@ def _jobs(args: argparse.Namespace) -> int:
         line = f"#{job['id']:<5} {job['kind']:<9} {job['state']:<9} {job['definition_id']}  attempts {job['attempts']}"
         if job.get("last_error") and job["state"] != "done":
             line += f"  last error: {job['last_error']}"
+        line += _cluster_note(job)
         print(line)
     return 0
+
+
+def _where_and_progress(job: dict[str, Any]) -> str:
+    """A cluster job's node and GPU (from its progress), and its step: "  on 10.0.0.5 (gpu 0) step 3/30"."""
+    progress = job.get("progress") or {}
+    text = ""
+    if progress.get("node"):
+        text += f"  on {progress['node']} {progress.get('host') or ''} ({progress.get('gpu') or '-'})"
+    if progress.get("status"):
+        text += f"  {progress['status']}"
+    if progress.get("total"):
+        text += f" {progress.get('completed', 0)}/{progress['total']}"
+    return text
+
+
+def _cluster_note(job: dict[str, Any]) -> str:
+    """Where a finished cluster job ran, and what its earlier attempt met."""
+    result = job.get("result") if isinstance(job.get("result"), dict) else {}
+    text = ""
+    if result.get("ray_actor"):
+        text += f"  on {result.get('node')} {result.get('host') or ''} ({result.get('gpu') or '-'})"
+    if job["state"] == "done" and job["attempts"] > 1 and job.get("last_error"):
+        text += f"  earlier attempt: {job['last_error']}"
+    return text
 
 
 def _format_log_line(line: str, raw: bool) -> str:

@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how --gpus splits the work: cfg (cond / uncond pass on different GPUs), context "
                         "(the video's tokens split, Ulysses or ring attention; Wan t2v/i2v), both, or auto")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON; progress as JSON lines on stderr")
+    p.add_argument("--cluster", action="store_true",
+                   help="render on the Ray cluster of [cluster]: queue the job in this home's running daemon and wait "
+                        "for its video (it lands in outputs/, or --out)")  # fmt: skip
     p.set_defaults(func=cmd_generate)
 
 
@@ -79,7 +82,80 @@ def _progress_printer(as_json: bool) -> Any:
     return show
 
 
+def _job_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given, as a daemon job's params (paths made absolute: the daemon has its own cwd)."""
+    from pathlib import Path
+
+    values: dict[str, Any] = {
+        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "resolution": args.resolution,
+        "video_length": args.frames, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+        "flow_shift": args.flow_shift, "seed": args.seed, "device": args.device, "quantization": args.quantization,
+        "dtype": args.dtype, "gpus": args.gpus,
+    }  # fmt: skip
+    for key in ("image", "video", "mask", "out"):
+        if getattr(args, key):
+            values[key] = str(Path(getattr(args, key)).expanduser().resolve())
+    if args.offload != "none":
+        values["offload"] = args.offload
+    if args.int8_kernel != "auto":
+        values["int8_kernel"] = args.int8_kernel
+    if args.no_vae_tiling:
+        values["vae_tiling"] = False
+    if args.compile:
+        values["compile_blocks"] = True
+    if args.parallel != "auto":
+        values["parallel"] = args.parallel
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def cmd_generate_cluster(args: argparse.Namespace) -> int:
+    """Submit the generation as a daemon job (the daemon hands it to the cluster) and follow it."""
+    from tunehub.cli.common import config_from_args
+    from tunehub.cluster.settings import cluster_settings
+    from tunehub.daemon.client import DaemonClient
+    from tunehub.errors import ConfigError, DaemonError
+
+    cfg = config_from_args(args)
+    if cluster_settings(cfg) is None:
+        raise ConfigError(f"--cluster: no [cluster] in {cfg.home / 'tunehub.toml'} (see docs/fleet.md)")
+    client = DaemonClient(cfg.home)
+    since = client.events(0)["last_id"]
+    job = client.submit_job("generate", args.id, **_job_params(args))
+    print(f"queued job #{job['id']} on the cluster", file=sys.stderr, flush=True)
+    show = _progress_printer(args.json)
+    where = ""
+    while True:
+        answer = client.events(since, timeout=30)
+        since = answer["last_id"]
+        for event in answer["events"]:
+            if event.get("job") != job["id"]:
+                continue
+            if event["type"] == "job.progress":
+                node = event.get("host") or event.get("node")
+                if node and node != where and not args.json:
+                    where = node
+                    print(f"on node {event.get('node')} ({event.get('host')}), {event.get('gpu')}", file=sys.stderr, flush=True)
+                if event.get("status") == "denoising" and not {"completed", "total", "elapsed"} <= set(event):
+                    continue
+                show(event)
+            elif event["type"] == "job.retry" and not args.json:
+                print(f"retrying: {event.get('error')}", file=sys.stderr, flush=True)
+            elif event["type"] in ("job.done", "job.failed", "job.cancelled"):
+                final = next(j for j in client.jobs() if j["id"] == job["id"])
+                if final["state"] != "done":
+                    raise DaemonError(f"job #{job['id']} {final['state']}: {final.get('last_error') or ''}".strip())
+                result = final["result"] or {}
+                if args.json:
+                    print_json(result)
+                else:
+                    print(result.get("video"))
+                    print(f"settings: {result.get('settings_file')}", file=sys.stderr)
+                return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return cmd_generate_cluster(args)
     from tunehub.inference import generate
 
     cfg, registry = config_and_registry(args)

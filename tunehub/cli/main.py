@@ -29,6 +29,7 @@ COMMAND_GROUPS = (
     "tui",
     "hub",
     "demo",
+    "cluster",
 )
 
 

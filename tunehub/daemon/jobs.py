@@ -153,9 +153,10 @@ def run_publish(ctx: JobContext) -> Any:
 
 
 def run_generate(ctx: JobContext) -> Any:
-    generate = _capability("tunehub.inference", "generate", "generation (tunehub.inference)")
-    params = dict(ctx.job["params"])
-    return generate(ctx.cfg, ctx.registry(), ctx.job["definition_id"], **params)
+    # Here, or on the Ray cluster of [cluster]: one runner interface (tunehub.cluster).
+    from tunehub.cluster import generate_runner
+
+    return generate_runner(ctx.cfg).run(ctx)
 
 
 EXECUTORS: dict[str, Callable[[JobContext], Any]] = {
@@ -206,7 +207,12 @@ class JobRunner:
     def start(self) -> None:
         _cfg, settings = self.get_config()
         for kind in JOB_KINDS:
-            for index in range(settings.concurrency.get(kind, 1)):
+            count = settings.concurrency.get(kind, 1)
+            if kind == "generate":
+                from tunehub.cluster import job_slots
+
+                count = job_slots(_cfg, count)  # a cluster takes [cluster] max_jobs at once
+            for index in range(count):
                 thread = threading.Thread(target=self._worker, args=(kind,), name=f"job-{kind}-{index}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
@@ -331,7 +337,7 @@ class JobRunner:
 
     def _failed(self, job: dict[str, Any], exc: BaseException, settings: DaemonSettings) -> str:
         message = redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, DaemonError) else str(exc))
-        permanent = isinstance(exc, PERMANENT_ERRORS)
+        permanent = isinstance(exc, PERMANENT_ERRORS) or bool(getattr(exc, "permanent", False))
         attempts = int(job["attempts"])
         max_attempts = int(job.get("max_attempts") or settings.max_attempts)
         if isinstance(exc, DiskFullError):
@@ -342,6 +348,8 @@ class JobRunner:
             return "queued"
         if not permanent and attempts < max_attempts:
             delay = min(3600.0, settings.retry_base * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+            if getattr(exc, "retry_after", None) is not None:
+                delay = float(exc.retry_after)  # e.g. a cluster node died: retry on another at once
             self.journal.retry_job(job["id"], message, time.time() + delay)
             self.events.publish(
                 "job.retry", job=job["id"], kind=job["kind"], definition=job["definition_id"],
