@@ -118,13 +118,22 @@ class RayCluster:
         self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false", "--num-cpus=0"], None, {})
         self.wait_nodes(1)
 
-    def add_worker(self, name: str, home: Path, extra_env: dict[str, str]) -> Node:
+    def add_worker(self, name: str, home: Path, extra_env: dict[str, str], tries: int = 3) -> Node:
+        """Start a worker node; again when Ray's fixed 30 s start-up wait runs out on a loaded machine."""
         before = self.alive()
-        node = self._start(
-            name, [f"--address={self.address}", "--num-cpus=1", f'--resources={{"{RESOURCE}": 1}}'], home, extra_env
-        )
-        self.wait_nodes(before + 1, node)
-        return node
+        for attempt in range(tries):
+            node = self._start(
+                name, [f"--address={self.address}", "--num-cpus=1", f'--resources={{"{RESOURCE}": 1}}'], home, extra_env
+            )
+            try:
+                self.wait_nodes(before + 1, node)
+                return node
+            except AssertionError:
+                node.kill()
+                self.nodes.remove(node)
+                if attempt == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def alive(self) -> int:
         answer = subprocess.run(
