@@ -16,7 +16,6 @@ two loses the result (the job runs again), never writes it twice.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -30,7 +29,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tunehub import __version__
-from tunehub.cluster.settings import ClusterSettings
+from tunehub.cluster.settings import ClusterSettings, actor_name, home_key
 from tunehub.cluster.worker import node_home, node_inventory, render
 from tunehub.config import Config
 from tunehub.errors import ClusterError, ClusterJobLost, ClusterVersionError, TunehubError
@@ -42,15 +41,6 @@ logger = logging.getLogger("tunehub.cluster")
 POLL_INTERVAL = 0.25
 _INPUT_KEYS = ("image", "video", "mask")
 _CONTROLLER_ONLY = ("out",)
-
-
-def home_key(home: Path) -> str:
-    """A short id of the submitting home (host + path): actor names of two homes never collide."""
-    return hashlib.sha1(f"{socket.gethostname()}:{home}".encode()).hexdigest()[:10]
-
-
-def actor_name(home: Path, job_id: int, attempt: int) -> str:
-    return f"tunehub-{home_key(home)}-job{job_id}-a{attempt}"
 
 
 class _RenderJob:
@@ -363,7 +353,7 @@ def run_generate(ctx: Any, settings: ClusterSettings) -> dict[str, Any]:
 
 def _lost(job: dict[str, Any], attempt: int, settings: ClusterSettings, where: dict[str, Any], exc: BaseException) -> None:
     place = f"node {where['node']} ({where['host']}, {where['node_id']})" if where else "its node (before it reported)"
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = type(exc).__name__ + (": " + str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "")
     if attempt >= settings.max_attempts:
         raise ClusterError(
             f"attempt {attempt} lost on {place}: {reason}; gave up after {attempt} attempt(s) ([cluster] max_attempts = {settings.max_attempts})",

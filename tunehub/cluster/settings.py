@@ -17,13 +17,16 @@ namespace = "tunehub"             # Ray namespace of the job actors
 
 from __future__ import annotations
 
+import hashlib
+import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunehub.config import Config
 from tunehub.errors import ConfigError
 
-__all__ = ["ClusterSettings", "cluster_settings", "ENGINES"]
+__all__ = ["ClusterSettings", "cluster_settings", "ENGINES", "home_key", "actor_name"]
 
 ENGINES = ("ray",)
 _KEYS = {
@@ -104,3 +107,13 @@ def cluster_settings(cfg: Config) -> ClusterSettings | None:
     if values.get("endpoint"):
         values["endpoint"] = values["endpoint"].rstrip("/")
     return ClusterSettings(**values)
+
+
+def home_key(home: Path) -> str:
+    """A short id of the submitting home (host + path): actor names of two homes never collide."""
+    return hashlib.sha1(f"{socket.gethostname()}:{home}".encode()).hexdigest()[:10]
+
+
+def actor_name(home: Path, job_id: int, attempt: int) -> str:
+    """The Ray name of one job attempt: the journal's job id and attempt find it again after a restart."""
+    return f"tunehub-{home_key(home)}-job{job_id}-a{attempt}"
