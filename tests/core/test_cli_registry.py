@@ -88,7 +88,7 @@ def test_light_commands_import_no_heavy_library(home: Home) -> None:
         "assert main(['--home', home, 'list', '--json']) == 0\n"
         "assert main(['--home', home, 'resolve', 't2v', '--json']) == 0\n"
         "assert main(['--home', home, 'validate']) == 0\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'textual', 'transformers', 'starlette', 'uvicorn', 'optimum') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'textual', 'transformers', 'starlette', 'uvicorn', 'optimum', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=home.env())

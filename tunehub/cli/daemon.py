@@ -114,6 +114,13 @@ def _status(args: argparse.Namespace) -> int:
         if remote.get("failures"):
             line += f", {remote['failures']} failure(s), next try {_ago(remote['next_check'])}: {remote['last_error']}"
         print(line)
+    if cfg.cluster:
+        from tunehub.cluster.settings import cluster_settings
+
+        fleet = cluster_settings(cfg)
+        if fleet is not None:
+            print(f"cluster: generate jobs run on Ray at {fleet.address} ({fleet.describe_request()} each); "
+                  "`tunehub cluster` lists its nodes")  # fmt: skip
     active = [j for j in status["jobs"] if j["state"] in ("queued", "running")]
     print(f"jobs: {len(active)} active")
     for job in active:

@@ -43,7 +43,9 @@ class JobLine(Horizontal):
             bar.update(total=total, progress=completed or 0)
         status = event.get("status") or event.get("message") or ""
         file_name = event.get("file")
-        text = " ".join(str(part) for part in (status, file_name) if part)
+        # a job on the Ray cluster says where it runs: "denoising on 10.0.0.5 (gpu 0)"
+        where = f"on {event['node']} ({event.get('gpu') or '-'})" if event.get("node") else None
+        text = " ".join(str(part) for part in (status, file_name, where) if part)
         if text:
             self.query_one(".job-status", Label).update(text)
 
