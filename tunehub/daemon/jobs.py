@@ -122,7 +122,15 @@ def _summary(value: Any) -> Any:
 def run_pull(ctx: JobContext) -> Any:
     pull = _capability("tunehub.hub.pull", "pull", "pulling (tunehub.hub.pull)")
     params = ctx.job["params"]
+    if params.get("update"):
+        from tunehub.disk.update import update
+
+        # the old version goes once the new one is verified, unless keep_previous keeps it
+        return update(ctx.cfg, ctx.registry(), [ctx.job["definition_id"]], remove_old=True,
+                      keep_previous=ctx.settings.keep_previous, progress=ctx.progress)
     extra: dict[str, Any] = {}
+    if ctx.job.get("origin") == "reconcile" and "clear_removed_mark" in inspect.signature(pull).parameters:
+        extra["clear_removed_mark"] = False  # only the user's own pull lifts "removed by you"
     if "quantize" in inspect.signature(pull).parameters:
         # Quantization is its own journaled job (one at a time), not part of the download.
         extra["quantize"] = False
