@@ -120,6 +120,8 @@ def cmd_du(args: argparse.Namespace) -> int:
     for folder in usage.folders:
         folder_rows.append([str(folder.path) + (" (read-only)" if folder.readonly else ""),
                             human_size(folder.bytes), str(folder.files), human_size(folder.free)])
+    if usage.outside_bytes:
+        folder_rows.append(["(outside the weights folders)", human_size(usage.outside_bytes), "", ""])
     print("\n".join(_table(folder_rows, {1, 2, 3})))
     print(f"total: {human_size(usage.total_bytes)} in {usage.total_files} file(s), each counted once")
     if usage.orphan_files:

@@ -78,6 +78,7 @@ class DiskUsage:
     total_files: int
     orphan_bytes: int = 0
     orphan_files: int = 0
+    outside_bytes: int = 0  # named files outside every weights folder (absolute local paths)
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -85,7 +86,8 @@ class DiskUsage:
             "definitions": [d.to_json() for d in self.definitions],
             "folders": [f.to_json() for f in self.folders],
             "total_bytes": self.total_bytes, "total_files": self.total_files,
-            "orphan_bytes": self.orphan_bytes, "orphan_files": self.orphan_files, "problems": self.problems,
+            "orphan_bytes": self.orphan_bytes, "orphan_files": self.orphan_files,
+            "outside_bytes": self.outside_bytes, "problems": self.problems,
         }
 
 
@@ -147,11 +149,14 @@ def disk_usage(cfg: Config, registry: Any, ids: list[str] | None = None, *, orph
     readonly = {os.path.realpath(p) for p in cfg.readonly_weights_dirs}
     folders = [FolderUsage(Path(p), free=_free(Path(p)), readonly=os.path.realpath(p) in readonly)
                for p in cfg.weights_dirs]
+    outside = 0
     for key, path in inode_path.items():
         folder = _folder_of(path, folders)
         if folder is not None:
             folder.bytes += inode_size[key]
             folder.files += 1
+        else:
+            outside += inode_size[key]
     shown = ids or everyone
     definitions = []
     for definition_id in shown:
@@ -166,7 +171,8 @@ def disk_usage(cfg: Config, registry: Any, ids: list[str] | None = None, *, orph
         usage.files.sort(key=lambda f: -f.size)
         definitions.append(usage)
     definitions.sort(key=lambda d: (-d.total_bytes, d.id))
-    result = DiskUsage(definitions, folders, sum(inode_size.values()), len(inode_size), problems=problems)
+    result = DiskUsage(definitions, folders, sum(inode_size.values()), len(inode_size), problems=problems,
+                       outside_bytes=outside)
     if orphans:
         from tunehub.disk.prune import find_orphans
 

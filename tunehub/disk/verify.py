@@ -41,12 +41,13 @@ class Checked:
     reference: str = ""  # recorded | hub | hub-git | none
     size: int = 0
     note: str = ""
+    read: bool = True  # its bytes were read now (False: the hash cache answered)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": str(self.path), "source": self.source, "used_by": self.users, "status": self.status,
             "expected": self.expected, "actual": self.actual, "reference": self.reference, "size": self.size,
-            "note": self.note,
+            "note": self.note, "read": self.read,
         }
 
 
@@ -97,10 +98,12 @@ def verify(cfg: Config, registry: Any, ids: list[str] | None = None, *, rehash: 
                     progress({"file": name, "total": total, "completed": done, "status": "hashing"})
 
             if checked.expected is None and git_sha1 is not None:
-                checked.actual = git_blob_sha1(item.path)
+                checked.actual = git_blob_sha1(item.path)  # small: read each time
                 checked.expected = git_sha1
             else:
-                checked.actual = cache.sha256(item.path, hashing, rehash=rehash)
+                cached = None if rehash else cache.lookup(item.path)
+                checked.read = cached is None
+                checked.actual = cached or cache.sha256(item.path, hashing, rehash=True)
             if checked.expected is not None:
                 checked.status = "ok" if checked.actual == checked.expected else "corrupt"
                 if checked.status == "ok" and origin is None and checked.reference == "hub":
