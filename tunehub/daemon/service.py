@@ -66,6 +66,7 @@ class Daemon:
         self._reconcile_at: float | None = None
         self._downloads_paused: str | None = None
         self._outdated: dict[str, list[str]] = {}  # id -> files the Hub changed (tunehub.disk.update)
+        self._outdated_versions: dict[str, list[str]] = {}  # id -> "name@sha" of those new versions
         self._update_check_at = 0.0
         self._update_checking = threading.Lock()
         self.journal: Journal | None = None
@@ -223,6 +224,7 @@ class Daemon:
         # next reconcile must not plan on the old content.
         if job["kind"] == "pull" and outcome == "done" and (job.get("params") or {}).get("update"):
             self._outdated.pop(job["definition_id"], None)
+            self._outdated_versions.pop(job["definition_id"], None)
         with self._registry_lock:
             definition = self.registry.definitions.get(job["definition_id"])
             if definition is not None:
@@ -281,7 +283,10 @@ class Daemon:
                 continue
             kind = plan.needs[0]
             last = self.journal.last_job(kind, plan.id)
-            if last is not None and last["fingerprint"] == plan.fingerprint:
+            params = dict(plan.params.get(kind, {}))
+            if params.get("update"):  # which versions: a newer commit is a new job
+                params["versions"] = self._outdated_versions.get(plan.id, [])
+            if last is not None and last["fingerprint"] == plan.fingerprint and (last["params"] or {}) == params:
                 if last["state"] in ("failed", "cancelled"):
                     blocked[plan.id] = ("failed", f"{kind} job {last['id']} {last['state']}: {last['last_error'] or ''}".strip())
                     continue
@@ -289,7 +294,7 @@ class Daemon:
                     blocked[plan.id] = ("waiting", f"{kind} job {last['id']} finished but {kind} is still needed; will check again")
                     continue
             job = self.journal.add_job(
-                kind, plan.id, plan.params.get(kind, {}), fingerprint=plan.fingerprint,
+                kind, plan.id, params, fingerprint=plan.fingerprint,
                 max_attempts=self.settings.max_attempts,
             )
             queued += 1
@@ -313,9 +318,12 @@ class Daemon:
                 managed = [d.id for d in registry.definitions.values()
                            if d.valid and d.visible and d.origin.value != "builtin"]
             report = check_outdated(self.cfg, registry, managed)
-            outdated = {key: sorted({f.path.name for f in files if f.status == "changed"})
-                        for key, files in report.by_definition().items()}
-            outdated = {key: names for key, names in outdated.items() if names}
+            changed = {key: [f for f in files if f.status == "changed"] for key, files in report.by_definition().items()}
+            outdated = {key: sorted({f.path.name for f in files}) for key, files in changed.items() if files}
+            self._outdated_versions = {
+                key: sorted(f"{f.path.name}@{f.remote_sha256 or f.remote_git_sha1}" for f in files)
+                for key, files in changed.items() if files
+            }
             for key in sorted(set(outdated) - set(self._outdated)):
                 if self.events is not None:
                     self.events.publish("definition.update_available", definition=key, files=outdated[key])
