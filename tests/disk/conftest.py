@@ -129,7 +129,7 @@ def pull_all(disk: DiskHome, *ids: str) -> None:
 
     cfg = disk.home.config()
     for definition_id in ids:
-        pull(cfg, disk.home.registry(), definition_id, all_variants=True, quantize=False)
+        pull(cfg, disk.home.registry(), definition_id, all_variants=True)
 
 
 @pytest.fixture

@@ -155,6 +155,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     if not confirm(f"Delete {summary} of '{args.id}'?", args.yes):
         print("nothing deleted")
         return 1
+    from tunehub.daemon.client import cancel_pulls
+
+    cancel_pulls(cfg.home, args.id)  # a daemon fetching these very files stops first
     freed = execute_removal(cfg, plan)
     if args.json:
         print_json({**plan.to_json(), "deleted": True, "freed": freed})

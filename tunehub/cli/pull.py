@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from tunehub.hub.progress import ProgressDisplay
-    from tunehub.hub.pull import pull
+    from tunehub.flows import pull_definition
 
     cfg, registry = config_and_registry(args)
     if args.update or args.all:
@@ -48,7 +48,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise ConfigError("pull needs a definition ID (or --update --all)")
     display = ProgressDisplay(enabled=None if not args.json else False)
     with display:
-        result = pull(
+        result = pull_definition(
             cfg,
             registry,
             args.id,

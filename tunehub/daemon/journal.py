@@ -1,4 +1,4 @@
-"""The daemon's journal: jobs, events, remotes, seen and removed definitions in SQLite (WAL).
+"""The daemon's journal: jobs, events, remotes and seen definitions in SQLite (WAL).
 
 ``<home>/.tunehub/state.db``. Every state change of a job is one committed
 transaction, so after a kill -9 or a power cut the daemon knows which jobs were
@@ -78,12 +78,6 @@ CREATE TABLE IF NOT EXISTS seen (
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT
-);
-CREATE TABLE IF NOT EXISTS removed (
-    definition_id TEXT PRIMARY KEY,
-    variant TEXT NOT NULL,
-    at REAL NOT NULL,
-    files TEXT NOT NULL DEFAULT '[]'
 );
 """
 
@@ -325,17 +319,3 @@ class Journal:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-
-    # --- removed by the user (tunehub rm): not pulled again until `tunehub pull ID` ----
-    def mark_removed(self, definition_id: str, variant: str, files: list[str]) -> None:
-        self._execute(
-            "INSERT OR REPLACE INTO removed(definition_id, variant, at, files) VALUES(?, ?, ?, ?)",
-            (definition_id, variant, time.time(), json.dumps(files)),
-        )
-
-    def clear_removed(self, definition_id: str) -> bool:
-        return self._execute("DELETE FROM removed WHERE definition_id=?", (definition_id,)).rowcount > 0
-
-    def removed(self) -> dict[str, dict[str, Any]]:
-        rows = self._execute("SELECT definition_id, variant, at, files FROM removed").fetchall()
-        return {r[0]: {"variant": r[1], "at": r[2], "files": json.loads(r[3])} for r in rows}

@@ -89,7 +89,7 @@ class NamedFile:
 
 def named_files(registry: Any, definition_id: str) -> list[NamedFile]:
     """Every file the definition lists (all variants), located as ``resolve`` locates them."""
-    from tunehub.hub.urls import local_name
+    from tunehub.registry.urls import local_name
 
     definition = registry.get(definition_id)
     resolution = registry.resolve(definition_id)
@@ -100,7 +100,10 @@ def named_files(registry: Any, definition_id: str) -> list[NamedFile]:
             if source in seen:
                 continue
             seen.add(source)
-            path, present = registry.locate_source(source, definition.origin)
+            if source == choice.source:  # where resolve found it (LoRAs: in their LoRA folder)
+                path, present = choice.path, choice.present
+            else:
+                path, present = registry.locate_source(source, definition.origin)
             found.append(NamedFile(definition_id, choice.role, source, local_name(source), Path(path), present))
     return found
 
@@ -135,7 +138,7 @@ def _strings(value: Any) -> Iterator[str]:
 def mentioned_names(definition: Any) -> set[str]:
     """Base names of every weight-like string anywhere in a definition's model (valid or not):
     what ``prune`` must never call unused (``text_encoder_URLs``, ``loras``, ... included)."""
-    from tunehub.hub.urls import local_name
+    from tunehub.registry.urls import local_name
 
     names = set()
     for text in _strings(definition.model):
@@ -181,6 +184,8 @@ def deletable(cfg: Config, path: Path) -> tuple[Path | None, str]:
             if not os.access(parent, os.W_OK):
                 return None, f"{parent} is not writable"
             return target, ""
+    if _inside(parent, _real(cfg.loras_root)) or any(_inside(parent, _real(p)) for p in cfg.lora_dirs.values()):
+        return None, "a LoRA: WanGP offers it for every model of its family; delete it yourself if unwanted"
     return None, "outside the weights folders"
 
 

@@ -9,6 +9,8 @@
 * ``paths``: ``path -> (dev, ino)``, so the same bytes can be found by hash (reuse).
 * ``origins``: ``path -> sha256, source URL, commit`` recorded when tunehub placed the file
   (download, link, update): what ``verify`` checks the bytes against even after they changed.
+* ``removed``: definitions the user removed with ``tunehub rm`` (not fetched again by the
+  daemon until ``tunehub pull ID``).
 
 It is a cache: deleting the file costs a re-hash, never a wrong answer. Writers from several
 processes (the daemon, a CLI pull) share it through SQLite's locking.
@@ -43,6 +45,9 @@ CREATE TABLE IF NOT EXISTS origins (
     path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, source TEXT, commit_hash TEXT, size INTEGER, recorded_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS removed (
+    definition_id TEXT PRIMARY KEY, variant TEXT NOT NULL, at REAL NOT NULL, files TEXT NOT NULL DEFAULT '[]'
+);
 """
 
 
@@ -210,6 +215,24 @@ class HashCache:
         self.record(path, sha256)
         stat = _key(Path(path))
         self.set_origin(path, sha256, source, commit, stat.st_size if stat else None)
+
+    # --- "removed by you" ------------------------------------------------------------
+
+    def mark_removed(self, definition_id: str, variant: str, files: list[str]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO removed(definition_id, variant, at, files) VALUES(?, ?, ?, ?)",
+                (definition_id, variant, time.time(), json.dumps(files)),
+            )
+
+    def clear_removed(self, definition_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM removed WHERE definition_id=?", (definition_id,)).rowcount > 0
+
+    def removed(self) -> dict[str, dict[str, object]]:
+        with self._lock:
+            rows = self._db.execute("SELECT definition_id, variant, at, files FROM removed").fetchall()
+        return {r[0]: {"variant": r[1], "at": r[2], "files": json.loads(r[3])} for r in rows}
 
     # --- the earlier JSON record ---------------------------------------------------------
 

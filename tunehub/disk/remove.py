@@ -3,7 +3,7 @@
 :func:`plan_removal` says what would go, what stays and why ("also used by t2v_fusionix",
 "outside the weights folders"); :func:`removal_lines` is the warning both the CLI and the
 TUI show; :func:`execute_removal` marks the definition "removed by you" in the home's
-journal first (so a daemon with ``pull = "all"`` does not fetch the files again the moment
+hash cache database first (so a daemon with ``pull = "all"`` does not fetch the files again the moment
 they disappear), then deletes under the rules of :func:`tunehub.disk.files.deletable`.
 The mark stays until ``tunehub pull ID`` (any pull of that definition) clears it.
 """
@@ -145,65 +145,42 @@ def plan_removal(cfg: Config, registry: Any, definition_id: str, variant: str = 
 # --- the "removed by you" mark ------------------------------------------------------------
 
 
-def _journal(cfg: Config, create: bool) -> Any:
-    from tunehub.daemon import JOURNAL_NAME
-    from tunehub.daemon.journal import Journal
+def _cache_if_any(cfg: Config) -> Any:
+    from tunehub.disk.hashcache import FILE_NAME, HashCache
 
-    path = cfg.state_dir / JOURNAL_NAME
-    if not create and not path.exists():
-        return None
-    return Journal(path)
+    return HashCache(cfg.state_dir) if (cfg.state_dir / FILE_NAME).exists() else None
 
 
 def removed_marks(cfg: Config) -> dict[str, dict[str, Any]]:
     """Definitions marked "removed by you": id -> {variant, at, files}."""
-    journal = _journal(cfg, create=False)
-    if journal is None:
+    cache = _cache_if_any(cfg)
+    if cache is None:
         return {}
-    try:
-        return journal.removed()
-    finally:
-        journal.close()
+    with cache:
+        return cache.removed()
 
 
 def clear_removed(cfg: Config, definition_id: str) -> bool:
     """Drop the mark (``tunehub pull ID``); True if there was one."""
-    journal = _journal(cfg, create=False)
-    if journal is None:
+    cache = _cache_if_any(cfg)
+    if cache is None:
         return False
-    try:
-        return journal.clear_removed(definition_id)
-    finally:
-        journal.close()
-
-
-def _cancel_daemon_pulls(cfg: Config, definition_id: str) -> None:
-    """A running daemon may be fetching these very files: stop its pull of them."""
-    from tunehub.daemon.client import DaemonClient
-    from tunehub.errors import DaemonError
-
-    if not DaemonClient.is_running(cfg.home):
-        return
-    with contextlib.suppress(DaemonError, OSError):
-        client = DaemonClient(cfg.home)
-        for job in client.jobs():
-            if job.get("definition_id") == definition_id and job.get("kind") == "pull" \
-                    and job.get("state") in ("queued", "running"):
-                client.cancel_job(int(job["id"]))
+    with cache:
+        return cache.clear_removed(definition_id)
 
 
 def execute_removal(cfg: Config, plan: RemovalPlan) -> int:
-    """Mark the definition removed, then delete the planned files; returns the bytes freed."""
+    """Mark the definition removed, then delete the planned files; returns the bytes freed.
+
+    The mark is written first: a daemon that sees the files go already knows not to fetch them.
+    (A pull the daemon is running for this definition is the caller's to cancel:
+    :func:`tunehub.daemon.client.cancel_pulls`.)
+    """
     from tunehub.disk.hashcache import HashCache
 
-    journal = _journal(cfg, create=True)
-    try:
-        journal.mark_removed(plan.definition_id, plan.variant, [str(p) for p, _ in plan.delete])
-    finally:
-        journal.close()
-    _cancel_daemon_pulls(cfg, plan.definition_id)
     freed = 0
     with HashCache(cfg.state_dir) as cache:
+        cache.mark_removed(plan.definition_id, plan.variant, [str(p) for p, _ in plan.delete])
         for path, _size in plan.delete:
             if not os.path.lexists(path):
                 continue

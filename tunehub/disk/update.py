@@ -111,7 +111,7 @@ def check_outdated(cfg: Config, registry: Any, ids: list[str] | None = None) -> 
     """Which present Hub files of ``ids`` (default: every visible definition) changed upstream."""
     from tunehub.disk.verify import git_blob_sha1
     from tunehub.hub.pull import fetch_target
-    from tunehub.hub.urls import parse_hub_url
+    from tunehub.registry.urls import parse_hub_url
 
     report = OutdatedReport()
     groups: dict[tuple[str, str, str, str, bool | None], list[tuple[Any, list[str], str]]] = {}
@@ -216,7 +216,7 @@ def update(cfg: Config, registry: Any, ids: list[str] | None = None, *, remove_o
     from tunehub.disk.reuse import reuse_candidates
     from tunehub.hub.download import download_file, probe
     from tunehub.hub.pull import place_link
-    from tunehub.hub.urls import hub_resolve_url
+    from tunehub.registry.urls import hub_resolve_url
 
     keep = keep_previous_setting(cfg) if keep_previous is None else keep_previous
     report = report or check_outdated(cfg, registry, ids)

@@ -147,8 +147,8 @@ def disk_usage(cfg: Config, registry: Any, ids: list[str] | None = None, *, orph
             entries.append((item, key))
         located[definition_id] = entries
     readonly = {os.path.realpath(p) for p in cfg.readonly_weights_dirs}
-    folders = [FolderUsage(Path(p), free=_free(Path(p)), readonly=os.path.realpath(p) in readonly)
-               for p in cfg.weights_dirs]
+    roots = [*cfg.weights_dirs, *([cfg.loras_root] if cfg.loras_root.is_dir() else [])]
+    folders = [FolderUsage(Path(p), free=_free(Path(p)), readonly=os.path.realpath(p) in readonly) for p in roots]
     outside = 0
     for key, path in inode_path.items():
         folder = _folder_of(path, folders)

@@ -71,7 +71,7 @@ def verify(cfg: Config, registry: Any, ids: list[str] | None = None, *, rehash: 
            fetch: bool = True, progress: ProgressCallback | None = None) -> list[Checked]:
     """Check every present file of ``ids`` (default: every visible definition)."""
     from tunehub.hub.download import offline_mode
-    from tunehub.hub.urls import is_url
+    from tunehub.registry.urls import is_url
 
     fetch = fetch and not offline_mode()
     results = []
@@ -118,7 +118,7 @@ def repair(cfg: Config, items: list[Checked], progress: ProgressCallback | None 
     """Fetch each corrupt URL file again in place; returns (item, outcome) per corrupt item."""
     from tunehub.hub.download import download_file, probe
     from tunehub.hub.pull import fetch_target
-    from tunehub.hub.urls import is_url
+    from tunehub.registry.urls import is_url
 
     outcomes = []
     with HashCache(cfg.state_dir) as cache:

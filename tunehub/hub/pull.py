@@ -15,8 +15,7 @@ For each file the resolution picks (``URLs``, ``URLs2``, the module variants, ev
 Verified files are recorded in the hash cache ``<home>/.tunehub/hashes.db``
 (:mod:`tunehub.disk.hashcache`; losing it only costs a re-hash). Offline mode
 (``HF_HUB_OFFLINE=1``) sends no request: present files succeed, missing ones fail with one
-message naming them all. Pulling a definition clears its "removed by you" mark
-(:mod:`tunehub.disk.remove`) unless ``clear_removed_mark=False`` (the daemon's own jobs).
+message naming them all.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from tunehub.hub.download import (
     part_paths,
     probe,
 )
-from tunehub.hub.urls import hub_resolve_url, is_url, parse_hub_url
+from tunehub.registry.urls import hub_resolve_url, is_url, parse_hub_url
 from tunehub.safeio import atomic_write_text, fsync_dir, temp_path_for
 
 __all__ = ["PullResult", "PulledFile", "VerifiedRecords", "pull", "hf_cache_dir", "hash_file", "place_link"]
@@ -215,7 +214,7 @@ def _jobs(cfg: Config, registry: Any, definition_id: str, quantization: str | No
     seen: set[str] = set()
 
     def add(role: str, source: str) -> None:
-        from tunehub.hub.urls import local_name
+        from tunehub.registry.urls import local_name
 
         name = local_name(source)
         if name in seen:
@@ -245,14 +244,13 @@ def pull(
     connections: int = 4,
     parallel_files: int = 2,
     link_mode: str | None = None,
-    quantize: bool = True,
-    clear_removed_mark: bool = True,
 ) -> PullResult:
     """Fetch every file ``registry.resolve(id, ...)`` names into the first weights folder.
 
     ``progress(event)`` receives ``{file, total, completed, status}`` (status: checking,
     hashing, downloading, resuming, verifying, linked, present, done, failed), from one
     thread at a time. Raises the first error after every other file has been tried.
+    Quantizing afterwards (``auto_quantize``) is :func:`tunehub.flows.pull_definition`'s part.
     """
     definition_id = id
     link_mode = link_mode or cfg.link_mode
@@ -264,10 +262,6 @@ def pull(
                 progress(event)
 
     jobs, resolution = _jobs(cfg, registry, definition_id, quantization, dtype, all_variants)
-    if clear_removed_mark:
-        from tunehub.disk.remove import clear_removed
-
-        clear_removed(cfg, definition_id)
     records = VerifiedRecords(cfg.state_dir)
     offline = offline_mode()
     result = PullResult(id=definition_id)
@@ -339,11 +333,6 @@ def pull(
     result.files = [results[job.filename] for job in jobs if job.filename in results]
     if errors:
         raise errors[0]
-
-    if quantize and resolution.needs_quantization and resolution.auto_quantize:
-        result.quantized, note = _auto_quantize(cfg, registry, definition_id, resolution, progress)
-        if note:
-            result.notes.append(note)
     return result
 
 
@@ -411,18 +400,4 @@ def _link_candidates(cfg: Config, records: VerifiedRecords, sha256: str, size: i
     from tunehub.disk.reuse import reuse_candidates
 
     return reuse_candidates(cfg, records, sha256, size, target, extra=_hf_cache_blobs(sha256))
-
-
-def _auto_quantize(cfg: Config, registry: Any, definition_id: str, resolution: Any,
-                   progress: ProgressCallback | None) -> tuple[list[Path], str | None]:
-    """``auto_quantize``: the user wants int8, only a 16-bit file exists: make it here."""
-    try:
-        from tunehub.quant.flow import quantize_definition
-    except ImportError as exc:
-        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
-    try:
-        paths = quantize_definition(cfg, registry, definition_id, dtype=resolution.dtype, progress=progress)
-    except ImportError as exc:  # torch / optimum-quanto not installed
-        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
-    return list(paths), None
 

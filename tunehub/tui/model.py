@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunehub.disk.remove import RemovalPlan, execute_removal, plan_removal
-from tunehub.hub.urls import is_url, local_name, parse_hub_url
+from tunehub.registry.urls import is_url, local_name, parse_hub_url
 from tunehub.registry.naming import parse_variant_name
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

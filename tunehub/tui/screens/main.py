@@ -521,6 +521,9 @@ class MainScreen(Screen[None]):
 
     @work(thread=True, group="delete")
     def _delete(self, plan: Any) -> None:
+        from tunehub.daemon.client import cancel_pulls
+
+        cancel_pulls(self.app.cfg.home, plan.definition_id)  # as `tunehub rm` does
         freed = execute_deletion(self.app.cfg, plan)
         self.app.post_message(
             JobFinished("delete", "delete", plan.definition_id, True, f"deleted {format_size(freed)} of weights")
