@@ -134,3 +134,20 @@ def test_prune_dry_run_lists_exactly_the_orphans(disk):
     registry = disk.home.registry()
     assert all(c.present for d in ("t2v_base", "t2v_ft1") for c in registry.resolve(d).all_files())
     assert "nothing to prune" in disk.run("prune", "--dry-run", check=True).stdout
+
+
+def test_loras_are_counted_kept_by_rm_and_never_pruned(disk):
+    disk.home.write_definition("t2v_lora", {"name": "lora", "architecture": "t2v", "URLs": "t2v_base",
+                                            "loras": ["style_lora.safetensors"]})
+    registry = disk.home.registry()
+    folder = registry.lora_folder(registry.get("t2v_lora"))
+    folder.mkdir(parents=True)
+    (folder / "style_lora.safetensors").write_bytes(b"s" * 7777)
+    (folder / "someone_elses_lora.safetensors").write_bytes(b"e" * 100)  # named by no definition
+    usage = json.loads(disk.run("du", "t2v_lora", "--json", check=True).stdout)
+    files = usage["definitions"][0]["files"]
+    assert [(os.path.basename(f["path"]), f["size"], f["role"]) for f in files] == [("style_lora.safetensors", 7777, "lora")]
+    plan = json.loads(disk.run("rm", "t2v_lora", "--dry-run", "--json", check=True).stdout)
+    assert plan["delete"] == [] and "a LoRA" in plan["refused"][0]["why"]
+    orphans = json.loads(disk.run("prune", "--dry-run", "--json", check=True).stdout)["orphans"]
+    assert not [o for o in orphans if "lora" in o["path"]]

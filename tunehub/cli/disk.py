@@ -4,74 +4,56 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tunehub.cli.common import config_and_registry, config_from_args, print_json
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "du", help="disk space each definition's files take",
-        description="Per definition, the bytes of its files on disk: its own and those shared with other "
-        "definitions (counted once in the totals); a total per weights folder and the free space left.",
-    )
-    p.add_argument("ids", nargs="*", metavar="ID", help="only these definitions (default: every visible one)")
+def _command(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str,
+             func: Callable[[argparse.Namespace], int], *, ids: bool = False, deletes: bool = False
+             ) -> argparse.ArgumentParser:
+    """One disk command: optional IDs, --json, and for those that delete --dry-run and --yes."""
+    p = subparsers.add_parser(name, help=summary, description=description)
+    if ids:
+        p.add_argument("ids", nargs="*", metavar="ID", help="only these definitions (default: every visible one)")
+    if deletes:
+        p.add_argument("--dry-run", action="store_true", help="say what would be deleted and kept; delete nothing")
+        p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_du)
+    p.set_defaults(func=func)
+    return p
 
-    p = subparsers.add_parser(
-        "rm", help="delete a definition's local files that nothing else needs",
-        description="Delete the files of a definition that no other visible definition needs; never a file "
-        "outside the weights folders or in a read-only one. The definition is marked 'removed by you' so the "
-        "daemon does not fetch it again; `tunehub pull ID` clears the mark.",
-    )
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _command(subparsers, "du", "disk space each definition's files take",
+             "Per definition, the bytes of its files on disk: its own and those shared with other definitions "
+             "(counted once in the totals); a total per weights folder and the free space left.", cmd_du, ids=True)
+    p = _command(subparsers, "rm", "delete a definition's local files that nothing else needs",
+                 "Delete the files of a definition that no other visible definition needs; never a file outside "
+                 "the weights folders or in a read-only one. The definition is marked 'removed by you' so the "
+                 "daemon does not fetch it again; `tunehub pull ID` clears the mark.", cmd_rm, deletes=True)
     p.add_argument("id")
     p.add_argument("--variant", choices=("int8", "16-bit", "all"), default="all",
                    help="only the int8 (or fp8) files, only the 16-bit ones, or all (default, with shared parts)")
-    p.add_argument("--dry-run", action="store_true", help="say what would be deleted and kept; delete nothing")
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_rm)
-
-    p = subparsers.add_parser(
-        "prune", help="delete weight files no definition names",
-        description="Files in the weights folders that no definition names: old versions after an update, "
-        "quantized files whose definition is gone, partial downloads untouched for a day. Only model files "
-        "(safetensors, gguf, pth, ...), their partials and sidecars are candidates.",
-    )
-    p.add_argument("--dry-run", action="store_true", help="list them; delete nothing")
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_prune)
-
-    p = subparsers.add_parser(
-        "verify", help="re-hash files against the sha256 they were downloaded with",
-        description="Check each present file of the definitions against the sha256 recorded at download (or "
-        "the Hub's). Unchanged files are answered by the hash cache; --rehash reads every byte again.",
-    )
-    p.add_argument("ids", nargs="*", metavar="ID")
+    _command(subparsers, "prune", "delete weight files no definition names",
+             "Files in the weights folders that no definition names: old versions after an update, quantized "
+             "files whose definition is gone, partial downloads untouched for a day. Only model files "
+             "(safetensors, gguf, pth, ...), their partials and sidecars are candidates.", cmd_prune, deletes=True)
+    p = _command(subparsers, "verify", "re-hash files against the sha256 they were downloaded with",
+                 "Check each present file of the definitions against the sha256 recorded at download (or the "
+                 "Hub's). Unchanged files are answered by the hash cache; --rehash reads every byte again.",
+                 cmd_verify, ids=True)
     p.add_argument("--repair", action="store_true", help="fetch corrupt files again")
     p.add_argument("--rehash", action="store_true", help="ignore the hash cache (bit rot that kept the mtime)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_verify)
-
-    p = subparsers.add_parser(
-        "adopt", help="index a folder's weight files so pulls reuse them",
-        description="Hash every weight file below DIR once (a ComfyUI models/ folder, another WanGP ckpts/) "
-        "into the hash cache; later pulls link those files instead of downloading. Nothing is written in DIR.",
-    )
+    p = _command(subparsers, "adopt", "index a folder's weight files so pulls reuse them",
+                 "Hash every weight file below DIR once (a ComfyUI models/ folder, another WanGP ckpts/) into the "
+                 "hash cache; later pulls link those files instead of downloading. Nothing is written in DIR.",
+                 cmd_adopt)
     p.add_argument("dir")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_adopt)
-
-    p = subparsers.add_parser(
-        "outdated", help="definitions whose Hub files changed since they were pulled",
-        description="Ask the Hub (one request per repo revision) which pulled files have a newer version. "
-        "`tunehub pull --update ID|--all` fetches them.",
-    )
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_outdated)
+    _command(subparsers, "outdated", "definitions whose Hub files changed since they were pulled",
+             "Ask the Hub (one request per repo revision) which pulled files have a newer version. "
+             "`tunehub pull --update ID|--all` fetches them.", cmd_outdated, ids=True)
 
 
 def confirm(question: str, assume_yes: bool) -> bool:
