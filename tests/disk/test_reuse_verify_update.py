@@ -129,7 +129,7 @@ def test_outdated_names_exactly_the_changed_files_and_update_replaces_them(disk)
     assert "t2v_ft1" in text and FT1_8 in text and FT1_16 not in text and VAE not in text
     old16 = (disk.ckpts / FT1_16).stat().st_ino
     done = disk.run("pull", "--update", "t2v_ft1", "--yes", check=True)
-    assert f"updated            {disk.ckpts / FT1_8}" in done.stdout and "old version removed" in done.stdout
+    assert f"updated            {disk.ckpts / FT1_8}" in done.stdout and "removed old" in done.stdout
     assert (disk.ckpts / FT1_8).read_bytes() == new8 and (disk.ckpts / FT1_MAP).read_bytes() == new_map
     assert (disk.ckpts / FT1_16).stat().st_ino == old16  # unchanged files are not touched
     assert not list(disk.ckpts.glob(".*tunehub-previous")) and not list(disk.ckpts.glob(".*tunehub-new*"))

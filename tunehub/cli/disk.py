@@ -183,10 +183,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from tunehub.disk.files import human_size
     from tunehub.disk.verify import repair, verify
     from tunehub.hub.progress import ProgressDisplay
+    from tunehub.registry.urls import is_url
 
     cfg, registry = config_and_registry(args)
-    with ProgressDisplay(enabled=False if args.json else None) as display:
-        checked = verify(cfg, registry, args.ids or None, rehash=args.rehash, progress=None if args.json else display)
+    live = not args.json and sys.stderr.isatty()  # bars on a terminal; a log gets only the results
+    with ProgressDisplay(enabled=live) as display:
+        checked = verify(cfg, registry, args.ids or None, rehash=args.rehash, progress=display if live else None)
     repaired = []
     if args.repair and any(c.status == "corrupt" for c in checked):
         with ProgressDisplay(enabled=False if args.json else None) as display:
@@ -200,8 +202,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if item.status == "corrupt":
             print(f"CORRUPT       {item.path}  (sha256 {item.actual[:12] if item.actual else '?'}…, "
                   f"expected {item.expected[:12] if item.expected else '?'}… {item.reference})")
-        elif item.status == "unverifiable":
+        elif item.status == "unverifiable" and is_url(item.source):
             print(f"unverifiable  {item.path}  ({item.note or 'no reference hash'})")
+    local = [c for c in checked if c.status == "unverifiable" and not is_url(c.source)]
+    if local:
+        print(f"unverifiable  {len(local)} local file(s) tunehub did not download: no reference hash "
+              f"(e.g. {local[0].path.name})")
     for item, outcome in repaired:
         print(f"repaired      {item.path}: {outcome}" if item.status == "ok" else f"NOT REPAIRED  {item.path}: {outcome}")
     ok = sum(1 for c in checked if c.status == "ok")

@@ -107,10 +107,10 @@ def _update(args: argparse.Namespace, cfg: Any, registry: Any) -> int:
     for item, why in result.skipped:
         print(f"{'skipped':<18} {item.path}: {why}")
     for path in result.removed_old:
-        print(f"{'old version removed':<18} {path}")
+        print(f"{'removed old':<18} {path}")
     kept = [p for p, _ in result.previous if p not in result.removed_old]
     for path in kept:
-        print(f"{'old version kept':<18} {path}  (tunehub prune removes it)")
+        print(f"{'kept old':<18} {path}  (tunehub prune removes it)")
     if result.bytes_transferred:
         print(f"{result.bytes_transferred / 1e6:.1f} MB downloaded")
     return 0

@@ -144,11 +144,13 @@ class HashCache:
             )
 
     def _remember_path(self, path: Path, stat: os.stat_result) -> None:
+        """Another name of known bytes (a hard link): findable by hash from now on; written only if new."""
+        key = str(path.absolute())
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO paths(path, dev, ino) VALUES(?, ?, ?)",
-                (str(path.absolute()), stat.st_dev, stat.st_ino),
-            )
+            row = self._db.execute("SELECT dev, ino FROM paths WHERE path=?", (key,)).fetchone()
+            if row != (stat.st_dev, stat.st_ino):
+                self._db.execute("INSERT OR REPLACE INTO paths(path, dev, ino) VALUES(?, ?, ?)",
+                                 (key, stat.st_dev, stat.st_ino))
 
     def sha256(self, path: str | os.PathLike[str], progress: Callable[[int], None] | None = None,
                *, rehash: bool = False) -> str:
