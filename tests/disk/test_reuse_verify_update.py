@@ -154,3 +154,29 @@ def test_update_without_yes_on_no_terminal_keeps_the_old_version(disk):
     # the new version is in place and verified; the old one was not deleted without consent
     assert (disk.ckpts / VAE).read_bytes() == disk.payloads[VAE]
     assert (disk.ckpts / f".{VAE}.tunehub-previous").exists()
+
+
+def test_outdated_falls_back_to_one_head_per_file_when_the_repo_api_is_refused(disk, monkeypatch):
+    from tests.daemon.conftest import FaultProxy
+    from tunehub.disk.update import check_outdated
+
+    pull_all(disk, "t2v_base")
+    disk.commit({BASE: os.urandom(700_100)})
+    proxy = FaultProxy(disk.hub.url)
+    try:
+        proxy.faults = [("/api/models/", 404, {})] * 5
+        cfg = disk.home.config()
+        cfg.endpoint = proxy.url
+        for name in ("t2v_base",):
+            text = (disk.home.finetunes / f"{name}.json").read_text().replace(disk.hub.url, proxy.url)
+            (disk.home.finetunes / f"{name}.json").write_text(text)
+        monkeypatch.setenv("HF_ENDPOINT", proxy.url)
+        from tunehub.registry import Registry
+
+        report = check_outdated(cfg, Registry.load(cfg), ["t2v_base"])
+        assert [os.path.basename(f.path) for f in report.files] == [BASE]
+        assert report.requests == 3  # the refused repo_info, then one HEAD per file (BASE, VAE)
+        heads = [r for r in proxy.requests if r[0] == "HEAD" and "/resolve/" in r[1]]
+        assert len(heads) == 2
+    finally:
+        proxy.close()

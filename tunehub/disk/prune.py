@@ -6,7 +6,8 @@ Candidates are only what tunehub can tell is a model file or one of its by-produ
   whose name no definition mentions (valid or not, hidden or not, any key of its model);
 * its sidecar (``NAME_map.json`` or ``NAME.json`` beside an orphan ``NAME.<ext>``), unless named;
 * a partial download (``.NAME.tunehub-part`` and its ``.json`` record) untouched for a day;
-* the previous version an update kept (``.NAME.tunehub-previous``).
+* the previous version an update kept (``.NAME.tunehub-previous``), and a new version an
+  interrupted update never swapped in (``.NAME.tunehub-new``), untouched for a day.
 
 Never a file in a read-only folder, outside the weights folders, below a symlinked folder,
 or inside a component folder of another tool (a folder holding ``config.json``, as a
@@ -29,6 +30,7 @@ __all__ = ["Orphan", "find_orphans", "delete_orphans", "PARTIAL_MAX_AGE_S", "PRE
 
 PARTIAL_MAX_AGE_S = 86400.0
 PREVIOUS_SUFFIX = ".tunehub-previous"
+NEW_SUFFIX = ".tunehub-new"  # tunehub.disk.update's verified new version, before the swap
 _SIDECARS = ("_map.json", ".json")
 
 
@@ -80,6 +82,9 @@ def find_orphans(cfg: Config, registry: Any, now: float | None = None) -> list[O
                 if now - info.st_mtime > PARTIAL_MAX_AGE_S:
                     days = (now - info.st_mtime) / 86400
                     found[key] = Orphan(path, info.st_size, f"partial download untouched for {days:.0f} day(s)")
+                continue
+            if name.startswith(".") and name.endswith(NEW_SUFFIX) and now - info.st_mtime > PARTIAL_MAX_AGE_S:
+                found[key] = Orphan(path, info.st_size, f"update of {name[1:-len(NEW_SUFFIX)]} never put in place")
                 continue
             if name.startswith(".") and name.endswith(PREVIOUS_SUFFIX):
                 found[key] = Orphan(path, info.st_size, f"previous version of {name[1:-len(PREVIOUS_SUFFIX)]} (kept by an update)")

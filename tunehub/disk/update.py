@@ -26,11 +26,11 @@ from typing import Any
 from tunehub.config import Config
 from tunehub.disk.files import present_files
 from tunehub.disk.hashcache import HashCache
+from tunehub.disk.prune import NEW_SUFFIX, PREVIOUS_SUFFIX
 
 __all__ = ["Outdated", "OutdatedReport", "check_outdated", "UpdateResult", "update", "keep_previous_setting",
            "NEW_SUFFIX", "previous_path"]
 
-NEW_SUFFIX = ".tunehub-new"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -82,7 +82,7 @@ class OutdatedReport:
 
 
 def previous_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tunehub-previous")
+    return path.with_name(f".{path.name}{PREVIOUS_SUFFIX}")
 
 
 def keep_previous_setting(cfg: Config) -> int:
