@@ -21,7 +21,6 @@ message naming them all.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import threading
@@ -49,7 +48,7 @@ from tunehub.hub.download import (
     probe,
 )
 from tunehub.registry.urls import hub_resolve_url, is_url, parse_hub_url
-from tunehub.safeio import atomic_write_text, fsync_dir, temp_path_for
+from tunehub.safeio import fsync_dir, temp_path_for
 
 __all__ = ["PullResult", "PulledFile", "VerifiedRecords", "pull", "hf_cache_dir", "hash_file", "place_link"]
 
