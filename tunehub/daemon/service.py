@@ -318,11 +318,12 @@ class Daemon:
         if not self._update_checking.acquire(blocking=False):
             return
         try:
-            with self._registry_lock:
-                registry = self.registry
-                managed = [d.id for d in registry.definitions.values()
-                           if d.valid and d.visible and d.origin.value != "builtin"]
-            report = check_outdated(self.cfg, registry, managed)
+            from tunehub.registry import Registry
+
+            registry = Registry.load(self.cfg)  # a snapshot, as jobs take: the watcher may edit the shared one
+            managed = [d.id for d in registry.definitions.values()
+                       if d.valid and d.visible and d.origin.value != "builtin"]
+            report = check_outdated(self.cfg, registry, managed, hash_unknown=False)  # no hashing storm in the background
             changed = {key: [f for f in files if f.status == "changed"] for key, files in report.by_definition().items()}
             outdated = {key: sorted({f.path.name for f in files}) for key, files in changed.items() if files}
             self._outdated_versions = {

@@ -107,8 +107,13 @@ def _repo_files(endpoint: str, token: bool | None, repo_id: str, repo_type: str,
     return info.sha, files
 
 
-def check_outdated(cfg: Config, registry: Any, ids: list[str] | None = None) -> OutdatedReport:
-    """Which present Hub files of ``ids`` (default: every visible definition) changed upstream."""
+def check_outdated(cfg: Config, registry: Any, ids: list[str] | None = None, *, hash_unknown: bool = True
+                   ) -> OutdatedReport:
+    """Which present Hub files of ``ids`` (default: every visible definition) changed upstream.
+
+    A file tunehub did not place and has never hashed is hashed once (then cached), unless
+    ``hash_unknown`` is False (the daemon's background check): then only a size change counts.
+    """
     from tunehub.disk.verify import git_blob_sha1
     from tunehub.hub.pull import fetch_target
     from tunehub.registry.urls import parse_hub_url
@@ -153,7 +158,13 @@ def check_outdated(cfg: Config, registry: Any, ids: list[str] | None = None) -> 
                 found.remote_sha256, found.remote_git_sha1, found.remote_size = entry
                 origin = cache.origin(item.path)
                 if found.remote_sha256:
-                    found.local_sha256 = origin.sha256 if origin else cache.sha256(item.path)
+                    known = origin.sha256 if origin else cache.lookup(item.path)
+                    if known is None and not hash_unknown:
+                        changed = found.remote_size is not None and found.remote_size != os.path.getsize(item.path)
+                        if changed:
+                            report.files.append(found)
+                        continue
+                    found.local_sha256 = known or cache.sha256(item.path)
                     changed = found.local_sha256 != found.remote_sha256
                 else:
                     changed = bool(found.remote_git_sha1) and git_blob_sha1(item.path) != found.remote_git_sha1
