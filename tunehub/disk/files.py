@@ -34,6 +34,7 @@ __all__ = [
     "mentioned_names",
     "visible_ids",
     "deletable",
+    "replaceable",
     "safe_unlink",
     "is_weight_name",
     "variant_of",
@@ -187,6 +188,17 @@ def deletable(cfg: Config, path: Path) -> tuple[Path | None, str]:
     if _inside(parent, _real(cfg.loras_root)) or any(_inside(parent, _real(p)) for p in cfg.lora_dirs.values()):
         return None, "a LoRA: WanGP offers it for every model of its family; delete it yourself if unwanted"
     return None, "outside the weights folders"
+
+
+def replaceable(cfg: Config, path: Path) -> bool:
+    """May an update put a new version at ``path``: a deletable place, or a LoRA folder (where a pull puts LoRAs)."""
+    if deletable(cfg, path)[0] is not None:
+        return True
+    parent = _real(Path(os.path.abspath(path)).parent)
+    if any(_inside(parent, root) for root in readonly_roots(cfg)):
+        return False
+    lora_roots = [cfg.loras_root, *cfg.lora_dirs.values()]
+    return any(_inside(parent, _real(root)) for root in lora_roots) and os.access(parent, os.W_OK)
 
 
 def safe_unlink(cfg: Config, path: Path) -> int:

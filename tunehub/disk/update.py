@@ -223,7 +223,7 @@ def update(cfg: Config, registry: Any, ids: list[str] | None = None, *, remove_o
            keep_previous: int | None = None, progress: ProgressCallback | None = None,
            report: OutdatedReport | None = None) -> UpdateResult:
     """Fetch the new version of every outdated file of ``ids`` (default: every visible definition)."""
-    from tunehub.disk.files import deletable
+    from tunehub.disk.files import replaceable
     from tunehub.disk.reuse import reuse_candidates
     from tunehub.hub.download import download_file, probe
     from tunehub.hub.pull import place_link
@@ -237,7 +237,7 @@ def update(cfg: Config, registry: Any, ids: list[str] | None = None, *, remove_o
             if item.status != "changed":
                 result.skipped.append((item, "no longer in the repo"))
                 continue
-            if deletable(cfg, item.path)[0] is None:
+            if not replaceable(cfg, item.path):
                 result.skipped.append((item, "in a read-only folder or outside the weights folders"))
                 continue
             revision = item.commit or item.revision
