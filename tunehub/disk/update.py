@@ -219,10 +219,17 @@ def _swap_in(new_path: Path, dest: Path) -> Path | None:
     return kept
 
 
-def update(cfg: Config, registry: Any, ids: list[str] | None = None, *, remove_old: bool | Callable[[list[tuple[Path, int]]], bool] = False,
+RemoveOld = bool | Callable[[list[tuple[Path, int]]], bool]
+
+
+def update(cfg: Config, registry: Any, ids: list[str] | None = None, *, remove_old: RemoveOld = False,
            keep_previous: int | None = None, progress: ProgressCallback | None = None,
            report: OutdatedReport | None = None) -> UpdateResult:
-    """Fetch the new version of every outdated file of ``ids`` (default: every visible definition)."""
+    """Fetch the new version of every outdated file of ``ids`` (default: every visible definition).
+
+    ``remove_old``: remove the old versions once every new one is in place (or a callable asked
+    with their paths and sizes); ignored when ``keep_previous`` (default ``[daemon] keep_previous``).
+    """
     from tunehub.disk.files import replaceable
     from tunehub.disk.reuse import reuse_candidates
     from tunehub.hub.download import download_file, probe
