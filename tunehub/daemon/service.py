@@ -623,7 +623,6 @@ class Daemon:
                 if not result.ok:
                     remote_failures.append(f"remote {spec.repo}: {result.error}")
             if self.settings.update == "auto":
-                self._load_registry_quietly()
                 self.check_updates()
             attempted: set[int] = set()
             outcomes: dict[int, str] = {}
