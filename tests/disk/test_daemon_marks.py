@@ -28,11 +28,11 @@ def test_daemon_with_pull_all_does_not_refetch_what_rm_removed(disk):
     daemon = DaemonProcess(disk.home.root, disk.env()).start()
     try:
         entry = daemon.wait_for(lambda s: (e := definition_in(s, "t2v_ft1")) and e["state"] == "removed" and e,
-                                what="t2v_ft1 removed")
+                                what="t2v_ft1 removed", timeout=90)
         assert "tunehub pull t2v_ft1" in entry["note"]
-        daemon.wait_for(lambda s: definition_in(s, "t2v_other")["state"] == "ready", what="t2v_other ready")
+        daemon.wait_for(lambda s: definition_in(s, "t2v_other")["state"] == "ready", what="t2v_other ready", timeout=90)
         disk.run("rm", "t2v_other", "--yes", check=True)  # while it runs: the watcher sees the file go
-        daemon.wait_for(lambda s: definition_in(s, "t2v_other")["state"] == "removed", what="t2v_other removed")
+        daemon.wait_for(lambda s: definition_in(s, "t2v_other")["state"] == "removed", what="t2v_other removed", timeout=90)
         time.sleep(2.0)
         jobs = daemon.client.jobs()
         assert not [j for j in jobs if j["definition_id"] in ("t2v_ft1", "t2v_other") and j["state"] in ("queued", "running")]
@@ -40,7 +40,7 @@ def test_daemon_with_pull_all_does_not_refetch_what_rm_removed(disk):
         # `tunehub pull ID` lifts the mark (and fetches)
         disk.run("pull", "t2v_ft1", "--all-variants", check=True)
         assert (disk.ckpts / FT1_8).exists()
-        daemon.wait_for(lambda s: definition_in(s, "t2v_ft1")["state"] == "ready", what="t2v_ft1 ready again")
+        daemon.wait_for(lambda s: definition_in(s, "t2v_ft1")["state"] == "ready", what="t2v_ft1 ready again", timeout=90)
     finally:
         daemon.stop()
 
@@ -55,7 +55,7 @@ def test_daemon_marks_update_available_and_updates_with_auto(disk):
     try:
         entry = daemon.wait_for(
             lambda s: (e := definition_in(s, "t2v_ft1")) and e["state"] == "update available" and e,
-            what="update available")
+            what="update available", timeout=90)
         assert entry["update_available"] == [FT1_8]
         assert definition_in(daemon.client.status(), "t2v_base")["state"] == "ready"
     finally:
