@@ -12,6 +12,11 @@ actor's thread pulls and renders (:func:`tunehub.cluster.worker.render`) while t
 daemon polls its progress -> the daemon fetches the mp4 and settings, kills the actor
 (frees the GPU) and only then writes the files into ``outputs/``: a crash between the
 two loses the result (the job runs again), never writes it twice.
+
+Not a plain Ray task: a task (and the worker process running it) belongs to the driver's Ray
+job and ends with it, so a daemon restart would kill every render in flight. A task owned by a
+detached actor shares that fate for the same reason; only a detached actor's own process
+outlives the driver, so the render runs inside it.
 """
 
 from __future__ import annotations
