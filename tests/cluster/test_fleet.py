@@ -235,6 +235,25 @@ def test_cluster_command_lists_nodes_gpus_cached_definitions_and_disk(fleet: Fle
     assert text.returncode == 0 and DEFINITION in text.stdout and RESOURCE in text.stdout, text.stdout + text.stderr
 
 
+def test_generate_cluster_waits_for_the_video_with_progress_lines(fleet: Fleet, tmp_path: Path) -> None:
+    root = fleet.write_home(tmp_path / "controller")
+    daemon = fleet.daemon(root)
+    out = tmp_path / "clips" / "fleet.mp4"
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "tunehub", "--home", str(root), "generate", DEFINITION, "--cluster", "--device", "cpu",
+             "--seed", "5", "--steps", "8", "--out", str(out)], env=fleet.env, capture_output=True, text=True, timeout=JOB_TIMEOUT,
+        )  # fmt: skip
+    finally:
+        daemon.stop()
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == str(out)
+    assert out.stat().st_size > 0 and json.loads(out.with_suffix(".json").read_text())["seed"] == 5
+    assert "queued job #1 on the cluster" in completed.stderr and "on node " in completed.stderr
+    assert "step " in completed.stderr, completed.stderr  # progress lines as a local run prints them
+    assert _outputs(root) == []  # --out, not outputs/
+
+
 def test_a_node_killed_mid_job_every_job_completes_exactly_once(fleet: Fleet, tmp_path: Path) -> None:
     root = fleet.write_home(tmp_path / "controller")
     daemon = fleet.daemon(root)
