@@ -102,6 +102,7 @@ def main() -> int:
         if not args.skip_local:
             local = run_jobs(write_home(work / "local", server.url, base, url, None), env, args.jobs, warm=True)
             rows.append(("local daemon (anchor)", local))
+        (work / "ray").mkdir()
         cluster = start_cluster(work / "ray", env, [work / "ray" / "w1"])
         warmup = run_jobs(write_home(work / "warm", server.url, base, url, cluster.address), cluster.env, 1, warm=False)
         one = run_jobs(write_home(work / "one", server.url, base, url, cluster.address), cluster.env, args.jobs, warm=False)
