@@ -166,6 +166,8 @@ def _jobs(args: argparse.Namespace) -> int:
 def _where_and_progress(job: dict[str, Any]) -> str:
     """A cluster job's node and GPU (from its progress), and its step: "  on 10.0.0.5 (gpu 0) step 3/30"."""
     progress = job.get("progress") or {}
+    if not progress.get("ray_actor"):
+        return ""  # a local job's line stays as it was
     text = ""
     if progress.get("node"):
         text += f"  on {progress['node']} {progress.get('host') or ''} ({progress.get('gpu') or '-'})"
