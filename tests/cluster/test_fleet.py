@@ -31,6 +31,8 @@ ARCH = "t2v_1.3B"
 DEFINITION = "tiny_fleet"
 SETTINGS = {"prompt": "a red cat dances", "resolution": "32x32", "video_length": 5, "num_inference_steps": 2, "seed": 7}
 JOB_TIMEOUT = 400.0
+# The first test also pays for the module's cluster (a minute or three on a loaded 2-core machine).
+pytestmark = pytest.mark.timeout(1200)
 
 
 @dataclass
