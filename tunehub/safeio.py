@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +40,7 @@ __all__ = [
     "dump_json_like",
     "CONFLICT_SUFFIX",
     "exchange_paths",
+    "remove_dead_temp_files",
 ]
 
 CONFLICT_SUFFIX = ".tunehub-conflict"  # tunehub's version of a file whose concurrent user save was kept
@@ -185,6 +186,39 @@ def _replace_if_unchanged(path: Path, data: bytes, read_digest: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_dead_temp_files(folders: Iterable[Path]) -> list[Path]:
+    """Remove temp files (:func:`temp_path_for`) whose writing process is gone; returns them.
+
+    A crash mid-write leaves them behind; a live writer's (this process's too) are left alone.
+    """
+    removed = []
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if TEMP_MARKER not in name:
+                continue
+            pid_text = name.split(TEMP_MARKER, 1)[1].split("-", 1)[0]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue
+            with contextlib.suppress(OSError):
+                (Path(folder) / name).unlink()
+                removed.append(Path(folder) / name)
+    return removed
 
 
 def write_conflict_copy(path: Path, data: bytes) -> Path:

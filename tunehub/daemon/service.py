@@ -102,28 +102,12 @@ class Daemon:
 
     def _remove_dead_temp_files(self) -> None:
         """Temp files of atomic writes whose writer died (a crash mid-write) are garbage."""
-        from tunehub.safeio import TEMP_MARKER
+        from tunehub.safeio import remove_dead_temp_files
 
-        removed = []
         folders = [*self.cfg.weights_dirs, *self.cfg.user_definition_dirs, self.cfg.remote_dir]
         if self.cfg.remote_dir.is_dir():
             folders.extend(p for p in self.cfg.remote_dir.iterdir() if p.is_dir())
-        for folder in folders:
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue
-            for name in names:
-                if TEMP_MARKER not in name:
-                    continue
-                pid_text = name.split(TEMP_MARKER, 1)[1].split("-", 1)[0]
-                if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-                    continue
-                try:
-                    (folder / name).unlink()
-                    removed.append(str(folder / name))
-                except OSError:
-                    pass
+        removed = [str(path) for path in remove_dead_temp_files(folders)]
         if removed and self.events is not None:
             self.events.publish("cleanup.removed", files=removed[:50], count=len(removed), reason="temp files of a writer that died")
 
@@ -621,13 +605,3 @@ class Daemon:
         if self._downloads_paused:
             print(f"  {self._downloads_paused}")
         return 1 if problems else 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
