@@ -31,6 +31,26 @@ COMMAND_GROUPS = (
 )
 
 
+# Packages that only an extra installs, and the extra a command needs them from.
+OPTIONAL_PACKAGES = {
+    "torch": "quant", "optimum": "quant",
+    "diffusers": "inference", "transformers": "inference", "sentencepiece": "inference", "ftfy": "inference",
+    "imageio": "inference", "imageio_ffmpeg": "inference", "accelerate": "inference",
+    "textual": "tui", "starlette": "server", "uvicorn": "server",
+}
+COMMAND_EXTRAS = {"quantize": "quant", "generate": "inference", "tui": "tui", "hub": "server", "demo": "all"}
+
+
+def missing_extra_message(command: str | None, exc: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install, for a package that a core install lacks (else None)."""
+    package = (exc.name or "").split(".")[0]
+    if package not in OPTIONAL_PACKAGES:
+        return None
+    extra = COMMAND_EXTRAS.get(command or "", OPTIONAL_PACKAGES[package])
+    what = f"tunehub {command}" if command else "this command"
+    return f"{what} needs {package}, which is not installed: pip install 'tunehub[{extra}]'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunehub",
@@ -64,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TunehubError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(getattr(args, "command", None), exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
