@@ -203,6 +203,16 @@ class Daemon:
         self.request_reconcile()
 
     def _on_job_finished(self, job: dict[str, Any], outcome: str) -> None:
+        if job["kind"] == "pull" and self.journal is not None:
+            # A pull that ran out of space waits for it (retried without using attempts): say so in
+            # /status, as the min_free_gb pause does; the next pull that completes clears it.
+            latest = self.journal.get_job(job["id"]) or {}
+            error = latest.get("last_error") or ""
+            if outcome == "queued" and error.startswith("DiskFullError"):
+                self._downloads_paused = f"downloads paused: {error.split(': ', 1)[1]} (retried every 30 s)"
+            elif outcome == "done" and self._downloads_paused and self._downloads_paused.endswith("(retried every 30 s)"):
+                self._downloads_paused = None
+
         # Re-read the definition's files now: the job may have rewritten them, and the
         # next reconcile must not plan on the old content.
         with self._registry_lock:
@@ -214,8 +224,7 @@ class Daemon:
 
     def _downloads_allowed(self) -> bool:
         if self.settings.min_free_gb <= 0:
-            self._downloads_paused = None
-            return True
+            return True  # a disk-full pull's message stays until a pull completes (_on_job_finished)
         folder = self.cfg.download_dir
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent

@@ -362,7 +362,7 @@ def pull(
         if needed > free:
             raise DiskFullError(
                 f"not enough free space in {folder} to pull '{definition_id}': "
-                f"{needed / 1e9:.2f} GB to fetch, {free / 1e9:.2f} GB free"
+                f"{_size(needed)} to fetch, {_size(free)} free"
             )
 
     errors: list[BaseException] = []
@@ -396,6 +396,10 @@ def pull(
         if note:
             result.notes.append(note)
     return result
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 100_000_000 else f"{count / 1e6:.1f} MB"
 
 
 def _process_url_job(
