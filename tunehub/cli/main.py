@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tunehub import __version__
 from tunehub.errors import TunehubError
@@ -51,8 +52,41 @@ def missing_extra_message(command: str | None, exc: ModuleNotFoundError) -> str 
     return f"{what} needs {package}, which is not installed: pip install 'tunehub[{extra}]'"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a mistyped command (Python < 3.14 has no suggest_on_error)."""
+
+    def error(self, message: str) -> NoReturn:
+        import difflib
+        import re
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2))
+            close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.5)
+            if close:
+                message = f"unknown command '{match.group(1)}'; did you mean '{close[0]}'?"
+        super().error(message)
+
+
+def _one_line_config_warnings() -> None:
+    """An unknown tunehub.toml key is one "warning: ..." line, not Python's warning format."""
+    import warnings
+
+    from tunehub.config import ConfigWarning
+
+    original = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if issubclass(category, ConfigWarning):
+            print(f"warning: {message}", file=sys.stderr)
+            return
+        original(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    warnings.showwarning = show
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tunehub",
         description="Registry, Hub sync, int8 quantization and generation for video-diffusion finetunes.",
     )
@@ -75,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _one_line_config_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

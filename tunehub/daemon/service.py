@@ -48,12 +48,15 @@ _EVENT_LEVELS = {
 
 
 class Daemon:
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, log_to_stderr: bool = True) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, *, log_to_stderr: bool = True, log_format: str | None = None
+    ) -> None:
         self.cfg: Config = load_config(home)
         self.settings: DaemonSettings = settings_from_config(self.cfg)
         self.home = self.cfg.home
         self.state_dir = self.cfg.state_dir
         self.log_to_stderr = log_to_stderr
+        self.log_format = log_format  # stderr: "text", "json", or None (text on a terminal)
         self.lock = HomeLock(self.state_dir / LOCK_NAME)
         self.started = time.time()
         self.state = "starting"
@@ -77,7 +80,7 @@ class Daemon:
     def _setup(self) -> None:
         self.lock.acquire()
         os.chmod(self.state_dir, 0o700)
-        setup_logging(self.state_dir, to_stderr=self.log_to_stderr)
+        setup_logging(self.state_dir, to_stderr=self.log_to_stderr, stderr_format=self.log_format)
         if "huggingface.co" not in self.cfg.endpoint:
             os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # plain LFS against other Hub servers
         self.journal = Journal(self.state_dir / JOURNAL_NAME)
