@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -68,23 +69,6 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _one_line_config_warnings() -> None:
-    """An unknown tunehub.toml key is one "warning: ..." line, not Python's warning format."""
-    import warnings
-
-    from tunehub.config import ConfigWarning
-
-    original = warnings.showwarning
-
-    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-        if issubclass(category, ConfigWarning):
-            print(f"warning: {message}", file=sys.stderr)
-            return
-        original(message, category, *args, **kwargs)  # type: ignore[arg-type]
-
-    warnings.showwarning = show
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tunehub",
@@ -108,8 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+    """Configuration warnings read as one line for the user, not as a Python source location."""
+    from tunehub.config import ConfigWarning
+
+    if issubclass(category, ConfigWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    _one_line_config_warnings()
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
