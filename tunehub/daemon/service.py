@@ -99,7 +99,8 @@ class Daemon:
         from tunehub.daemon.poller import RemotePoller
 
         self.runner = JobRunner(
-            self.journal, self.events, lambda: (self.cfg, self.settings), self._on_job_finished, self._downloads_allowed
+            self.journal, self.events, lambda: (self.cfg, self.settings), self._on_job_finished, self._downloads_allowed,
+            registry_source=self._registry_snapshot,
         )
         self.poller = RemotePoller(self.cfg, self.settings.remotes, self.journal, self.events, self._on_remote_change)
 
@@ -123,6 +124,11 @@ class Daemon:
         for definition in registry.definitions.values():
             if not definition.valid and definition.origin.value != "builtin":
                 self._report_invalid(definition)
+
+    def _registry_snapshot(self) -> Any:
+        """What a job works on: the registry as the watcher keeps it, copied (reloads go on meanwhile)."""
+        with self._registry_lock:
+            return self.registry.snapshot()
 
     def _watched_folders(self) -> list[Any]:
         from tunehub.daemon.watcher import WatchedFolder
@@ -384,6 +390,7 @@ class Daemon:
             },
             "capabilities": capability_status(),
             "downloads_paused": self._downloads_paused,
+            "registry_loads": _registry_loads(),
             "counts": counts,
             "definitions": definitions,
             "jobs": jobs,
@@ -617,3 +624,9 @@ class Daemon:
         if self._downloads_paused:
             print(f"  {self._downloads_paused}")
         return 1 if problems else 0
+
+
+def _registry_loads() -> int:
+    from tunehub.registry import Registry
+
+    return Registry.loads
