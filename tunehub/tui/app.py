@@ -63,6 +63,7 @@ class TunehubApp(App[None]):
         self.updates: set[str] = set()  # ids the daemon reports an update for
         self.jobs: dict[str, dict[str, Any]] = {}
         self._job_numbers = itertools.count(1)
+        self.stopping = threading.Event()  # set on quit: running pulls stop now, keeping their partials
 
     def get_default_screen(self) -> Screen[Any]:
         from tunehub.tui.screens.main import MainScreen
@@ -109,7 +110,8 @@ class TunehubApp(App[None]):
 
         report({"status": "started"})
         try:
-            summary, result = run_local(kind, self.cfg, self.registry, definition_id, params, report)  # type: ignore[arg-type]
+            summary, result = run_local(kind, self.cfg, self.registry, definition_id, params, report,  # type: ignore[arg-type]
+                                        cancel=self.stopping)
         except Exception as exc:  # noqa: BLE001 - shown to the user, the app keeps running
             self.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {first_line(exc)}"))
             return
@@ -156,6 +158,11 @@ class TunehubApp(App[None]):
             elif state in ("failed", "cancelled"):
                 error = first_line(entry.get("last_error") or state)
                 self.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}"))
+
+    async def action_quit(self) -> None:
+        """Quit at once: a pull running here stops (its partial is kept for the next pull)."""
+        self.stopping.set()
+        self.exit()
 
     def job_key_for_daemon(self, job_id: Any) -> str | None:
         """The line of a job this app submitted (None for other clients' jobs, or before its id is known)."""
