@@ -23,6 +23,7 @@ from tunehub.errors import TunehubError
 COMMAND_GROUPS = (
     "registry",
     "pull",
+    "disk",
     "publish",
     "quantize",
     "generate",
