@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 _RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "riscv64": 276, "ppc64le": 357, "s390x": 347}
 _exchange_unavailable = False
+_IN_PLACE_GRACE_S = 0.05
 
 
 def exchange_paths(a: Path, b: Path) -> bool:
@@ -170,10 +172,20 @@ def _replace_if_unchanged(path: Path, data: bytes, read_digest: str) -> None:
             os.replace(tmp, path)  # no swap on this system: the check above is all there is
             fsync_dir(path.parent)
             return
-        displaced = _sha256_of(tmp)
-        if displaced == read_digest:
-            fsync_dir(path.parent)
-            return
+        displaced_fd = os.open(tmp, os.O_RDONLY)
+        try:
+            before = os.fstat(displaced_fd)
+            displaced = _sha256_of(tmp)
+            if displaced == read_digest:
+                # An editor that saves in place may have opened the old file just before the
+                # swap and write into it now: give such a write a moment, then look again.
+                time.sleep(_IN_PLACE_GRACE_S)
+                after = os.fstat(displaced_fd)
+                if (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size):
+                    fsync_dir(path.parent)
+                    return
+        finally:
+            os.close(displaced_fd)
         # A save landed between the check and the swap: put it back. If yet another save
         # replaced ours meanwhile, it is newer than the one displaced: keep that one.
         ours = hashlib.sha256(data).hexdigest()

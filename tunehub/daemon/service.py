@@ -320,9 +320,7 @@ class Daemon:
         if not self._update_checking.acquire(blocking=False):
             return
         try:
-            from tunehub.registry import Registry
-
-            registry = Registry.load(self.cfg)  # a snapshot, as jobs take: the watcher may edit the shared one
+            registry = self._registry_snapshot()  # a snapshot, as jobs take: the watcher may edit the shared one
             managed = [d.id for d in registry.definitions.values()
                        if d.valid and d.visible and d.origin.value != "builtin"]
             report = check_outdated(self.cfg, registry, managed, hash_unknown=False)  # no hashing storm in the background
