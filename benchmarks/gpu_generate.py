@@ -1,19 +1,21 @@
 """One Wan transformer forward at 480x832, 81 frames: diffusers bf16 vs diffusers +
 optimum-quanto int8 vs tunehub's int8 path (the original-layout int8 file loaded by
-tunehub, each int8 kernel), in one run. Seconds per forward and peak GPU memory.
+tunehub, each int8 kernel, optionally with fp8 attention), in one run. Each path is timed
+eager and compiled (regional torch.compile of the blocks), and every ratio is taken like
+against like: eager over eager bf16, compiled over compiled bf16, both named, rel.err beside.
 
-Anchors (docs/anchors.md, one H100, diffusers 0.42.1): 14B bf16 3.15 s / 53.5 GiB,
-quanto int8 3.36 s / 16.8 GiB; 1.3B bf16 0.57 s / 5.3 GiB, quanto int8 0.62 s / 2.9 GiB.
-Targets (issue 7): tunehub int8 <= 1.0x the bf16 time of the same run with <= 17 GiB peak
-(14B), then <= 0.8x.
+Anchors (docs/anchors.md, eager, diffusers 0.42.1): H100 14B bf16 3.15 s / 53.5 GiB, quanto
+int8 3.36 s / 16.8 GiB; 1.3B bf16 0.57 s / 5.3 GiB, quanto int8 0.62 s / 2.9 GiB.
+Targets (issue 15, compiled over compiled bf16): 14B default int8 <= 0.85x with rel.err
+<= 0.032; 14B int8 + fp8 attention <= 0.70x, rel.err <= 0.05, peak <= 17 GiB; 1.3B <= 0.80x.
 
 Everything is built here with random weights: nothing is downloaded. Needs torch,
 diffusers and safetensors, and this checkout (the script puts it on sys.path; it uses only
 tunehub.inference's torch modules: no tunehub install, no tomli); optimum-quanto only for
 its own row (left out with a note when missing).
 
-    python benchmarks/gpu_generate.py --models 14B    # about 6-8 min on an H100
-    python benchmarks/gpu_generate.py --models 1.3B --kernels fp8,int8mm,dequant,quanto
+    python benchmarks/gpu_generate.py --models 14B --attention sdpa,fp8
+    python benchmarks/gpu_generate.py --models 1.3B --kernels auto,fp8,int8mm,dequant,quanto
     python benchmarks/gpu_generate.py --tiny [--compile]   # small shapes on CPU: checks it runs
 """
 
@@ -178,7 +180,32 @@ def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
     return float((output - reference).norm() / reference.norm())
 
 
+def _row(size: str, path: str, mode: str, result: tuple[float, float | None, torch.Tensor], reference: torch.Tensor | None,
+         **extra: Any) -> dict[str, Any]:  # fmt: skip
+    seconds, peak, output = result
+    error = 0.0 if reference is None else relative_error(output, reference)
+    log(f"{path:<44} {mode:<8} {seconds:8.3f} s   peak {fmt_gib(peak)}   rel.err {error:.4f}")
+    return dict(model=size, path=path, mode=mode, seconds=seconds, peak_gib=peak, rel_error=error, **extra)
+
+
+def eager_and_compiled(
+    size: str, path: str, model: torch.nn.Module, inputs: dict[str, Any], device: torch.device,
+    args: argparse.Namespace, reference: torch.Tensor | None, **extra: Any,
+) -> tuple[list[dict[str, Any]], torch.Tensor]:  # fmt: skip
+    """Time ``model`` eager, then (with --compile) after regional compilation: one row each."""
+    eager = time_forward(model, inputs, device, args.warmup, args.repeats)
+    rows = [_row(size, path, "eager", eager, reference, **extra)]
+    if args.compile:
+        compiled = timed_compiled(model, inputs, device, args)
+        if compiled is not None:
+            rows.append(_row(size, path, "compiled", compiled, reference if reference is not None else eager[2], **extra))
+        torch._dynamo.reset()
+    return rows, eager[2]
+
+
 def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir: Path) -> list[dict[str, Any]]:
+    """Every path eager and compiled (``--compile``), each ratio taken later against bf16 in the
+    same mode. rel.err is against the eager bf16 output of the same inputs and weights."""
     config = MODELS[size]
     rows: list[dict[str, Any]] = []
     inputs = make_inputs(config, args.frames, args.height, args.width, device)
@@ -188,76 +215,61 @@ def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir
 
     reset_peak(device)
     model = random_model(config, device)
-    seconds, peak, reference = time_forward(model, inputs, device, args.warmup, args.repeats)
-    rows.append(dict(model=size, path="diffusers bf16", seconds=seconds, peak_gib=peak, rel_error=0.0))
-    log(f"diffusers bf16           {seconds:8.3f} s   peak {fmt_gib(peak)}")
-
-    if args.compile:
-        compiled = timed_compiled(model, inputs, device, args)
-        if compiled is not None:
-            seconds, peak, output = compiled
-            rows.append(dict(model=size, path="diffusers bf16 + compiled blocks", seconds=seconds, peak_gib=peak,
-                             rel_error=relative_error(output, reference)))  # fmt: skip
-            log(f"diffusers bf16 + compile  {seconds:8.3f} s   peak {fmt_gib(peak)}")
-        if compiled is not None:  # the int8 file and quanto need a fresh, uncompiled model (same seed)
-            del model
-            torch._dynamo.reset()
-            reset_peak(device)
-            model = random_model(config, device)
+    base_rows, reference = eager_and_compiled(size, "diffusers bf16", model, inputs, device, args, None)
+    rows += base_rows
+    if args.compile:  # the int8 file and quanto need a fresh, uncompiled model (same seed)
+        del model
+        reset_peak(device)
+        model = random_model(config, device)
 
     int8_file = workdir / f"wan_{size}_quanto_mbf16_int8.safetensors"
     started = time.perf_counter()
     write_int8_file(model, int8_file)
     log(f"(wrote the int8 file, {int8_file.stat().st_size / GIB:.2f} GiB, in {time.perf_counter() - started:.1f} s)")
 
-    try:
-        from optimum.quanto import freeze, qint8, quantize
-    except ImportError:
-        log("diffusers + quanto int8   (optimum-quanto not installed: row left out)")
-    else:
-        quantize(model.blocks, weights=qint8)  # the blocks' linears, as WanGP's files
-        freeze(model.blocks)
-        seconds, peak, output = time_forward(model, inputs, device, args.warmup, args.repeats)
-        error = relative_error(output, reference)
-        rows.append(dict(model=size, path="diffusers + quanto int8", seconds=seconds, peak_gib=peak, rel_error=error))
-        log(f"diffusers + quanto int8  {seconds:8.3f} s   peak {fmt_gib(peak)}   rel.err {error:.4f}")
+    if "quanto" in args.kernels or args.quanto:
+        try:
+            from optimum.quanto import freeze, qint8, quantize
+        except ImportError:
+            log("diffusers + quanto int8   (optimum-quanto not installed: row left out)")
+        else:
+            quantize(model.blocks, weights=qint8)  # the blocks' linears, as WanGP's files
+            freeze(model.blocks)
+            # eager only: optimum-quanto's own modules are what WanGP runs; compiled, they graph-break
+            rows.append(_row(size, "diffusers + quanto int8", "eager",
+                             time_forward(model, inputs, device, args.warmup, args.repeats), reference))  # fmt: skip
     del model
     reset_peak(device)
 
     timed: set[str] = set()
-    for kernel in args.kernels:
-        resolved = choose_kernel(kernel, device) if kernel != "quanto" else "quanto"
+    for kernel in [k for k in args.kernels if k != "quanto"]:
+        resolved = choose_kernel(kernel, device)
         if resolved in timed:
             continue  # "auto" is one of the others
         timed.add(resolved)
         if resolved == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
             log(f"tunehub int8 [{kernel}]: needs an fp8 GPU (sm 8.9+): left out")
             continue
-        reset_peak(device)
-        started = time.perf_counter()
-        try:
+        attentions = args.attention if kernel == args.kernels[0] else ["sdpa"]
+        for attention in attentions:
+            reset_peak(device)
+            started = time.perf_counter()
             model = load_transformer(config["_class_name"], config, [int8_file], "bf16", device, int8_kernel=kernel)
-        except ImportError as exc:
-            log(f"tunehub int8 [{kernel}]: {exc}: left out")
-            continue
-        load_seconds = time.perf_counter() - started
-        used = sorted({m.kernel for m in model.modules() if isinstance(m, Int8Linear)}) or ["quanto"]
-        seconds, peak, output = time_forward(model, inputs, device, args.warmup, args.repeats)
-        error = relative_error(output, reference)
-        label = f"tunehub int8 [{kernel}->{'/'.join(used)}]"
-        rows.append(dict(model=size, path=label, kernel=kernel, seconds=seconds, peak_gib=peak, rel_error=error,
-                         load_seconds=load_seconds))  # fmt: skip
-        log(f"{label:<25}{seconds:8.3f} s   peak {fmt_gib(peak)}   rel.err {error:.4f}   (load {load_seconds:.1f} s)")
-        if args.compile and kernel == args.kernels[0]:
-            compiled = timed_compiled(model, inputs, device, args)
-            if compiled is not None:
-                seconds, peak, output = compiled
-                error = relative_error(output, reference)
-                rows.append(dict(model=size, path=label + " + compiled blocks", kernel=kernel, seconds=seconds,
-                                 peak_gib=peak, rel_error=error))  # fmt: skip
-                log(f"{label + ' + compile':<25}{seconds:8.3f} s   peak {fmt_gib(peak)}   rel.err {error:.4f}")
-        del model
-        reset_peak(device)
+            load_seconds = time.perf_counter() - started
+            used = "/".join(sorted({m.kernel for m in model.modules() if isinstance(m, Int8Linear)}))
+            label = f"tunehub int8 [{kernel}]" if kernel == used else f"tunehub int8 [{kernel}->{used}]"
+            if attention != "sdpa":
+                from tunehub.inference.attention import set_attention
+
+                used_attention, note = set_attention(model, attention, device)
+                if note:
+                    log(f"({note})")
+                label = f"tunehub int8 [{kernel}] + {used_attention} attention"
+            model_rows, _ = eager_and_compiled(size, label, model, inputs, device, args, reference, kernel=kernel,
+                                               attention=attention, load_seconds=load_seconds)  # fmt: skip
+            rows += model_rows
+            del model
+            reset_peak(device)
     int8_file.unlink(missing_ok=True)
     return rows
 
@@ -266,35 +278,78 @@ def fmt_gib(value: float | None) -> str:
     return "   n/a   " if value is None else f"{value:6.2f} GiB"
 
 
+# Targets of issue 15, checked on CUDA: (model, label prefix) -> (max compiled ratio vs compiled
+# bf16, max rel.err, max peak GiB or None). The label prefix picks the row (see run_model).
+TARGETS: dict[tuple[str, str], tuple[float, float, float | None]] = {
+    ("14B", "tunehub int8 [auto"): (0.85, 0.032, None),
+    ("14B", "tunehub int8 [auto] + fp8 attention"): (0.70, 0.05, 17.0),
+    ("1.3B", "tunehub int8 [auto"): (0.80, 1.0, None),
+}
+
+
+def _verdict(size: str, path: str, ratio: float, error: float, peak: float | None) -> str:
+    matches = [(prefix, target) for (model, prefix), target in TARGETS.items() if model == size and path.startswith(prefix)]
+    if not matches:
+        return ""
+    prefix, (max_ratio, max_error, max_peak) = max(matches, key=lambda item: len(item[0]))
+    if "attention" in path and "attention" not in prefix:
+        return ""
+    parts = [f"{'meets' if ratio <= max_ratio else 'MISSES'} <={max_ratio:.2f}x"]
+    if max_error < 1.0:
+        parts.append(f"{'meets' if error <= max_error else 'MISSES'} rel.err <={max_error}")
+    if max_peak is not None and peak is not None:
+        parts.append(f"{'meets' if peak <= max_peak else 'MISSES'} peak <={max_peak:.0f} GiB")
+    return "  [" + "; ".join(parts) + "]"
+
+
 def report(rows: list[dict[str, Any]], device: torch.device) -> None:
-    log("\n== ratios (same run)")
+    """One table per model (eager and compiled side by side), then the ratios: each row over
+    diffusers bf16 *in the same mode* (eager over eager, compiled over compiled), both named,
+    with the rel.err (against eager bf16's output) beside the ratio."""
     for size in dict.fromkeys(row["model"] for row in rows):
         mine = [row for row in rows if row["model"] == size]
-        bf16 = next(row for row in mine if row["path"] == "diffusers bf16")
+        base = {row["mode"]: row for row in mine if row["path"] == "diffusers bf16"}
+        log(f"\n== Wan {size}: seconds per forward (rel.err vs eager bf16 output)")
+        log(f"{'path':<44} {'eager s':>8} {'compiled s':>10} {'peak GiB e/c':>13} {'rel.err e/c':>13}")
+        for path in dict.fromkeys(row["path"] for row in mine):
+            by_mode = {row["mode"]: row for row in mine if row["path"] == path}
+            eager, compiled = by_mode.get("eager"), by_mode.get("compiled")
+
+            def cell(row: dict[str, Any] | None, key: str, form: str) -> str:
+                return "-" if row is None or row.get(key) is None else format(row[key], form)
+
+            log(f"{path:<44} {cell(eager, 'seconds', '.3f'):>8} {cell(compiled, 'seconds', '.3f'):>10} "
+                f"{cell(eager, 'peak_gib', '.1f') + ' / ' + cell(compiled, 'peak_gib', '.1f'):>13} "
+                f"{cell(eager, 'rel_error', '.4f') + ' / ' + cell(compiled, 'rel_error', '.4f'):>13}")  # fmt: skip
+        log(f"\n== Wan {size}: ratios, like against like (same run)")
         for row in mine:
-            if row is bf16:
+            reference = base.get(row["mode"])
+            if row["path"] == "diffusers bf16" or reference is None:
                 continue
-            ratio = row["seconds"] / bf16["seconds"]
-            line = f"Wan {size:>4} {row['path']:<34} {ratio:5.2f}x bf16 time"
-            if row["path"].startswith("tunehub") and device.type == "cuda":
-                verdict = "meets <=0.8x" if ratio <= 0.8 else "meets <=1.0x" if ratio <= 1.0 else "MISSES <=1.0x"
-                line += f"  [{verdict}]"
-                if size == "14B" and row["peak_gib"] is not None:
-                    line += f"  peak {row['peak_gib']:.1f} GiB [{'meets' if row['peak_gib'] <= 17 else 'MISSES'} <=17 GiB]"
+            ratio = row["seconds"] / reference["seconds"]
+            line = (f"{row['path']} {row['mode']} {row['seconds']:.3f} s / diffusers bf16 {row['mode']} "
+                    f"{reference['seconds']:.3f} s = {ratio:.2f}x   rel.err {row['rel_error']:.4f}")  # fmt: skip
+            if device.type == "cuda" and row["mode"] == "compiled":
+                line += _verdict(size, row["path"], ratio, row["rel_error"], row.get("peak_gib"))
             log(line)
-        if size in ANCHORS and device.type == "cuda":
+        if size in ANCHORS and device.type == "cuda" and "eager" in base:
             anchor = ANCHORS[size]
-            log(f"   anchor (H100, docs/anchors.md): bf16 {anchor['bf16'][0]} s / {anchor['bf16'][1]} GiB, "
-                f"quanto {anchor['quanto'][0]} s / {anchor['quanto'][1]} GiB; this run's bf16 {bf16['seconds']:.2f} s")  # fmt: skip
+            log(f"   anchor (H100, docs/anchors.md, eager): bf16 {anchor['bf16'][0]} s / {anchor['bf16'][1]} GiB, "
+                f"quanto {anchor['quanto'][0]} s / {anchor['quanto'][1]} GiB; this run's eager bf16 "
+                f"{base['eager']['seconds']:.2f} s")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model and shapes on CPU: checks the script runs")
     parser.add_argument("--models", default="14B,1.3B", help="comma-separated: 14B, 1.3B")
-    parser.add_argument("--kernels", default="auto,int8mm",
-                        help="tunehub int8 kernels to time, the first also compiled: auto (fp8 on sm 8.9+), "
-                             "fp8, int8mm, dequant, quanto")  # fmt: skip
+    parser.add_argument("--kernels", default="auto,fp8,int8mm",
+                        help="tunehub int8 kernels to time (each eager and compiled): auto, fp8, int8mm, dequant; "
+                             "quanto adds the diffusers + optimum-quanto row")  # fmt: skip
+    parser.add_argument("--attention", default="sdpa",
+                        help="comma-separated attentions timed with the first kernel: sdpa, fp8")
+    parser.add_argument("--quanto", action=argparse.BooleanOptionalAction, default=True,
+                        help="time diffusers + optimum-quanto int8 (eager) as the anchor row")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time regional torch.compile of the blocks (default: on with CUDA)")
     parser.add_argument("--frames", type=int, default=81)
@@ -314,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         log("no CUDA device: run on the GPU machine, or with --tiny on CPU")
         return 2
     args.kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    args.attention = [a.strip() for a in args.attention.split(",") if a.strip()]
     if args.compile is None:
         args.compile = device.type == "cuda"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
