@@ -38,7 +38,10 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "remote": ((list,), "array of tables ([[remote]])"),
     "daemon": ((dict,), "table ([daemon])"),
     "base_repos": ((dict,), "table ([base_repos])"),
+    "generate": ((dict,), "table ([generate])"),
 }
+# [generate] keys -> allowed values (defaults for `tunehub generate` options)
+GENERATE_KEYS: dict[str, tuple[str, ...]] = {"attention": ("sdpa", "fp8")}
 LINK_MODES = ("hardlink", "copy", "symlink")
 
 
@@ -60,6 +63,7 @@ class Config:
     remotes: list[dict[str, Any]] = field(default_factory=list)
     daemon: dict[str, Any] = field(default_factory=dict)
     base_repos: dict[str, str] = field(default_factory=dict)
+    generate: dict[str, str] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
     config_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
@@ -101,6 +105,7 @@ class Config:
             "remote": self.remotes,
             "daemon": self.daemon,
             "base_repos": self.base_repos,
+            "generate": self.generate,
         }
 
 
@@ -189,6 +194,14 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
         if not isinstance(target, str):
             raise ConfigError(f"{file}: [base_repos] key '{arch}' must be a string (repo id or folder)")
     cfg.base_repos = dict(base_repos)
+    for key, value in raw.get("generate", {}).items():
+        if key not in GENERATE_KEYS:
+            raise ConfigError(f"{file}: [generate] unknown key '{key}'; known: {', '.join(GENERATE_KEYS)}")
+        if value not in GENERATE_KEYS[key]:
+            raise ConfigError(
+                f"{file}: [generate] {key} must be one of {', '.join(GENERATE_KEYS[key])}; got {value!r}"
+            )
+        cfg.generate[key] = value
     env_endpoint = os.environ.get("HF_ENDPOINT")
     if env_endpoint:
         cfg.endpoint = env_endpoint.rstrip("/")
