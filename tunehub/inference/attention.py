@@ -116,7 +116,7 @@ class _CudnnFp8Sdpa:
         self.scalars = {name: graph.tensor(name=name, **scalar) for name in names}
         out, _, amax_s, amax_o = graph.sdpa_fp8(
             q=self.q, k=self.k, v=self.v, **self.scalars,
-            is_inference=True, attn_scale=attn_scale, use_causal_mask=False,
+            generate_stats=False, attn_scale=attn_scale, use_causal_mask=False,
         )  # fmt: skip
         # Hopper writes the output in e4m3 (a bf16 output is Blackwell-only)
         out.set_output(True).set_dim(shape).set_stride(strides).set_data_type(e4m3)
