@@ -274,6 +274,168 @@ def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir
     return rows
 
 
+# ------------------------------------------------------------------ the whole video
+#
+# The other components at their real shapes (Wan 2.1 T2V 14B's diffusers repo): UMT5-XXL
+# text encoder (bf16, as tunehub loads it) and the Wan VAE (float32, tiled, as tunehub runs
+# it); random weights, nothing downloaded. The tokenizer is tunehub's in-memory one (the
+# encoder always sees 512 tokens: the pipeline pads to max_sequence_length).
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)  # fmt: skip
+WAN_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                     flow_shift=5.0, solver_order=2)  # fmt: skip
+DEFAULT_STEPS = 30  # tunehub's (and WanGP's) default num_inference_steps for Wan t2v
+
+
+def _random_components(device: torch.device, text_dim: int, tiny: bool) -> dict[str, Any]:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from tunehub.demo.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    encoder_config = dict(UMT5_XXL)
+    vae_config: dict[str, Any] = {}  # AutoencoderKLWan's defaults are Wan 2.1's VAE
+    if tiny:  # --tiny: the same pipeline at toy sizes, to check the script on CPU
+        encoder_config.update(vocab_size=len(tokenizer), d_model=text_dim, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                              relative_attention_num_buckets=8)  # fmt: skip
+        vae_config = dict(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+    started = time.perf_counter()
+    torch.manual_seed(5)
+    default_dtype = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.bfloat16)
+        with torch.device(device):
+            text_encoder = UMT5EncoderModel(UMT5Config(**encoder_config)).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+    with torch.device(device):
+        vae = AutoencoderKLWan(**vae_config).eval()
+    vae.enable_tiling()
+    for model in (text_encoder, vae):
+        model.requires_grad_(False)
+    count = sum(p.numel() for p in text_encoder.parameters())
+    log(f"(random UMT5-XXL text encoder {count / 1e9:.2f} B parameters, Wan VAE "
+        f"{sum(p.numel() for p in vae.parameters()) / 1e6:.0f} M, built in {time.perf_counter() - started:.0f} s)")  # fmt: skip
+    return dict(text_encoder=text_encoder, vae=vae, tokenizer=tokenizer,
+                scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER))  # fmt: skip
+
+
+class _Timed:
+    """Wraps a module's method: device-synchronised seconds of each call, summed."""
+
+    def __init__(self, owner: Any, name: str, device: torch.device) -> None:
+        self.seconds, self.calls, self.device = 0.0, 0, device
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            sync(self.device)
+            started = time.perf_counter()
+            result = original(*args, **kwargs)
+            sync(self.device)
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+            return result
+
+        setattr(owner, name, timed)
+
+
+def time_video(pipe: Any, args: argparse.Namespace, device: torch.device, steps: int) -> dict[str, Any]:
+    """One pipeline call at 832x480x81 with CFG: text encoding, each denoising step, VAE decode."""
+    encoder = _Timed(pipe.text_encoder, "forward", device)
+    decoder = _Timed(pipe.vae, "decode", device)
+    step_ends: list[float] = []
+
+    def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        sync(device)
+        step_ends.append(time.perf_counter())
+        return callback_kwargs
+
+    sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        frames = pipe(prompt="a red fox runs through fresh snow", negative_prompt="blurry", height=args.height,
+                      width=args.width, num_frames=args.frames, num_inference_steps=steps, guidance_scale=5.0,
+                      generator=torch.Generator(device="cpu").manual_seed(0), output_type="np",
+                      callback_on_step_end=on_step_end).frames[0]  # fmt: skip
+    sync(device)
+    total = time.perf_counter() - started
+    del pipe.text_encoder.forward, pipe.vae.decode  # the instance wrappers: the class's methods again
+    first_step_start = started + encoder.seconds  # the encoder runs before the first step
+    step_seconds = [end - begin for begin, end in zip([first_step_start, *step_ends[:-1]], step_ends)]
+    return dict(total=total, encode=encoder.seconds, encoder_calls=encoder.calls, steps=step_seconds,
+                decode=decoder.seconds, other=total - encoder.seconds - sum(step_seconds) - decoder.seconds,
+                finite=bool(torch.isfinite(torch.as_tensor(frames)).all()))  # fmt: skip
+
+
+def run_pipeline(args: argparse.Namespace, device: torch.device, workdir: Path) -> list[dict[str, Any]]:
+    """The whole video, bf16 vs tunehub int8 (and with fp8 attention), both compiled: a short
+    warm-up call (compilation) then a timed call of ``--pipeline-steps`` steps; the
+    definition's default steps are extrapolated from the measured per-step time."""
+    from diffusers import WanPipeline
+
+    size = args.models.split(",")[0].strip()
+    config = MODELS[size]
+    components = _random_components(device, config["text_dim"], args.tiny)
+    rows: list[dict[str, Any]] = []
+    model = random_model(config, device)
+    int8_file = workdir / "wan_pipeline_quanto_mbf16_int8.safetensors"
+    write_int8_file(model, int8_file)
+    variants = [("diffusers bf16", None, "sdpa")] + [(f"tunehub int8 [{args.kernels[0]}]", args.kernels[0], a) for a in args.attention]
+    for label, kernel, attention in variants:
+        if kernel is not None:
+            del model
+            reset_peak(device)
+            model = load_transformer(config["_class_name"], config, [int8_file], "bf16", device, int8_kernel=kernel)
+            if attention != "sdpa":
+                from tunehub.inference.attention import set_attention
+
+                used, note = set_attention(model, attention, device)
+                label += f" + {attention if used == attention else attention + '->' + used} attention"
+                if note:
+                    log(f"({note})")
+        if args.compile:
+            compile_transformer_blocks(model)
+            label += " compiled"
+        pipe = WanPipeline(transformer=model, **components)
+        pipe.set_progress_bar_config(disable=True)
+        reset_peak(device)
+        started = time.perf_counter()
+        time_video(pipe, args, device, steps=1)  # compiles the blocks: not timed
+        log(f"({label}: warm-up call {time.perf_counter() - started:.0f} s)")
+        timing = time_video(pipe, args, device, steps=args.pipeline_steps)
+        per_step = sorted(timing["steps"])[len(timing["steps"]) // 2]
+        whole = timing["encode"] + DEFAULT_STEPS * per_step + timing["decode"] + timing["other"]
+        row = dict(model=size, path=label, steps_measured=len(timing["steps"]), per_step=per_step,
+                   whole_at_default_steps=whole, peak_gib=peak_gib(device), **timing)  # fmt: skip
+        rows.append(row)
+        log(f"{label:<48} encode {timing['encode']:6.2f} s ({timing['encoder_calls']} calls)  steps "
+            f"{' '.join(f'{t:.2f}' for t in timing['steps'])} s  decode {timing['decode']:6.2f} s  other "
+            f"{timing['other']:5.2f} s  total {timing['total']:6.1f} s  peak {fmt_gib(row['peak_gib'])}"
+            f"{'' if timing['finite'] else '  NON-FINITE FRAMES'}")  # fmt: skip
+        del pipe
+        torch._dynamo.reset()
+    int8_file.unlink(missing_ok=True)
+    log(f"\n== the whole video, {args.width}x{args.height}x{args.frames}, CFG 5.0, {DEFAULT_STEPS} steps (the "
+        f"definition's default): {rows[0]['steps_measured']} steps measured per path, the other steps "
+        f"extrapolated at the median measured step time")  # fmt: skip
+    log(f"{'path':<48} {'encode s':>8} {'step s':>7} {'decode s':>8} {'other s':>7} {'whole s':>8}  where the time goes")
+    for row in rows:
+        whole = row["whole_at_default_steps"]
+        shares = (row["encode"], DEFAULT_STEPS * row["per_step"], row["decode"])
+        log(f"{row['path']:<48} {row['encode']:8.2f} {row['per_step']:7.3f} {row['decode']:8.2f} {row['other']:7.2f} "
+            f"{whole:8.1f}  encode {shares[0] / whole:.1%}, denoise {shares[1] / whole:.1%}, decode {shares[2] / whole:.1%}")  # fmt: skip
+    base = rows[0]
+    for row in rows[1:]:
+        ratio = row["whole_at_default_steps"] / base["whole_at_default_steps"]
+        step_ratio = row["per_step"] / base["per_step"]
+        verdict = f"  [target: {'meets' if ratio <= 0.75 else 'MISSES'} <=0.75x]" if device.type == "cuda" else ""
+        log(f"{row['path']} {row['whole_at_default_steps']:.1f} s / {base['path']} {base['whole_at_default_steps']:.1f} s "
+            f"= {ratio:.2f}x whole video (per step {step_ratio:.2f}x){verdict}")  # fmt: skip
+    return rows
+
+
 def fmt_gib(value: float | None) -> str:
     return "   n/a   " if value is None else f"{value:6.2f} GiB"
 
@@ -355,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pipeline", action="store_true",
+                        help="time the whole video instead (text encoder, all steps, VAE decode): bf16 vs tunehub "
+                             "int8 [first kernel] with each --attention, both compiled")  # fmt: skip
+    parser.add_argument("--pipeline-steps", type=int, default=3,
+                        help="denoising steps measured with --pipeline; the default 30 are extrapolated")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the int8 file is written (default: a temp dir)")
     parser.add_argument("--json-out", type=Path, default=None)
@@ -362,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.models, args.frames, args.height, args.width = "tiny", 5, 64, 64
         args.warmup, args.repeats = 1, 2
+        args.pipeline_steps = min(args.pipeline_steps, 2)
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
         log("no CUDA device: run on the GPU machine, or with --tiny on CPU")
@@ -381,12 +549,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     try:
-        for size in [s.strip() for s in args.models.split(",") if s.strip()]:
-            rows += run_model(size, args, device, workdir)
+        if args.pipeline:
+            rows += run_pipeline(args, device, workdir)
+        else:
+            for size in [s.strip() for s in args.models.split(",") if s.strip()]:
+                rows += run_model(size, args, device, workdir)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    report(rows, device)
+    if not args.pipeline:
+        report(rows, device)
     log(f"load average {os.getloadavg()}; max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GiB")
     if args.json_out:
         args.json_out.write_text(json.dumps({"device": card, "rows": rows}, indent=2))

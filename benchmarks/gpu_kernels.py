@@ -49,7 +49,7 @@ def rel(output: torch.Tensor, reference: torch.Tensor) -> float:
     return float((output.double() - reference.double()).norm() / reference.double().norm())
 
 
-def attention_bench(tokens: int, heads: int, dim: int) -> None:
+def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> None:
     from tunehub.inference.attention import fp8_attention, quantize_qkv, unavailable_reason
 
     reason = unavailable_reason("cuda", dim)
@@ -83,9 +83,16 @@ def attention_bench(tokens: int, heads: int, dim: int) -> None:
             from tunehub.inference.attention import cudnn_fp8_sdpa
 
             q8, k8, v8, dq, dk, dv, _ = quantize_qkv(q, k, v)
-            descales, scale_o = torch.stack([dq, dk, dv]), dv.reciprocal() * 0.5
-            kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scale_o, 1 / math.sqrt(dim)))
+            descales = torch.stack([dq, dk, dv, torch.full_like(dq, 1 / 256)])
+            scales = torch.stack([torch.full_like(dq, 256.0), dv.reciprocal() * 0.5])
+            kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scales, 1 / math.sqrt(dim)))
             log(f"{case:<18} fp8 kernel alone    {kernel_ms:7.2f} ms {flops / kernel_ms / 1e9:6.0f} TFLOP/s")
+        if sweep and not case.startswith("offset"):
+            for p_scale in (1.0, 16.0, 256.0, 448.0, 4096.0, 65536.0):
+                for headroom in (0.5, 8.0):
+                    out = fp8_attention(q, k, v, p_scale=p_scale, o_headroom=headroom)
+                    log(f"{case:<18} fp8 P scale {p_scale:>7.0f}, output scale x{headroom:<4} rel.err "
+                        f"{rel(out, reference):.4f}  max|out| {float(out.abs().max()):.3f}")  # fmt: skip
         del q, k, v, reference
         torch.cuda.empty_cache()
 
@@ -134,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32760)
     parser.add_argument("--configs", default="128,256,128,8,8,3;128,128,128,8,4,4;128,256,128,8,8,4;256,128,128,8,8,3")
     parser.add_argument("--skip-attention", action="store_true")
+    parser.add_argument("--skip-gemm", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="fp8 attention's P and output scales swept")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         log("no CUDA device")
@@ -150,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{versions}")  # fmt: skip
     configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";") if c]
     if not args.skip_attention:
-        attention_bench(args.tokens, 40, 128)
-    gemm_bench(args.tokens, [(5120, 5120), (13824, 5120), (5120, 13824)], configs)
+        attention_bench(args.tokens, 40, 128, args.sweep)
+    if not args.skip_gemm:
+        gemm_bench(args.tokens, [(5120, 5120), (13824, 5120), (5120, 13824)], configs)
     return 0
 
 

@@ -48,9 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quantization", choices=QUANTIZATIONS, help="int8, fp8, or bf16 (16-bit)")
     p.add_argument("--dtype", choices=("bf16", "fp16"), help="transformer dtype preference")
     p.add_argument("--int8-kernel", choices=INT8_KERNELS, default="auto",
-                   help="how int8 layers run: auto (fp8 _scaled_mm on fp8 GPUs, else dequant), dequant "
-                        "(optimum-quanto's math, pure torch), fp8, int8mm (torch._int_mm), quanto (optimum-quanto's "
-                        "own QLinear modules)")  # fmt: skip
+                   help="how int8 layers run: auto (int8mm on CUDA with Triton, else fp8 on fp8 GPUs, else "
+                        "dequant), dequant (optimum-quanto's math, pure torch), fp8, int8mm (exact int8 GEMM: "
+                        "fused Triton kernel, or torch._int_mm), quanto (optimum-quanto's own QLinear modules)")  # fmt: skip
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
                    help="self-attention: sdpa (default; or [generate] attention in tunehub.toml) or fp8 (FP8 "
                         "attention through cuDNN on Hopper and newer: faster, less accurate; falls back to sdpa "

@@ -24,6 +24,7 @@ keeps ``sdpa`` and returns a one-line note saying why.
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
 from typing import Any
@@ -130,9 +131,6 @@ class _CudnnFp8Sdpa:
         graph.build_plans()
         self.graph = graph
         self.workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=q8.device)
-        # P in [0, 1] (the running max is subtracted): one power of two maps 1 to 256
-        self.scale_s = torch.full((1, 1, 1, 1), 256.0, dtype=torch.float32, device=q8.device)
-        self.descale_s = self.scale_s.reciprocal()
         self.amax_buffers = torch.empty(2, 1, 1, 1, 1, dtype=torch.float32, device=q8.device)
 
     @classmethod
@@ -144,13 +142,13 @@ class _CudnnFp8Sdpa:
             return cls._graphs[key]
 
     def __call__(self, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descales: torch.Tensor,
-                 scale_o: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                 scales: torch.Tensor) -> torch.Tensor:  # fmt: skip
         output = torch.empty_like(q8)
         pack = {
             self.q: q8, self.k: k8, self.v: v8,
             self.scalars["descale_q"]: descales[0], self.scalars["descale_k"]: descales[1],
-            self.scalars["descale_v"]: descales[2], self.scalars["descale_s"]: self.descale_s,
-            self.scalars["scale_s"]: self.scale_s, self.scalars["scale_o"]: scale_o,
+            self.scalars["descale_v"]: descales[2], self.scalars["descale_s"]: descales[3],
+            self.scalars["scale_s"]: scales[0], self.scalars["scale_o"]: scales[1],
             self.out: output, self.amax_s: self.amax_buffers[0], self.amax_o: self.amax_buffers[1],
         }  # fmt: skip
         self.cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream(q8.device).cuda_stream)
@@ -158,31 +156,53 @@ class _CudnnFp8Sdpa:
         return output
 
 
+@atexit.register
+def _release_cudnn() -> None:
+    """Graphs before handles, while the interpreter still runs (else nanobind reports leaks)."""
+    _CudnnFp8Sdpa._graphs.clear()
+    for handle in _CudnnFp8Sdpa._handles.values():
+        try:
+            import cudnn
+
+            cudnn.destroy_handle(handle)
+        except Exception:  # shutting down: nothing left to report to
+            pass
+    _CudnnFp8Sdpa._handles.clear()
+
+
 @torch.library.custom_op("tunehub::cudnn_fp8_sdpa", mutates_args=())
 def cudnn_fp8_sdpa(
-    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descales: torch.Tensor, scale_o: torch.Tensor,
+    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descales: torch.Tensor, scales: torch.Tensor,
     attn_scale: float,
 ) -> torch.Tensor:  # fmt: skip
-    """cuDNN FP8 SDPA on ``[B, S, H, D]`` e4m3 tensors; ``descales`` [3, 1, 1, 1, 1] (q, k, v),
-    ``scale_o`` [1, 1, 1, 1]; returns the e4m3 output times ``scale_o``."""
+    """cuDNN FP8 SDPA on ``[B, S, H, D]`` e4m3 tensors; ``descales`` [4, 1, 1, 1, 1] float32 (q,
+    k, v, P), ``scales`` [2, 1, 1, 1, 1] (P, output); returns the e4m3 output times the output scale."""
     q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()
-    return _CudnnFp8Sdpa.get(q8, attn_scale)(q8, k8, v8, descales, scale_o)
+    return _CudnnFp8Sdpa.get(q8, attn_scale)(q8, k8, v8, descales, scales)
 
 
 @cudnn_fp8_sdpa.register_fake
-def _(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descales: torch.Tensor, scale_o: torch.Tensor,
+def _(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descales: torch.Tensor, scales: torch.Tensor,
       attn_scale: float) -> torch.Tensor:  # fmt: skip
     return torch.empty_like(q8.contiguous())
 
 
-def fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+P_SCALE = 256.0  # P in [0, 1] (the running max is subtracted): a power of two maps 1 to 256
+O_HEADROOM = 0.5  # |P V| <= max |V| (a convex combination): half V's scale leaves room for P's rounding
+
+
+def fp8_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
+    p_scale: float = P_SCALE, o_headroom: float = O_HEADROOM,
+) -> torch.Tensor:  # fmt: skip
     """Self-attention of ``[B, S, H, D]`` 16-bit tensors through cuDNN FP8, output in the
     input dtype and layout."""
     attn_scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
     q8, k8, v8, dq, dk, dv, v_mean = quantize_qkv(query, key, value)
-    # |P V| <= max |V| (a convex combination): half V's scale leaves room for P's rounding
-    scale_o = dv.reciprocal() * 0.5
-    out = cudnn_fp8_sdpa(q8, k8, v8, torch.stack([dq, dk, dv]), scale_o, attn_scale)
+    scale_p = torch.full_like(dq, p_scale)
+    scale_o = dv.reciprocal() * o_headroom
+    out = cudnn_fp8_sdpa(q8, k8, v8, torch.stack([dq, dk, dv, scale_p.reciprocal()]), torch.stack([scale_p, scale_o]),
+                         attn_scale)  # fmt: skip
     return (out.float() / scale_o + v_mean.float()).to(query.dtype)
 
 
