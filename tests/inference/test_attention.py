@@ -119,3 +119,19 @@ def test_fp8_falls_back_on_cpu_with_one_line_note() -> None:
 def test_fp8_on_a_non_wan_transformer_says_so() -> None:
     used, note = set_attention(torch.nn.Linear(2, 2), "fp8", "cpu")
     assert used == "sdpa" and note == "fp8 attention made for Wan transformers, not Linear: using sdpa"
+
+
+def test_generate_table_in_tunehub_toml(tmp_path) -> None:
+    from tunehub.config import load_config
+    from tunehub.errors import ConfigError
+
+    (tmp_path / "tunehub.toml").write_text('[generate]\nattention = "fp8"\n', encoding="utf-8")
+    assert load_config(tmp_path).generate == {"attention": "fp8"}
+    (tmp_path / "tunehub.toml").write_text('[generate]\nattention = "sage"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"tunehub.toml: \[generate\] attention must be one of sdpa, fp8; got 'sage'"):
+        load_config(tmp_path)
+    (tmp_path / "tunehub.toml").write_text('[generate]\nsteps = 4\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[generate\] unknown key 'steps'"):
+        load_config(tmp_path)
+    (tmp_path / "tunehub.toml").write_text("", encoding="utf-8")
+    assert load_config(tmp_path).generate == {}
