@@ -541,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     import diffusers
 
-    log(f"device: {card}; torch {torch.__version__}; diffusers {diffusers.__version__}; "
+    from tunehub.inference import int8_linear
+
+    gemm = os.environ.get("TUNEHUB_INT8_GEMM") or f"{int8_linear.INT8_GEMM_VARIANT}:{int8_linear.INT8_GEMM_CONFIG}"
+    log(f"device: {card}; torch {torch.__version__}; diffusers {diffusers.__version__}; fused int8 GEMM {gemm}; "
         f"load average {os.getloadavg()}")  # fmt: skip
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

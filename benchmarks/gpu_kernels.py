@@ -97,8 +97,11 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
         torch.cuda.empty_cache()
 
 
-def gemm_bench(tokens: int, shapes: list[tuple[int, int]], configs: list[tuple[int, ...]]) -> None:
+def gemm_bench(tokens: int, shapes: list[tuple[int, int]], configs: list[tuple[str, tuple[int, ...]]]) -> dict[str, float]:
+    """Milliseconds per path summed over ``shapes`` (inf where one failed)."""
     from tunehub.inference.int8_linear import _int8mm_epilogue, _quantize_rows_int8, int8_gemm
+
+    totals: dict[str, float] = {}
 
     epilogue = torch.compile(_int8mm_epilogue)
     for n, k in shapes:
@@ -121,25 +124,33 @@ def gemm_bench(tokens: int, shapes: list[tuple[int, int]], configs: list[tuple[i
             w8 = wq.float().to(torch.float8_e4m3fn)
             rows.append(("fp8 _scaled_mm (int8 values)", lambda: torch._scaled_mm(
                 x8, w8.t(), scale_a=x8s, scale_b=ws.float().reshape(1, -1), bias=bias, out_dtype=torch.bfloat16)))  # fmt: skip
-        for config in configs:
-            rows.append((f"triton int8 {config}", lambda c=config: int8_gemm(xq, wq, xs, ws, bias, torch.bfloat16, c)))
+        for variant, config in configs:
+            rows.append((f"triton int8 {variant}:{','.join(map(str, config))}",
+                         lambda v=variant, c=config: int8_gemm(xq, wq, xs, ws, bias, torch.bfloat16, c, v)))  # fmt: skip
         for label, function in rows:
             try:
                 out = function()
                 ms = median_ms(function)
             except Exception as exc:  # a tile that does not fit: report, go on
                 log(f"{label:<44} failed: {type(exc).__name__}: {str(exc)[:120]}")
+                totals[label] = float("inf")
                 continue
+            totals[label] = totals.get(label, 0.0) + ms
             error = rel(out, exact) if not label.startswith("bf16") else rel(out, x.double() @ w.double().t() + bias.double())
             log(f"{label:<44} {ms:7.3f} ms {flops / ms / 1e9:6.0f} TFLOP/s  rel.err {error:.4f}")
         del x, w, xq, wq, exact
         torch.cuda.empty_cache()
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=32760)
-    parser.add_argument("--configs", default="128,256,128,8,8,3;128,128,128,8,4,4;128,256,128,8,8,4;256,128,128,8,8,3")
+    parser.add_argument("--configs", default="pointer:128,256,128,8,8,4;pointer:256,128,128,8,8,3;tma:128,256,128,8,8,3;"
+                        "tma:128,256,128,8,8,4;tma:256,128,128,8,8,3;tma:128,128,128,8,4,4",
+                        help="Triton int8 GEMM tiles, variant:BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,warps,stages;...")
+    parser.add_argument("--best-out", type=Path, default=None,
+                        help="write the fastest Triton tile over the three shapes (TUNEHUB_INT8_GEMM syntax)")
     parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--skip-gemm", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="fp8 attention's P and output scales swept")
@@ -157,11 +168,19 @@ def main(argv: list[str] | None = None) -> int:
             versions[name] = "-"
     log(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; cuDNN {torch.backends.cudnn.version()}; "
         f"{versions}")  # fmt: skip
-    configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";") if c]
+    configs = [(c.split(":")[0], tuple(int(v) for v in c.split(":")[1].split(","))) for c in args.configs.split(";") if c]
     if not args.skip_attention:
         attention_bench(args.tokens, 40, 128, args.sweep)
     if not args.skip_gemm:
-        gemm_bench(args.tokens, [(5120, 5120), (13824, 5120), (5120, 13824)], configs)
+        totals = gemm_bench(args.tokens, [(5120, 5120), (13824, 5120), (5120, 13824)], configs)
+        log("\n== summed over the three shapes")
+        for label, ms in sorted(totals.items(), key=lambda item: item[1]):
+            log(f"{label:<44} {ms:7.3f} ms")
+        triton_rows = {k: v for k, v in totals.items() if k.startswith("triton int8 ")}
+        if args.best_out and triton_rows:
+            best = min(triton_rows, key=triton_rows.__getitem__)
+            args.best_out.write_text(best.removeprefix("triton int8 "))
+            log(f"fastest Triton tile: {best}")
     return 0
 
 

@@ -79,14 +79,14 @@ _FUSED_GEMM_CHECK = """
 import json, sys, torch
 from tunehub.inference.int8_linear import int8_gemm
 results = []
-for rows, bias in ((70, True), (33, False)):
+for variant, rows, bias in (("pointer", 70, True), ("pointer", 33, False), ("tma", 70, True), ("tma", 33, False)):
     generator = torch.Generator().manual_seed(rows)
     a = torch.randint(-127, 128, (rows, 64), dtype=torch.int8, generator=generator)
     b = torch.randint(-127, 128, (40, 64), dtype=torch.int8, generator=generator)
     a_scale = torch.rand(rows, 1, generator=generator) + 0.5
     b_scale = (torch.rand(40, 1, generator=generator) + 0.5).to(torch.bfloat16)
     bias_values = torch.randn(40, generator=generator).to(torch.bfloat16) if bias else None
-    out = int8_gemm(a, b, a_scale, b_scale, bias_values, torch.bfloat16, config=(32, 32, 32, 2, 4, 2))
+    out = int8_gemm(a, b, a_scale, b_scale, bias_values, torch.bfloat16, config=(32, 32, 32, 2, 4, 2), variant=variant)
     exact = (a.double() @ b.double().t()) * a_scale.double() * b_scale.double().t()
     if bias_values is not None:
         exact = exact + bias_values.double()
@@ -102,8 +102,9 @@ print(json.dumps(dict(results=results, refused=refused)))
 
 
 def test_fused_int8_gemm_matches_exact_math() -> None:
-    """The fused int8 GEMM's Triton kernel, run by Triton's CPU interpreter (the same kernel
-    source; the variable must be set before triton is imported, hence a process). int8 x int8
+    """The fused int8 GEMM's Triton kernels (plain loads; persistent with bulk tensor copies),
+    run by Triton's CPU interpreter (the same kernel source; the variable must be set before
+    triton is imported, hence a process; four programs walk six tiles). int8 x int8
     products are exact in int32, both row scales and the bias are applied in the epilogue: only
     the final bf16 rounding differs from float64 math. Row and column counts that are not a
     multiple of the tile are handled; a K that is not a multiple of BLOCK_K is refused."""
@@ -117,7 +118,7 @@ def test_fused_int8_gemm_matches_exact_math() -> None:
     done = subprocess.run([sys.executable, "-c", _FUSED_GEMM_CHECK], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [r["shape"] for r in report["results"]] == [[70, 40], [33, 40]]
+    assert [r["shape"] for r in report["results"]] == [[70, 40], [33, 40]] * 2
     for result in report["results"]:
         assert result["dtype"] == "torch.bfloat16" and result["finite"]
         assert result["error"] < 0.005  # bf16 output rounding

@@ -104,12 +104,14 @@ def _epilogue(device: torch.device) -> Callable[..., Any]:
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): tiles for Hopper's int8 wgmma
 # (128, 256, 128, 8, 8, 4): best of four measured on an H200 at Wan 14B's shapes (benchmarks/gpu_kernels.py)
 INT8_GEMM_CONFIG: tuple[int, int, int, int, int, int] = (128, 256, 128, 8, 8, 4)
+INT8_GEMM_VARIANT = "pointer"
 _triton_kernel: list[Any] = []
 
 
-def _int8_gemm_kernel() -> Any:
+def _int8_gemm_kernel() -> list[Any]:
+    """[the pointer kernel, the TMA persistent kernel], built once (Triton imported lazily)."""
     if _triton_kernel:
-        return _triton_kernel[0]
+        return _triton_kernel
     import triton
     import triton.language as tl
 
@@ -150,19 +152,68 @@ def _int8_gemm_kernel() -> Any:
         c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
         tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
-    _triton_kernel.append(int8_gemm_rowscaled)
-    return int8_gemm_rowscaled
+    @triton.jit
+    def int8_gemm_rowscaled_tma(
+        a_desc, b_desc, c_desc, a_scale_ptr, b_scale_ptr, bias_ptr, M, N, K: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
+    ):  # fmt: skip
+        # persistent: one program per multiprocessor walks the tiles; loads and the store go
+        # through the tensor memory accelerator (Hopper's bulk copies), out-of-range rows zero.
+        # A known trip count (the last program redoes the last tile: same values, no branch).
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        in_group = GROUP_M * num_pid_n
+        for step in tl.range(0, TILES_PER_PROGRAM, flatten=True):
+            tile = tl.minimum(tl.program_id(0) + step * NUM_PROGRAMS, num_pid_m * num_pid_n - 1)
+            first_m = (tile // in_group) * GROUP_M
+            group_rows = min(num_pid_m - first_m, GROUP_M)
+            off_m = (first_m + ((tile % in_group) % group_rows)) * BLOCK_M
+            off_n = ((tile % in_group) // group_rows) * BLOCK_N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            for k in range(0, K // BLOCK_K):
+                a = a_desc.load([off_m, k * BLOCK_K])
+                b = b_desc.load([off_n, k * BLOCK_K])
+                acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+            rows = off_m + tl.arange(0, BLOCK_M)
+            cols = off_n + tl.arange(0, BLOCK_N)
+            a_scale = tl.load(a_scale_ptr + rows, mask=rows < M, other=0.0)
+            b_scale = tl.load(b_scale_ptr + cols, mask=cols < N, other=0.0)
+            out = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+            if HAS_BIAS:
+                out += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            c_desc.store([off_m, off_n], out.to(c_desc.dtype))
+
+    _triton_kernel.extend([int8_gemm_rowscaled, int8_gemm_rowscaled_tma])
+    return _triton_kernel
+
+
+def _gemm_config_from_env() -> tuple[str, tuple[int, int, int, int, int, int]] | None:
+    """``TUNEHUB_INT8_GEMM=pointer:128,256,128,8,8,4`` (or ``tma:...``): a tile to try without
+    editing code (benchmarks/gpu_kernels.py measures them)."""
+    value = os.environ.get("TUNEHUB_INT8_GEMM", "")
+    if ":" not in value:
+        return None
+    variant, _, numbers = value.partition(":")
+    config = tuple(int(n) for n in numbers.split(","))
+    if variant not in ("pointer", "tma") or len(config) != 6:
+        raise ValueError(f"TUNEHUB_INT8_GEMM={value!r}: expected pointer|tma:BM,BN,BK,GROUP,WARPS,STAGES")
+    return variant, config  # type: ignore[return-value]
 
 
 def int8_gemm(
     a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor, bias: torch.Tensor | None,
-    out_dtype: torch.dtype, config: tuple[int, int, int, int, int, int] | None = None,
+    out_dtype: torch.dtype, config: tuple[int, int, int, int, int, int] | None = None, variant: str | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``(a @ b.T) * a_scale * b_scale.T + bias`` in ``out_dtype``, one Triton kernel: ``a``
     int8 [M, K], ``b`` int8 [N, K] (the weight as stored), ``a_scale`` float32 [M, 1],
-    ``b_scale`` [N, 1], ``bias`` [N] or None. K must be a multiple of the tile's BLOCK_K."""
+    ``b_scale`` [N, 1], ``bias`` [N] or None. K must be a multiple of the tile's BLOCK_K.
+    ``variant``: ``pointer`` (plain loads) or ``tma`` (persistent, bulk tensor copies: Hopper+)."""
     import triton
 
+    if config is None and variant is None:
+        variant, config = _gemm_config_from_env() or (INT8_GEMM_VARIANT, INT8_GEMM_CONFIG)
+    variant = variant or "pointer"
     block_m, block_n, block_k, group_m, warps, stages = config or INT8_GEMM_CONFIG
     M, K = a.shape
     N = b.shape[0]
@@ -171,14 +222,32 @@ def int8_gemm(
     out = torch.empty(M, N, dtype=out_dtype, device=a.device)
     a_scale = a_scale.reshape(-1).float().contiguous()
     b_scale = b_scale.reshape(-1).float().contiguous()
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
-    _int8_gemm_kernel()[grid](
-        a, b, out, a_scale, b_scale, bias if bias is not None else b_scale, M, N, K,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
-        num_warps=warps, num_stages=stages,
+    pointer_kernel, tma_kernel = _int8_gemm_kernel()
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    common = dict(HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+                  num_warps=warps, num_stages=stages)  # fmt: skip
+    bias_arg = bias if bias is not None else b_scale
+    if variant == "tma":
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        programs = min(tiles, _multiprocessors(a.device))
+        tma_kernel[(programs,)](
+            TensorDescriptor.from_tensor(a, [block_m, block_k]), TensorDescriptor.from_tensor(b, [block_n, block_k]),
+            TensorDescriptor.from_tensor(out, [block_m, block_n]), a_scale, b_scale, bias_arg, M, N, K,
+            NUM_PROGRAMS=programs, TILES_PER_PROGRAM=triton.cdiv(tiles, programs), **common,
+        )  # fmt: skip
+        return out
+    pointer_kernel[(tiles,)](
+        a, b, out, a_scale, b_scale, bias_arg, M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), **common,
     )  # fmt: skip
     return out
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter on CPU: a few programs, so the persistent loop is exercised
 
 
 @torch.library.custom_op("tunehub::int8_gemm", mutates_args=())
