@@ -135,3 +135,35 @@ def test_generate_table_in_tunehub_toml(tmp_path) -> None:
         load_config(tmp_path)
     (tmp_path / "tunehub.toml").write_text("", encoding="utf-8")
     assert load_config(tmp_path).generate == {}
+
+
+def _ulysses_rank(rank: int, world: int, channel: object, init_method: str) -> dict[str, object]:
+    """One of two gloo ranks: the tiny Wan model, stock, then with the self-attention
+    processor under diffusers' Ulysses context parallelism (exact attention in place of FP8,
+    which needs a GPU). Returns the largest difference and the shapes the attention saw."""
+    from tunehub.inference.parallel import ParallelPlan, enable_context_parallel, init_rank
+
+    ctx = init_rank(rank, ParallelPlan(world=2, context=2, attention="ulysses", device_type="cpu"), init_method)
+    model = _tiny_wan()
+    stock = _forward(model)
+    seen: list[list[int]] = []
+
+    def exact(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        seen.append(list(query.shape))
+        return _exact(query, key, value).to(query.dtype)
+
+    for block in model.blocks:
+        block.attn1.set_processor(Fp8SelfAttention(block.attn1.processor, attention=exact))
+    enable_context_parallel(model, ctx)
+    parallel = _forward(model)
+    return {"difference": float((parallel - stock).abs().max()), "scale": float(stock.abs().max()), "seen": seen}
+
+
+def test_self_attention_processor_under_ulysses_context_parallelism(tmp_path) -> None:
+    """The processor's attention runs inside diffusers' all-to-all: each rank sees the whole
+    sequence (32 tokens) and half of the heads, and the two-process output is the stock one."""
+    from tunehub.inference.parallel import launch
+
+    result = launch(_ulysses_rank, ((tmp_path / "rendezvous").as_uri(),), 2)
+    assert result["seen"] == [[1, 32, 1, 16]] * 2  # two blocks: [batch, tokens, heads / 2, head dim]
+    assert result["difference"] <= 1e-4 * result["scale"]

@@ -25,6 +25,7 @@ keeps ``sdpa`` and returns a one-line note saying why.
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import threading
 from typing import Any
@@ -209,11 +210,14 @@ def fp8_attention(
 def _ulysses_forward_op(
     ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
-    return_lse: bool = False, _save_ctx: bool = True, _parallel_config: Any = None,
+    return_lse: bool = False, _save_ctx: bool = True, _parallel_config: Any = None, attention: Any = None,
 ) -> torch.Tensor:  # fmt: skip
-    """diffusers' context-parallel forward-op signature, for its Ulysses all-to-all wrapper."""
+    """diffusers' context-parallel forward-op signature, for its Ulysses all-to-all wrapper:
+    this rank's heads over the whole sequence."""
     if return_lse or attn_mask is not None or is_causal:
         raise ValueError("fp8 attention: no mask, no causal mask, no log-sum-exp")
+    if attention is not None:
+        return attention(query, key, value)
     return fp8_attention(query, key, value, scale)
 
 
@@ -270,7 +274,8 @@ class Fp8SelfAttention:
 
             out = _templated_context_parallel_attention(
                 query, key, value, None, 0.0, False, None, False, False,
-                forward_op=_ulysses_forward_op, backward_op=_ulysses_backward_op,
+                forward_op=functools.partial(_ulysses_forward_op, attention=self.attention),
+                backward_op=_ulysses_backward_op,
                 _parallel_config=self._parallel_config,
             )  # fmt: skip
         else:
