@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunehub.inference import int8_linear
 
-    gemm = os.environ.get("TUNEHUB_INT8_GEMM") or f"{int8_linear.INT8_GEMM_VARIANT}:{int8_linear.INT8_GEMM_CONFIG}"
+    gemm = os.environ.get("TUNEHUB_INT8_GEMM") or "{}:{}".format(*int8_linear._default_gemm(device))
     log(f"device: {card}; torch {torch.__version__}; diffusers {diffusers.__version__}; fused int8 GEMM {gemm}; "
         f"load average {os.getloadavg()}")  # fmt: skip
     if device.type == "cuda":

@@ -102,9 +102,12 @@ def _epilogue(device: torch.device) -> Callable[..., Any]:
 # (activation row scale x weight row scale, + bias, -> 16-bit) before anything leaves the chip.
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): tiles for Hopper's int8 wgmma
-# (128, 256, 128, 8, 8, 4): best of four measured on an H200 at Wan 14B's shapes (benchmarks/gpu_kernels.py)
+# Measured on an H200 at Wan 14B's shapes (benchmarks/results/gpu_int8_gemm_tiles_h200.txt): the
+# persistent TMA kernel with 256x128x128 tiles runs at cuBLAS fp8's speed (8.76 ms against 8.68 for
+# the three shapes; the plain kernel's best tile 10.5 ms). TMA needs Hopper: older GPUs get the plain one.
 INT8_GEMM_CONFIG: tuple[int, int, int, int, int, int] = (128, 256, 128, 8, 8, 4)
 INT8_GEMM_VARIANT = "pointer"
+INT8_GEMM_HOPPER: tuple[str, tuple[int, int, int, int, int, int]] = ("tma", (256, 128, 128, 8, 8, 3))
 _triton_kernel: list[Any] = []
 
 
@@ -208,11 +211,12 @@ def int8_gemm(
     """``(a @ b.T) * a_scale * b_scale.T + bias`` in ``out_dtype``, one Triton kernel: ``a``
     int8 [M, K], ``b`` int8 [N, K] (the weight as stored), ``a_scale`` float32 [M, 1],
     ``b_scale`` [N, 1], ``bias`` [N] or None. K must be a multiple of the tile's BLOCK_K.
-    ``variant``: ``pointer`` (plain loads) or ``tma`` (persistent, bulk tensor copies: Hopper+)."""
+    ``variant``: ``pointer`` (plain loads) or ``tma`` (persistent, bulk tensor copies: Hopper+;
+    compiled once per weight shape and row count)."""
     import triton
 
     if config is None and variant is None:
-        variant, config = _gemm_config_from_env() or (INT8_GEMM_VARIANT, INT8_GEMM_CONFIG)
+        variant, config = _gemm_config_from_env() or _default_gemm(a.device)
     variant = variant or "pointer"
     block_m, block_n, block_k, group_m, warps, stages = config or INT8_GEMM_CONFIG
     M, K = a.shape
@@ -242,6 +246,12 @@ def int8_gemm(
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), **common,
     )  # fmt: skip
     return out
+
+
+def _default_gemm(device: torch.device) -> tuple[str, tuple[int, int, int, int, int, int]]:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0):
+        return INT8_GEMM_HOPPER
+    return INT8_GEMM_VARIANT, INT8_GEMM_CONFIG
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -428,7 +438,7 @@ class Int8Linear(nn.Module):
             )
             if self.bias is not None and not fused_bias:
                 out = out + self.bias
-        elif fused_int8_gemm_available(rows.device) and self.in_features % INT8_GEMM_CONFIG[2] == 0:
+        elif fused_int8_gemm_available(rows.device) and self.in_features % 128 == 0:  # both tiles' BLOCK_K
             out = _int8_gemm_op(quantized, self.weight_data, act_scale, self.weight_scale, self.bias, self.dtype)
         else:
             accumulated = torch._int_mm(quantized, self.weight_data.t())
