@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=_progress_printer(args.json),
         gpus=args.gpus,
         parallel=args.parallel,
-        attention=args.attention or cfg.generate.get("attention", "sdpa"),
+        attention=args.attention,  # None: [generate] attention in tunehub.toml
     )
     if args.json:
         print_json(result.to_json())

@@ -179,14 +179,15 @@ def generate(
     progress: Progress | None = None,
     gpus: int | str | None = None,
     parallel: str = "auto",
-    attention: str = "sdpa",
+    attention: str | None = None,
     **settings: Any,
 ) -> GenerateResult:
     """Generate one video for ``definition_id``.
 
     ``gpus`` (N or "auto") > 1 runs one process per GPU, split by ``parallel``
     (auto|cfg|context|both): see :mod:`tunehub.inference.parallel`. ``attention``: ``sdpa`` or
-    ``fp8`` (FP8 self-attention on Hopper+, see :mod:`tunehub.inference.attention`).
+    ``fp8`` (FP8 self-attention on Hopper+, see :mod:`tunehub.inference.attention`); None takes
+    ``[generate] attention`` from tunehub.toml (default ``sdpa``).
 
     ``settings`` are WanGP keys (``prompt``, ``negative_prompt``, ``resolution`` "WxH",
     ``video_length``, ``num_inference_steps``, ``guidance_scale``, ``flow_shift``,
@@ -194,6 +195,8 @@ def generate(
     over the definition's top-level settings. The video goes to ``out`` or a new name in
     ``cfg.outputs_dir``; the settings used go beside it (``clip.mp4`` -> ``clip.json``).
     """
+    if attention is None:
+        attention = cfg.generate.get("attention", "sdpa")
     if gpus is not None and str(gpus).strip() != "1":
         from tunehub.inference.parallel import generate_parallel
 
