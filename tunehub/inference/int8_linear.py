@@ -101,8 +101,7 @@ def _epilogue(device: torch.device) -> Callable[..., Any]:
 # fp8 kernel saves. One Triton kernel does the int8 x int8 -> int32 product and the epilogue
 # (activation row scale x weight row scale, + bias, -> 16-bit) before anything leaves the chip.
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): tiles for Hopper's int8 wgmma
-# Measured on an H200 at Wan 14B's shapes (benchmarks/results/gpu_int8_gemm_tiles_h200.txt): the
+# Tiles are (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). Measured on an H200 at Wan 14B's shapes (benchmarks/results/gpu_int8_gemm_tiles_h200.txt): the
 # persistent TMA kernel with 256x128x128 tiles runs at cuBLAS fp8's speed (8.76 ms against 8.68 for
 # the three shapes; the plain kernel's best tile 10.5 ms). TMA needs Hopper: older GPUs get the plain one.
 INT8_GEMM_CONFIG: tuple[int, int, int, int, int, int] = (128, 256, 128, 8, 8, 4)
