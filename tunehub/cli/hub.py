@@ -34,6 +34,14 @@ def _root(args: argparse.Namespace) -> str:
     return str(args.root)
 
 
+def _command_group(commands: argparse._SubParsersAction, name: str, text: str) -> argparse._SubParsersAction:
+    """`tunehub hub NAME ACTION ...`: a group that prints its help when no action is given."""
+    group = commands.add_parser(name, help=text)
+    actions = group.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+    return actions
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     hub = subparsers.add_parser("hub", help="run and administer the bundled Hub-compatible server")
     commands = hub.add_subparsers(dest="hub_command", metavar="SUBCOMMAND")
@@ -56,9 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _limit_arguments(serve)
     serve.set_defaults(func=_serve)
 
-    token = commands.add_parser("token", help="create, list and revoke access tokens")
-    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION")
-    token.set_defaults(func=lambda args: (token.print_help(), 2)[1])
+    token_commands = _command_group(commands, "token", "create, list and revoke access tokens")
     add = token_commands.add_parser("add", help="create a token for USER (created if new); prints it once")
     add.add_argument("user")
     add.add_argument("--write", action="store_true", help="allow writes (default: read-only)")
@@ -74,23 +80,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _root_argument(revoke)
     revoke.set_defaults(func=_token_revoke)
 
-    org = commands.add_parser("org", help="organisations")
-    org_commands = org.add_subparsers(dest="org_command", metavar="ACTION")
-    org.set_defaults(func=lambda args: (org.print_help(), 2)[1])
-    org_add = org_commands.add_parser("add", help="create ORG (if new) and add members")
-    org_add.add_argument("org")
-    org_add.add_argument("--member", action="append", default=[], required=True, help="a user (repeatable)")
-    _root_argument(org_add)
-    org_add.set_defaults(func=_org_add)
-    org_remove = org_commands.add_parser("remove", help="remove members from ORG (they keep their own repos)")
-    org_remove.add_argument("org")
-    org_remove.add_argument("--member", action="append", default=[], required=True, help="a user (repeatable)")
-    _root_argument(org_remove)
-    org_remove.set_defaults(func=_org_remove)
+    org_commands = _command_group(commands, "org", "organisations")
+    for action, text in [
+        ("add", "create ORG (if new) and add members"),
+        ("remove", "remove members from ORG (they keep their own repos)"),
+    ]:
+        org_action = org_commands.add_parser(action, help=text)
+        org_action.add_argument("org")
+        org_action.add_argument("--member", action="append", default=[], required=True, help="a user (repeatable)")
+        _root_argument(org_action)
+        org_action.set_defaults(func=_org_members)
 
-    user = commands.add_parser("user", help="users")
-    user_commands = user.add_subparsers(dest="user_command", metavar="ACTION")
-    user.set_defaults(func=lambda args: (user.print_help(), 2)[1])
+    user_commands = _command_group(commands, "user", "users")
     user_rm = user_commands.add_parser("rm", help="delete USER: their tokens stop working at once")
     user_rm.add_argument("user")
     user_rm.add_argument("--with-repos", action="store_true", help="also delete the repos in their namespace")
@@ -218,19 +219,14 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _org_add(args: argparse.Namespace) -> int:
+def _org_members(args: argparse.Namespace) -> int:
+    """`org add` and `org remove`: the same walk over --member, a different store call."""
+    adding = args.org_command == "add"
     with _store(args) as store:
+        change = store.add_org_member if adding else store.remove_org_member
         for member in args.member:
-            store.add_org_member(args.org, member)
-    print(f"{args.org}: added {', '.join(args.member)}", file=sys.stderr)
-    return 0
-
-
-def _org_remove(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        for member in args.member:
-            store.remove_org_member(args.org, member)
-    print(f"{args.org}: removed {', '.join(args.member)}", file=sys.stderr)
+            change(args.org, member)
+    print(f"{args.org}: {'added' if adding else 'removed'} {', '.join(args.member)}", file=sys.stderr)
     return 0
 
 

@@ -282,14 +282,18 @@ class HubApp:
             problem = self.busy_problem(f"This request needed more than {self.settings.request_timeout:g} s of storage work")
             response = self.problem_response(request, problem, head)
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            problem = self.busy_problem("The database is busy with another writer (an import?)")
-            response = self.problem_response(request, problem, head)
+            if "locked" in str(exc) or "busy" in str(exc):
+                problem = self.busy_problem("The database is busy with another writer (an import?)")
+                response = self.problem_response(request, problem, head)
+            else:
+                response = self.internal_error(request, head)
         except Exception:  # noqa: BLE001 - answer 500 and keep serving
-            log.exception("internal error on %s %s", request.method, self.shown_path(request))
-            response = error_response(ApiProblem(500, "InternalError", "Internal server error."), head=head)
+            response = self.internal_error(request, head)
         await response(scope, receive, send)
+
+    def internal_error(self, request: Request, head: bool) -> Response:
+        log.exception("internal error on %s %s", request.method, self.shown_path(request))
+        return error_response(ApiProblem(500, "InternalError", "Internal server error."), head=head)
 
     def busy_problem(self, what: str) -> ApiProblem:
         retry = self.settings.retry_after
