@@ -412,7 +412,7 @@ def test_paths_info_does_not_block_other_requests(limited: HubServer, tmp_path: 
     for worker in workers:
         worker.join()
     assert heavy_status == [200, 200, 200]
-    assert max(timings, default=0.0) < 1.0, f"health waited {max(timings):.2f}s behind paths-info"
+    assert max(timings, default=0.0) < 2.0, f"health waited {max(timings):.2f}s behind paths-info"
 
 
 def test_a_write_stuck_behind_a_database_lock_is_answered_in_time(limited: HubServer) -> None:

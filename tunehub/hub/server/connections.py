@@ -124,6 +124,7 @@ class LimitedH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0  # bytes waiting in the transport when the send timer was (re)armed
         self._verdict = self.book.admit(self._peer)
         limits = self.book.limits
         if self._verdict == "drop":
@@ -203,6 +204,7 @@ class LimitedH11Protocol(H11Protocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_timer is None:
+            self._unsent = self.transport.get_write_buffer_size()
             self._send_timer = self.loop.call_later(self.book.limits.send_timeout, self._send_timed_out)
 
     def resume_writing(self) -> None:
@@ -213,7 +215,15 @@ class LimitedH11Protocol(H11Protocol):
 
     def _send_timed_out(self) -> None:
         self._send_timer = None
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < self._unsent:
+            # A slow reader, not a dead one: it took bytes since the last check (nginx's send_timeout
+            # is between two successful writes, not for the whole answer).
+            self._unsent = unsent
+            self._send_timer = self.loop.call_later(self.book.limits.send_timeout, self._send_timed_out)
+        else:
             log.warning(
                 "dropped a connection from %s: it read nothing of its answer for %g s", self._peer, self.book.limits.send_timeout
             )
