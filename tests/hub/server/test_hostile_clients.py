@@ -378,6 +378,31 @@ def test_downloaders_that_never_read_hold_little_memory_and_are_dropped(limited:
     assert health_seconds(limited) < 5.0
 
 
+def test_a_slow_reader_is_not_dropped(limited: HubServer, tmp_path: Path) -> None:
+    """The send timeout is for a client that takes nothing, not for one that reads slowly."""
+    source = tmp_path / "src"
+    source.mkdir()
+    data = os.urandom(12 * 1024 * 1024)
+    (source / "w.safetensors").write_bytes(data)
+    import_folder(limited.root, source, "alice/slow-reader")
+    sock = connect(limited, rcvbuf=4096)
+    sock.sendall(request_bytes("/alice/slow-reader/resolve/main/w.safetensors"))
+    received = bytearray()
+    slow_until = time.monotonic() + 6.0  # three send timeouts of reading ~300 KB/s
+    try:
+        while time.monotonic() < slow_until:
+            received += sock.recv(32 * 1024)
+            time.sleep(0.1)
+        while piece := sock.recv(1 << 20):
+            received += piece
+            if len(received) >= len(data) + 200:
+                break
+    finally:
+        sock.close()
+    body = bytes(received).partition(b"\r\n\r\n")[2]
+    assert len(body) == len(data) and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+
+
 # --- 4. storage work off the event loop, path caps, time bounds -------------------------------
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 import time
 from typing import Any
 
@@ -33,6 +34,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from tunehub.hub.server.limits import Limits
 
 log = logging.getLogger("tunehub.hub.server")
+
+try:  # Linux: bytes a socket's kernel send queue still holds (progress a slow reader makes shows there first)
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # pragma: no cover - other platforms count the process's buffer only
+    _OUTQ = None
 
 # A connection over a cap gets this long to send its request (and be told to come back later).
 REFUSED_HEADER_WAIT_S = 2.0
@@ -204,7 +213,7 @@ class LimitedH11Protocol(H11Protocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_timer is None:
-            self._unsent = self.transport.get_write_buffer_size()
+            self._unsent = self._unsent_bytes()
             self._send_timer = self.loop.call_later(self.book.limits.send_timeout, self._send_timed_out)
 
     def resume_writing(self) -> None:
@@ -217,7 +226,7 @@ class LimitedH11Protocol(H11Protocol):
         self._send_timer = None
         if self.transport.is_closing():
             return
-        unsent = self.transport.get_write_buffer_size()
+        unsent = self._unsent_bytes()
         if unsent < self._unsent:
             # A slow reader, not a dead one: it took bytes since the last check (nginx's send_timeout
             # is between two successful writes, not for the whole answer).
@@ -228,6 +237,17 @@ class LimitedH11Protocol(H11Protocol):
                 "dropped a connection from %s: it read nothing of its answer for %g s", self._peer, self.book.limits.send_timeout
             )
             self.transport.abort()
+
+    def _unsent_bytes(self) -> int:
+        """What we have written that the client has not taken yet: our buffer plus the kernel's queue."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            try:
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return unsent
 
     # --- h11's own refusals ----------------------------------------------------------------------
 

@@ -308,7 +308,7 @@ class HubStore:
     def _make_root_private(self) -> None:
         """Private repos live in here: other local accounts must not even list it (roots made before were 0755)."""
         info = self.root.stat()
-        if info.st_mode & 0o077 and info.st_uid == os.getuid():
+        if hasattr(os, "getuid") and info.st_mode & 0o077 and info.st_uid == os.getuid():
             os.chmod(self.root, PRIVATE_DIR_MODE)
 
     # --- paths and connections ---------------------------------------------------
