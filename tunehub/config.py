@@ -45,6 +45,7 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "base_repos": ((dict,), "table ([base_repos])"),
     "readonly_dirs": ((list,), "list of strings"),
     "lora_dirs": ((dict,), "table ([lora_dirs])"),
+    "max_definition_bytes": ((int,), "integer (bytes)"),
 }
 LINK_MODES = ("hardlink", "copy", "symlink")
 
@@ -74,6 +75,7 @@ class Config:
     origins: dict[str, str] = field(default_factory=dict)
     config_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    max_definition_bytes: int = 1 << 20  # larger definition files are refused unread
 
     @property
     def state_dir(self) -> Path:
@@ -241,6 +243,10 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
             if not isinstance(entry, dict) or not isinstance(entry.get("repo"), str):
                 raise ConfigError(f"{file}: [[remote]] entry {index + 1} needs a string key 'repo'")
         cfg.remotes = list(raw["remote"])
+    if "max_definition_bytes" in raw:
+        if isinstance(raw["max_definition_bytes"], bool) or raw["max_definition_bytes"] < 1024:
+            raise ConfigError(f"{file}: key 'max_definition_bytes' must be an integer of at least 1024 (bytes)")
+        cfg.max_definition_bytes = raw["max_definition_bytes"]
     cfg.daemon = dict(raw.get("daemon", {}))
     base_repos = raw.get("base_repos", {})
     for arch, target in base_repos.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -14,13 +13,13 @@ from tunehub.errors import InvalidDefinitionError, ReferenceCycleError, UnknownD
 from tunehub.registry.architectures import architecture as architecture_row
 from tunehub.registry.gpu import bf16_support
 from tunehub.registry.model import Definition, FileChoice, Origin, Problem, Resolution
+from tunehub.registry.reading import DEFAULT_MAX_DEFINITION_BYTES, definition_entries, read_definition
 from tunehub.registry.select import explain_variant
 from tunehub.registry.urls import is_url, local_name
 from tunehub.registry.validate import (
     MAX_REFERENCE_DEPTH,
     check_file_structure,
     check_merged,
-    json_syntax_problem,
     url_keys,
 )
 from tunehub.registry.weights import local_path_candidates
@@ -66,22 +65,11 @@ class _Merged:
         return str(self.definition.path)
 
 
-def _read_file(path: Path, folder_index: int, origin: Origin) -> _RawFile:
-    file = str(path)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        return _RawFile(folder_index, path, None, [Problem(file, "(file)", f"cannot be read: {exc.strerror}")])
-    try:
-        if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]:
-            raise UnicodeDecodeError("utf-8", raw[:4], 0, 1, "UTF-16/32, not UTF-8")
-        data = json.loads(raw)  # bytes: UTF-8 with or without a BOM, decoded by json itself (faster)
-    except UnicodeDecodeError:
-        return _RawFile(folder_index, path, None, [Problem(file, "(file)", "is not UTF-8 text")])
-    except json.JSONDecodeError as exc:
-        return _RawFile(folder_index, path, None, [json_syntax_problem(file, exc)])
-    problems = check_file_structure(file, data, origin)
+def _read_file(path: Path, folder_index: int, origin: Origin, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -> _RawFile:
+    data, problem = read_definition(path, max_bytes)
+    if problem is not None:
+        return _RawFile(folder_index, path, None, [problem])
+    problems = check_file_structure(str(path), data, origin)
     return _RawFile(folder_index, path, data if isinstance(data, dict) else None, problems)
 
 
@@ -122,7 +110,7 @@ class Registry:
         registry = cls(config, folders if folders is not None else cls.default_folders(config))
         for index, folder in enumerate(registry.folders):
             for path in registry._scan(folder.path):
-                raw = _read_file(path, index, folder.origin)
+                raw = _read_file(path, index, folder.origin, config.max_definition_bytes)
                 registry._raw.setdefault(path.stem, []).append(raw)
         for definition_id in registry._raw:
             registry._merge(definition_id)
@@ -131,17 +119,10 @@ class Registry:
 
     @staticmethod
     def _scan(folder: Path) -> list[Path]:
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(
-            (Path(e.path) for e in entries if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()),
-            key=lambda p: p.name,
-        )
+        return definition_entries(folder)  # broken entries included: each becomes one problem
 
     def _folder_index(self, path: Path) -> int | None:
-        parent = path.resolve().parent
+        parent = path.absolute().parent.resolve()  # the folder's, not the file's: it may be a broken link
         for index, folder in enumerate(self.folders):
             if folder.path.resolve() == parent:
                 return index
@@ -153,9 +134,9 @@ class Registry:
         index = self._folder_index(file_path)
         if index is None or file_path.suffix != ".json" or file_path.name.startswith("."):
             return None
-        if not file_path.is_file():
+        if not os.path.lexists(file_path):
             return self.remove_file(file_path)
-        raw = _read_file(file_path, index, self.folders[index].origin)
+        raw = _read_file(file_path, index, self.folders[index].origin, self.config.max_definition_bytes)
         entries = [r for r in self._raw.get(file_path.stem, []) if r.path != file_path] + [raw]
         entries.sort(key=lambda r: r.folder_index)
         self._raw[file_path.stem] = entries
