@@ -129,13 +129,14 @@ def read_definition(path: Path, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -
     def problem(message: str, key: str = "(file)") -> tuple[None, Problem]:
         return None, Problem(file, key, message)
 
-    broken_link = _link_problem(path)
-    if broken_link:
-        return problem(broken_link)
     try:
         # O_NONBLOCK: a FIFO named *.json must not block the loader in open()
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
+        # what a broken link is, asked only when open() failed (one syscall less per good file)
+        broken_link = _link_problem(path)
+        if broken_link:
+            return problem(broken_link)
         if exc.errno == errno.ELOOP:
             return problem("is a symbolic link loop; remove or fix it")
         if exc.errno == errno.EISDIR:
