@@ -39,10 +39,13 @@ def definition_entries(folder: Path) -> list[Path]:
     :func:`read_definition`, so a broken entry is one problem line, not a silent skip.
     """
     try:
-        names = os.listdir(folder)
+        # iterdir builds each child path from the folder's parsed parts: far cheaper than
+        # folder / name for the 10,000 files of a large folder
+        entries = [path for path in folder.iterdir() if path.name.endswith(".json") and not path.name.startswith(".")]
     except OSError:
         return []
-    return sorted(folder / name for name in names if name.endswith(".json") and not name.startswith("."))
+    entries.sort(key=lambda path: path.name)
+    return entries
 
 
 def _nesting_depth(value: Any, limit: int) -> int:
@@ -152,12 +155,16 @@ def read_definition(path: Path, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -
             return problem(_too_big(info.st_size, max_bytes))
         chunks = []
         remaining = max_bytes + 1  # the file may grow after fstat: never read past the cap
+        want = min(remaining, info.st_size + 1)  # one read for the whole file, as a rule
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 16))
+            chunk = os.read(fd, want)
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
+            if len(chunk) < want:  # a short read of a regular file: its end
+                break
+            want = min(remaining, 1 << 16)
         raw = b"".join(chunks)
     except OSError as exc:
         return problem(f"cannot be read: {exc.strerror}")
