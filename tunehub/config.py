@@ -38,6 +38,7 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "dtype": ((str,), "string"),
     "definition_dirs": ((list,), "list of strings"),
     "weights_dirs": ((list,), "list of strings"),
+    "readonly_weights_dirs": ((list,), "list of strings"),
     "endpoint": ((str,), "string"),
     "link_mode": ((str,), "string"),
     "remote": ((list,), "array of tables ([[remote]])"),
@@ -63,6 +64,8 @@ class Config:
     dtype: str = "auto"
     extra_definition_dirs: list[Path] = field(default_factory=list)
     weights_dirs: list[Path] = field(default_factory=list)
+    # folders of other tools (ComfyUI, another WanGP): searched for reusable files, never written
+    readonly_weights_dirs: list[Path] = field(default_factory=list)
     endpoint: str = DEFAULT_ENDPOINT
     link_mode: str = "hardlink"
     remotes: list[dict[str, Any]] = field(default_factory=list)
@@ -142,6 +145,7 @@ class Config:
             "dtype": self.dtype,
             "definition_dirs": [str(p) for p in self.user_definition_dirs],
             "weights_dirs": [str(p) for p in self.weights_dirs],
+            "readonly_weights_dirs": [str(p) for p in self.readonly_weights_dirs],
             "endpoint": self.endpoint,
             "link_mode": self.link_mode,
             "remote": self.remotes,
@@ -234,6 +238,8 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
         cfg.weights_dirs = _path_list(file, "weights_dirs", raw["weights_dirs"], home_path)
     else:
         cfg.weights_dirs = [home_path / "ckpts"]
+    if "readonly_weights_dirs" in raw:
+        cfg.readonly_weights_dirs = _path_list(file, "readonly_weights_dirs", raw["readonly_weights_dirs"], home_path)
     if "endpoint" in raw:
         cfg.endpoint = raw["endpoint"].rstrip("/")
     if "link_mode" in raw:
