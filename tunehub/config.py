@@ -17,10 +17,15 @@ from typing import Any
 
 from tunehub.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+
+
+def _toml() -> Any:
+    """tomllib, imported only when a home has a tunehub.toml (keeps `tunehub list` start-up short)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    return tomllib
 
 CONFIG_FILE = "tunehub.toml"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -201,6 +206,7 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
     raw: dict[str, Any] = {}
     if file.is_file():
         cfg.config_file = file
+        tomllib = _toml()
         try:
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
