@@ -89,6 +89,7 @@ class Principal:
     user: str
     role: str  # "read" | "write"
     token_name: str
+    token_id: int = 0  # tokens.id: mirror grants are given to one token
 
 
 @dataclass(frozen=True)
@@ -450,10 +451,10 @@ class HubStore:
     def authenticate(self, token: str) -> Principal | None:
         row = (
             self._connect()
-            .execute("SELECT user, role, name FROM tokens WHERE token_hash=? AND revoked=0", (hash_token(token),))
+            .execute("SELECT user, role, name, id FROM tokens WHERE token_hash=? AND revoked=0", (hash_token(token),))
             .fetchone()
         )
-        return Principal(row[0], row[1], row[2]) if row else None
+        return Principal(row[0], row[1], row[2], row[3]) if row else None
 
     def add_org_member(self, org: str, member: str) -> None:
         check_user_name(org)
