@@ -400,7 +400,7 @@ def _mirror_prefetch(args: argparse.Namespace) -> int:
     if settings is None:
         raise ServerError("No upstream to prefetch from: give --upstream URL, or set `upstream` in hub.toml.")
     with _store(args) as store:
-        mirror = Mirror(store, settings)
+        mirror = Mirror(store, settings, serving=False)
         try:
             files, fetched, cached = mirror.prefetch(
                 args.type, args.repo, args.revision, args.include, lambda line: print(line, file=sys.stderr)

@@ -359,7 +359,8 @@ class HubApp:
     def readable_repo(self, ctx: Ctx, repo_type: str, repo_id: str) -> Repo:
         check_repo_id(repo_id)
         repo = self.store.get_repo(repo_type, repo_id)
-        if repo is None or (repo.private and not self.may_read(ctx.principal, repo)):
+        # With a mirror, public mirrored repos have a read rule of their own (see may_read).
+        if repo is None or ((repo.private or self.mirror is not None) and not self.may_read(ctx.principal, repo)):
             raise problems.repo_not_found(repo_id)
         return repo
 

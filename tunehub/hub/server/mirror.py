@@ -76,6 +76,26 @@ class UpstreamUnreachable(Exception):
     """The upstream did not answer (connection, timeout, 5xx)."""
 
 
+def _http_module() -> Any:
+    """The HTTP library huggingface_hub itself uses (httpx2 from client 2.x, httpx before)."""
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:  # pragma: no cover - huggingface_hub 1.x
+        import httpx
+
+        return httpx
+
+
+def _transport_errors(with_os_errors: bool = True) -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError] if with_os_errors else []
+    for name in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            errors.append(__import__(name).TransportError)
+    return tuple(errors)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
@@ -85,9 +105,9 @@ class Upstream:
     """The upstream Hub, through huggingface_hub's client, with the hub's token only."""
 
     def __init__(self, settings: MirrorSettings) -> None:
-        import httpx
         from huggingface_hub import HfApi
 
+        httpx = _http_module()
         self.url = settings.upstream.rstrip("/")
         self._token = settings.token
         self.api = HfApi(endpoint=self.url, token=settings.token or False, library_name="tunehub-mirror")
@@ -111,7 +131,6 @@ class Upstream:
 
     def revision(self, repo_type: str, repo_id: str, revision: str) -> Any:
         """The upstream's repo info at ``revision`` with file metadata; UpstreamUnreachable or Hub errors."""
-        import httpx
         from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
         try:
@@ -123,7 +142,7 @@ class Upstream:
             if status >= 500 or status in (408, 429):
                 raise UpstreamUnreachable(f"HTTP {status}") from exc
             raise
-        except (httpx.TransportError, OSError) as exc:
+        except _transport_errors() as exc:
             raise UpstreamUnreachable(_short(exc)) from exc
 
     def can_read_gated(self, repo_type: str, repo_id: str) -> bool:
@@ -229,8 +248,6 @@ class Fetch:
         self._notify()
 
     def _transfer(self) -> None:
-        import httpx
-
         upstream = self.mirror.upstream
         url = upstream.file_url(self.repo.type, self.repo.repo_id, self.commit, self.entry.path)
         what = f"{self.repo.repo_id}/{self.entry.path}"
@@ -272,7 +289,7 @@ class Fetch:
                     self.state = "verified"  # readers may have the last byte now
                     self._notify()
                     os.fsync(handle.fileno())
-        except httpx.TransportError as exc:
+        except _transport_errors(with_os_errors=False) as exc:  # a disk error is not the upstream's
             raise UpstreamUnreachable(_short(exc)) from exc
         self._store(sha256.hexdigest())
 
@@ -361,7 +378,7 @@ class FetchResponse:
 class Mirror:
     """The mirror backend of one server (or of one `tunehub hub mirror prefetch` run)."""
 
-    def __init__(self, store: HubStore, settings: MirrorSettings) -> None:
+    def __init__(self, store: HubStore, settings: MirrorSettings, *, serving: bool = True) -> None:
         self.store = store
         self.settings = settings
         self.mirror_store = MirrorStore(store)
@@ -381,11 +398,13 @@ class Mirror:
         self._reads_lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
-        self.mirror_store.set_state(
-            "upstream",
-            {"url": self.upstream.url, "token_file": settings.token_file, "ttl": settings.ttl, "up": None,
-             "since": time.time(), "reason": "", "pid": os.getpid()},
-        )
+        self._serving = serving  # only the server records the upstream's state for `hub status`
+        if serving:
+            self.mirror_store.set_state(
+                "upstream",
+                {"url": self.upstream.url, "token_file": settings.token_file, "ttl": settings.ttl, "up": None,
+                 "since": time.time(), "reason": "", "pid": os.getpid()},
+            )
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -431,6 +450,8 @@ class Mirror:
         self._seen_up = True
 
     def _save_state(self) -> None:
+        if not self._serving:
+            return
         state = self.mirror_store.state("upstream") or {}
         state.update(
             up=self._down_since is None,
