@@ -257,6 +257,8 @@ def test_private_upstream_repo_needs_a_granted_token(upstream: HubServer, token_
     public = start_mirror(tmp_path / "mirror-public", upstream.url, token_file, extra=["--public-read"])
     try:
         assert get(f"{public.url}/alice/open/resolve/main/w.safetensors").content == b"open weights"
+        # A token the mirror does not know (say a huggingface.co login) reads as none, for reads only.
+        assert get(f"{public.url}/alice/open/resolve/main/w.safetensors", "hf_notOneOfOurs").content == b"open weights"
         assert get(f"{public.url}/alice/secret/resolve/main/w.safetensors").status_code == 404
     finally:
         public.stop()

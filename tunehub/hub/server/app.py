@@ -259,6 +259,9 @@ class HubApp:
             raise problems.invalid_credentials()
         principal = self.store.authenticate(token.strip())
         if principal is None:
+            if self.mirror is not None and self.mirror.settings.public_read and request.method in ("GET", "HEAD"):
+                # An open mirror reads a token it does not know (a box's huggingface.co login) as none.
+                return None
             raise problems.invalid_credentials()
         request.state.user = principal.user
         return principal

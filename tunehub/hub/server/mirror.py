@@ -159,9 +159,10 @@ class Upstream:
 
 
 class Counters:
-    """Mirror figures for /metrics (plain ints: one event loop plus fetch threads, GIL-atomic enough)."""
+    """Mirror figures for /metrics, added to from the event loop and from fetch threads."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.upstream_bytes = 0
@@ -169,6 +170,10 @@ class Counters:
         self.upstream_fetch_failures = 0
         self.verify_failures = 0
         self.metadata_checks = 0
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
 
 
 class Fetch:
@@ -240,7 +245,7 @@ class Fetch:
             self.finished.set()
 
     def _fail(self, problem: ApiProblem) -> None:
-        self.mirror.counters.upstream_fetch_failures += 1
+        self.mirror.counters.add("upstream_fetch_failures")
         self.problem = problem
         self.state = "failed"
         with contextlib.suppress(FileNotFoundError):
@@ -262,7 +267,7 @@ class Fetch:
                         502, "UpstreamError", f"The upstream {upstream.url} answered {answer.status_code} for {what}."
                     )
                 self.mirror.mark_up()
-                self.mirror.counters.upstream_fetches += 1
+                self.mirror.counters.add("upstream_fetches")
                 self.state = "streaming"
                 self._notify()
                 last_notified = 0
@@ -276,7 +281,7 @@ class Fetch:
                         sha256.update(chunk)
                         if git_sha1 is not None:
                             git_sha1.update(chunk)
-                        self.mirror.counters.upstream_bytes += len(chunk)
+                        self.mirror.counters.add("upstream_bytes", len(chunk))
                         self.written += len(chunk)
                         if self.written - last_notified >= NOTIFY_EVERY:
                             handle.flush()
@@ -299,7 +304,7 @@ class Fetch:
             got_git is not None and got_git != self.entry.git_oid
         )
         if wrong:
-            self.mirror.counters.verify_failures += 1
+            self.mirror.counters.add("verify_failures")
             listed = expected or f"git {self.entry.git_oid}"
             log.warning("mirror: %s from the upstream does not match its listed hash: discarded", what)
             raise ApiProblem(
@@ -559,7 +564,7 @@ class Mirror:
     def _check_upstream(self, repo_type: str, repo_id: str, revision: str) -> None:
         from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-        self.counters.metadata_checks += 1
+        self.counters.add("metadata_checks")
         try:
             info = self.upstream.revision(repo_type, repo_id, revision)
         except RevisionNotFoundError as exc:
@@ -633,11 +638,11 @@ class Mirror:
         if fetch is None:
             local = local or self.local_blob(entry)
             assert local is not None
-            self.counters.hits += 1
+            self.counters.add("hits")
             self._mark_read(local, repo)
             headers[CACHE_HEADER] = "hit"
             return BlobResponse(str(self.store.blob_path(local)), start, end, status, headers, False)
-        self.counters.misses += 1
+        self.counters.add("misses")
         headers[CACHE_HEADER] = "miss"
         return FetchResponse(fetch, start, end, status, headers)
 

@@ -1,0 +1,112 @@
+"""Download throughput through `tunehub hub serve --upstream` against the plain `tunehub hub serve` it mirrors.
+
+In one run, on the same file (1 GB of random bytes by default), each client a fresh
+huggingface_hub.hf_hub_download (Xet off) into an empty cache, sha256 checked afterwards:
+  - direct:  from the upstream, a plain `tunehub hub serve` holding the file (the anchor),
+  - first:   through the mirror with its cache empty (fetched from the upstream while it is sent),
+  - cached:  through the mirror again (0 bytes from the upstream).
+Targets (issue 17): cached / direct >= 0.9; first / direct >= 0.85. The upstream's /metrics
+gives the bytes it sent for each (the file once for `first`, none for `cached`).
+
+    python benchmarks/hub_mirror.py [--size-mb 1024] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.hub_server import FILENAME, REPO, make_file  # noqa: E402
+from tests.fixtures.hub_server import HubServer  # noqa: E402
+from tests.hub.server.mirror_helpers import file_bytes_served, start_mirror  # noqa: E402
+from tunehub.hub.server.importer import import_folder  # noqa: E402
+from tunehub.hub.server.mirror_store import MirrorStore, evict  # noqa: E402
+from tunehub.hub.server.storage import HubStore  # noqa: E402
+
+
+def hf_rate(endpoint: str, token: str, cache: Path, size: int, sha256: str) -> float:
+    """Bytes per second of hf_hub_download into a fresh cache (sha256 checked afterwards, not timed)."""
+    import huggingface_hub.constants as constants
+    from huggingface_hub import hf_hub_download
+
+    constants.HF_HUB_DISABLE_XET = True
+    shutil.rmtree(cache, ignore_errors=True)
+    started = time.perf_counter()
+    path = hf_hub_download(REPO, FILENAME, endpoint=endpoint, cache_dir=cache, token=token)
+    elapsed = time.perf_counter() - started
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise SystemExit(f"hf_hub_download from {endpoint} returned wrong bytes")
+    shutil.rmtree(cache, ignore_errors=True)
+    return size / elapsed
+
+
+def empty_mirror_cache(root: Path) -> None:
+    store = HubStore(root)
+    try:
+        evict(MirrorStore(store), max_size=0)
+    finally:
+        store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    size = args.size_mb * 1024 * 1024
+    direct, first, cached = [], [], []
+    sent_first, sent_cached = [], []
+    with tempfile.TemporaryDirectory(prefix="tunehub-bench-mirror-") as tmp_name:
+        tmp = Path(tmp_name)
+        source = tmp / "src"
+        source.mkdir()
+        sha256 = make_file(source / FILENAME, size)
+        import_folder(tmp / "upstream", source, REPO, link=True)
+        upstream = HubServer(tmp / "upstream", home=tmp / "upstream-home").start()
+        token_file = tmp / "token"
+        token_file.write_text(upstream.read_token)
+        mirror = start_mirror(tmp / "mirror", upstream.url, token_file)
+        try:
+            hf_rate(upstream.url, upstream.read_token, tmp / "warm", size, sha256)  # page cache warm for the anchor
+            for _ in range(args.rounds):
+                empty_mirror_cache(mirror.root)
+                direct.append(hf_rate(upstream.url, upstream.read_token, tmp / "cache", size, sha256))
+                before = file_bytes_served(upstream.url)
+                first.append(hf_rate(mirror.url, mirror.read_token, tmp / "cache", size, sha256))
+                sent_first.append(file_bytes_served(upstream.url) - before)
+                before = file_bytes_served(upstream.url)
+                cached.append(hf_rate(mirror.url, mirror.read_token, tmp / "cache", size, sha256))
+                sent_cached.append(file_bytes_served(upstream.url) - before)
+        finally:
+            mirror.stop()
+            upstream.stop()
+    mb = 1e6
+    best_direct, best_first, best_cached = max(direct), max(first), max(cached)
+    print(f"file: {args.size_mb} MiB, rounds: {args.rounds}, best of each; load average {os.getloadavg()}")
+    print(f"hf_hub_download direct from the upstream (plain hub serve): {best_direct / mb:8.0f} MB/s")
+    print(f"hf_hub_download first fetch through the mirror:            {best_first / mb:8.0f} MB/s"
+          f"   ratio first/direct  {best_first / best_direct:.2f} (target >= 0.85)"
+          f"   upstream sent {sent_first} bytes")
+    print(f"hf_hub_download cached through the mirror:                  {best_cached / mb:8.0f} MB/s"
+          f"   ratio cached/direct {best_cached / best_direct:.2f} (target >= 0.90)"
+          f"   upstream sent {sent_cached} bytes")
+    print(f"all rates MB/s: direct {[round(r / mb) for r in direct]}, first {[round(r / mb) for r in first]}, "
+          f"cached {[round(r / mb) for r in cached]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
