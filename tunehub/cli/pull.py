@@ -31,12 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from tunehub.hub.progress import ProgressDisplay
-    from tunehub.hub.pull import pull
+    from tunehub.flows import pull_definition
 
     cfg, registry = config_and_registry(args)
     display = ProgressDisplay(enabled=None if not args.json else False)
     with display:
-        result = pull(
+        result = pull_definition(
             cfg,
             registry,
             args.id,

@@ -31,7 +31,7 @@ from tunehub.config import Config
 from tunehub.errors import DefinitionError, HubAuthError, HubError, HubNotFoundError
 from tunehub.hub.download import ProgressCallback, offline_mode, redact
 from tunehub.hub.pull import VerifiedRecords, hash_file
-from tunehub.hub.urls import hub_resolve_url, is_url
+from tunehub.registry.urls import hub_resolve_url, is_url
 from tunehub.safeio import DefinitionDocument, dump_json_like, update_definition
 
 __all__ = ["PublishResult", "PublishedFile", "publish", "local_entries", "rewrite_entries"]

@@ -45,7 +45,7 @@ from tunehub.hub.download import (
     part_paths,
     probe,
 )
-from tunehub.hub.urls import hub_resolve_url, is_url, parse_hub_url
+from tunehub.registry.urls import hub_resolve_url, is_url, parse_hub_url
 from tunehub.safeio import atomic_write_text, fsync_dir, temp_path_for
 
 __all__ = ["PullResult", "PulledFile", "VerifiedRecords", "pull", "hf_cache_dir", "hash_file", "place_link"]
@@ -252,7 +252,7 @@ def _jobs(cfg: Config, registry: Any, definition_id: str, quantization: str | No
     seen: set[str] = set()
 
     def add(role: str, source: str) -> None:
-        from tunehub.hub.urls import local_name
+        from tunehub.registry.urls import local_name
 
         name = local_name(source)
         if name in seen:
@@ -282,13 +282,13 @@ def pull(
     connections: int = 4,
     parallel_files: int = 2,
     link_mode: str | None = None,
-    quantize: bool = True,
 ) -> PullResult:
     """Fetch every file ``registry.resolve(id, ...)`` names into the first weights folder.
 
     ``progress(event)`` receives ``{file, total, completed, status}`` (status: checking,
     hashing, downloading, resuming, verifying, linked, present, done, failed), from one
     thread at a time. Raises the first error after every other file has been tried.
+    Quantizing afterwards (``auto_quantize``) is :func:`tunehub.flows.pull_definition`'s part.
     """
     definition_id = id
     link_mode = link_mode or cfg.link_mode
@@ -371,11 +371,6 @@ def pull(
     result.files = [results[job.filename] for job in jobs if job.filename in results]
     if errors:
         raise errors[0]
-
-    if quantize and resolution.needs_quantization and resolution.auto_quantize:
-        result.quantized, note = _auto_quantize(cfg, registry, definition_id, resolution, progress)
-        if note:
-            result.notes.append(note)
     return result
 
 
@@ -464,18 +459,4 @@ def _link_candidates(cfg: Config, records: VerifiedRecords, sha256: str, size: i
                     path = Path(entry.path)
                     if fresh(path):
                         yield path
-
-
-def _auto_quantize(cfg: Config, registry: Any, definition_id: str, resolution: Any,
-                   progress: ProgressCallback | None) -> tuple[list[Path], str | None]:
-    """``auto_quantize``: the user wants int8, only a 16-bit file exists: make it here."""
-    try:
-        from tunehub.quant.flow import quantize_definition
-    except ImportError as exc:
-        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
-    try:
-        paths = quantize_definition(cfg, registry, definition_id, dtype=resolution.dtype, progress=progress)
-    except ImportError as exc:  # torch / optimum-quanto not installed
-        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
-    return list(paths), None
 

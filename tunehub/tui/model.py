@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunehub.hub.urls import is_url, local_name, parse_hub_url
+from tunehub.registry.urls import is_url, local_name, parse_hub_url
 from tunehub.registry.naming import parse_variant_name
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
