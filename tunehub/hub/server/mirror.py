@@ -25,15 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import secrets
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -58,6 +61,8 @@ DEFAULT_TTL_S = 600.0
 SEGMENT_TYPE = {segment: repo_type for repo_type, segment in API_SEGMENT.items()}
 NOTIFY_EVERY = 1024 * 1024  # wake waiting readers after this many new bytes
 MAX_PARALLEL_FETCHES = 16
+READ_BLOCK = 1024 * 1024  # bytes read from the upstream per call
+FILE_TIMEOUT_S = 60.0  # connect, and each read of a file transfer
 READ_MARK_FLUSH_S = 5.0
 UPSTREAM_HEADER = "X-Mirror-Upstream"
 CACHE_HEADER = "X-Mirror-Cache"
@@ -76,27 +81,32 @@ class UpstreamUnreachable(Exception):
     """The upstream did not answer (connection, timeout, 5xx)."""
 
 
-def _http_module() -> Any:
-    """The HTTP library huggingface_hub itself uses (httpx2 from client 2.x, httpx before)."""
-    try:
-        import httpx2
-
-        return httpx2
-    except ImportError:  # pragma: no cover - huggingface_hub 1.x
-        import httpx
-
-        return httpx
-
-
-def _transport_errors(with_os_errors: bool = True) -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError] if with_os_errors else []
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub's HTTP library (httpx2 in client 2.x, httpx before) raises when nobody answers."""
+    errors: list[type[BaseException]] = [OSError]
     for name in ("httpx2", "httpx"):
         with contextlib.suppress(ImportError):
             errors.append(__import__(name).TransportError)
     return tuple(errors)
 
 
-def _short(exc: BaseException) -> str:
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+class _SameOriginAuthRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects; carry the (unredirected) Authorization header only to the same origin."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        token = req.unredirected_hdrs.get("Authorization")
+        if new is not None and token and _origin(newurl) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", token)
+        return new
+
+
+def _short(exc: object) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
 
@@ -107,22 +117,34 @@ class Upstream:
     def __init__(self, settings: MirrorSettings) -> None:
         from huggingface_hub import HfApi
 
-        httpx = _http_module()
         self.url = settings.upstream.rstrip("/")
         self._token = settings.token
         self.api = HfApi(endpoint=self.url, token=settings.token or False, library_name="tunehub-mirror")
-        # One client for the file transfers: redirects followed (the Hub sends LFS files to a
-        # CDN; httpx drops Authorization on a redirect to another origin), proxies from the env.
-        self.http = httpx.Client(
-            follow_redirects=True,
-            timeout=httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=60.0),
-            limits=httpx.Limits(max_connections=MAX_PARALLEL_FETCHES * 2),
-        )
+        # File bytes go through the standard library: big readinto() calls cost a fraction of
+        # the CPU of a chunk iterator, and the mirror's throughput is bounded by that CPU.
+        # Proxies come from the environment; redirects are followed (the Hub sends LFS files
+        # to a CDN) and the token goes only to the upstream's own origin.
+        self._opener = urllib.request.build_opener(_SameOriginAuthRedirect())
+
+    def open_file(self, url: str, what: str) -> http.client.HTTPResponse:
+        """GET a file: the open 200 answer; ApiProblem for a 4xx, UpstreamUnreachable otherwise."""
+        request = urllib.request.Request(url, headers=self.headers())
+        if self._token:
+            request.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        try:
+            return self._opener.open(request, timeout=FILE_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code >= 500 or exc.code in (408, 429):
+                raise UpstreamUnreachable(f"HTTP {exc.code} for {what}") from exc
+            raise ApiProblem(502, "UpstreamError", f"The upstream {self.url} answered {exc.code} for {what}.") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamUnreachable(_short(getattr(exc, "reason", exc))) from exc
 
     def headers(self) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers
 
-        headers = build_hf_headers(token=self._token or False, library_name="tunehub-mirror")
+        headers = build_hf_headers(token=False, library_name="tunehub-mirror")  # the token: see open_file
         headers["Accept-Encoding"] = "identity"
         return headers
 
@@ -155,7 +177,7 @@ class Upstream:
         return True
 
     def close(self) -> None:
-        self.http.close()
+        self._opener.close()
 
 
 class Counters:
@@ -258,44 +280,46 @@ class Fetch:
         what = f"{self.repo.repo_id}/{self.entry.path}"
         sha256 = hashlib.sha256()
         git_sha1 = None if self.entry.lfs else hashlib.sha1(f"blob {self.size}\0".encode())
-        try:
-            with upstream.http.stream("GET", url, headers=upstream.headers()) as answer:
-                if answer.status_code != 200:
-                    if answer.status_code >= 500 or answer.status_code in (408, 429):
-                        raise UpstreamUnreachable(f"HTTP {answer.status_code} for {self.entry.path}")
-                    raise ApiProblem(
-                        502, "UpstreamError", f"The upstream {upstream.url} answered {answer.status_code} for {what}."
-                    )
-                self.mirror.mark_up()
-                self.mirror.counters.add("upstream_fetches")
-                self.state = "streaming"
+        answer = upstream.open_file(url, what)
+        with contextlib.closing(answer):
+            declared = answer.getheader("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) != self.size:
+                raise ApiProblem(
+                    502, "UpstreamError", f"The upstream sends {declared} bytes for {what}, its listing said {self.size}."
+                )
+            self.mirror.mark_up()
+            self.mirror.counters.add("upstream_fetches")
+            self.state = "streaming"
+            self._notify()
+            buffer = bytearray(READ_BLOCK)
+            view = memoryview(buffer)
+            last_notified = 0
+            with open(self.tmp_path, "wb", buffering=0) as handle:
+                while self.written < self.size:
+                    try:
+                        count = answer.readinto(view[: min(READ_BLOCK, self.size - self.written)])
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise UpstreamUnreachable(f"the transfer of {what} broke: {_short(exc)}") from exc
+                    if not count:
+                        break
+                    piece = view[:count]
+                    done = 0
+                    while done < count:  # a raw file's write() may write less than asked
+                        done += handle.write(piece[done:]) or 0
+                    sha256.update(piece)
+                    if git_sha1 is not None:
+                        git_sha1.update(piece)
+                    self.mirror.counters.add("upstream_bytes", count)
+                    self.written += count
+                    if self.written - last_notified >= NOTIFY_EVERY:
+                        last_notified = self.written
+                        self._notify()
+                if self.written != self.size:
+                    raise UpstreamUnreachable(f"the transfer of {what} ended after {self.written} of {self.size} bytes")
+                self._verify(sha256.hexdigest(), git_sha1.hexdigest() if git_sha1 else None, what)
+                self.state = "verified"  # readers may have the last byte now
                 self._notify()
-                last_notified = 0
-                with open(self.tmp_path, "wb") as handle:
-                    for chunk in answer.iter_bytes():
-                        if self.written + len(chunk) > self.size:
-                            raise ApiProblem(
-                                502, "UpstreamError", f"The upstream sent more than the {self.size} bytes listed for {what}."
-                            )
-                        handle.write(chunk)
-                        sha256.update(chunk)
-                        if git_sha1 is not None:
-                            git_sha1.update(chunk)
-                        self.mirror.counters.add("upstream_bytes", len(chunk))
-                        self.written += len(chunk)
-                        if self.written - last_notified >= NOTIFY_EVERY:
-                            handle.flush()
-                            last_notified = self.written
-                            self._notify()
-                    handle.flush()
-                    if self.written != self.size:
-                        raise UpstreamUnreachable(f"the transfer of {what} ended after {self.written} of {self.size} bytes")
-                    self._verify(sha256.hexdigest(), git_sha1.hexdigest() if git_sha1 else None, what)
-                    self.state = "verified"  # readers may have the last byte now
-                    self._notify()
-                    os.fsync(handle.fileno())
-        except _transport_errors(with_os_errors=False) as exc:  # a disk error is not the upstream's
-            raise UpstreamUnreachable(_short(exc)) from exc
+                os.fsync(handle.fileno())
         self._store(sha256.hexdigest())
 
     def _verify(self, got_sha256: str, got_git: str | None, what: str) -> None:
