@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.hub_server import FILENAME, REPO, make_file  # noqa: E402
+from benchmarks.hub_server import FILENAME, REPO, make_file, own_cpu_seconds, process_cpu_seconds  # noqa: E402
 from tests.fixtures.hub_server import HubServer  # noqa: E402
 from tests.hub.server.mirror_helpers import file_bytes_served, start_mirror  # noqa: E402
 from tunehub.hub.server.importer import import_folder  # noqa: E402
@@ -69,6 +69,7 @@ def main() -> int:
     size = args.size_mb * 1024 * 1024
     direct, first, cached = [], [], []
     sent_first, sent_cached = [], []
+    cpu: dict[str, list[float]] = {}  # phase -> [upstream, mirror, client] CPU seconds, summed over rounds
     with tempfile.TemporaryDirectory(prefix="tunehub-bench-mirror-") as tmp_name:
         tmp = Path(tmp_name)
         source = tmp / "src"
@@ -81,14 +82,27 @@ def main() -> int:
         mirror = start_mirror(tmp / "mirror", upstream.url, token_file)
         try:
             hf_rate(upstream.url, upstream.read_token, tmp / "warm", size, sha256)  # page cache warm for the anchor
+            assert upstream.process is not None and mirror.process is not None
+            pids = (upstream.process.pid, mirror.process.pid)
+
+            def measured(phase: str, endpoint: str, token: str) -> float:
+                # CPU seconds of each process: the cost per GB does not depend on what else runs.
+                before = [process_cpu_seconds(pid) or 0.0 for pid in pids] + [own_cpu_seconds()]
+                rate = hf_rate(endpoint, token, tmp / "cache", size, sha256)
+                after = [process_cpu_seconds(pid) or 0.0 for pid in pids] + [own_cpu_seconds()]
+                totals = cpu.setdefault(phase, [0.0, 0.0, 0.0])
+                for i in range(3):
+                    totals[i] += after[i] - before[i]
+                return rate
+
             for _ in range(args.rounds):
                 empty_mirror_cache(mirror.root)
-                direct.append(hf_rate(upstream.url, upstream.read_token, tmp / "cache", size, sha256))
+                direct.append(measured("direct", upstream.url, upstream.read_token))
                 before = file_bytes_served(upstream.url)
-                first.append(hf_rate(mirror.url, mirror.read_token, tmp / "cache", size, sha256))
+                first.append(measured("first", mirror.url, mirror.read_token))
                 sent_first.append(file_bytes_served(upstream.url) - before)
                 before = file_bytes_served(upstream.url)
-                cached.append(hf_rate(mirror.url, mirror.read_token, tmp / "cache", size, sha256))
+                cached.append(measured("cached", mirror.url, mirror.read_token))
                 sent_cached.append(file_bytes_served(upstream.url) - before)
         finally:
             mirror.stop()
@@ -103,6 +117,10 @@ def main() -> int:
     print(f"hf_hub_download cached through the mirror:                  {best_cached / mb:8.0f} MB/s"
           f"   ratio cached/direct {best_cached / best_direct:.2f} (target >= 0.90)"
           f"   upstream sent {sent_cached} bytes")
+    gigabytes = size * args.rounds / 1e9
+    for phase, (cpu_up, cpu_mirror, cpu_client) in cpu.items():
+        print(f"CPU s per GB, {phase:<6}: upstream {cpu_up / gigabytes:.2f}  mirror {cpu_mirror / gigabytes:.2f}  "
+              f"client (hf_hub_download + the untimed sha256 check) {cpu_client / gigabytes:.2f}")
     print(f"all rates MB/s: direct {[round(r / mb) for r in direct]}, first {[round(r / mb) for r in first]}, "
           f"cached {[round(r / mb) for r in cached]}")
     return 0
