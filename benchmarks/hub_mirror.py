@@ -14,42 +14,19 @@ gives the bytes it sent for each (the file once for `first`, none for `cached`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.hub_server import FILENAME, REPO, make_file, own_cpu_seconds, process_cpu_seconds  # noqa: E402
+from benchmarks.hub_server import FILENAME, REPO, hf_rate, make_file, own_cpu_seconds, process_cpu_seconds  # noqa: E402
 from tests.fixtures.hub_server import HubServer  # noqa: E402
 from tests.hub.server.mirror_helpers import file_bytes_served, start_mirror  # noqa: E402
 from tunehub.hub.server.importer import import_folder  # noqa: E402
 from tunehub.hub.server.mirror_store import MirrorStore, evict  # noqa: E402
 from tunehub.hub.server.storage import HubStore  # noqa: E402
-
-
-def hf_rate(endpoint: str, token: str, cache: Path, size: int, sha256: str) -> float:
-    """Bytes per second of hf_hub_download into a fresh cache (sha256 checked afterwards, not timed)."""
-    import huggingface_hub.constants as constants
-    from huggingface_hub import hf_hub_download
-
-    constants.HF_HUB_DISABLE_XET = True
-    shutil.rmtree(cache, ignore_errors=True)
-    started = time.perf_counter()
-    path = hf_hub_download(REPO, FILENAME, endpoint=endpoint, cache_dir=cache, token=token)
-    elapsed = time.perf_counter() - started
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        raise SystemExit(f"hf_hub_download from {endpoint} returned wrong bytes")
-    shutil.rmtree(cache, ignore_errors=True)
-    return size / elapsed
 
 
 def empty_mirror_cache(root: Path) -> None:
@@ -81,14 +58,14 @@ def main() -> int:
         token_file.write_text(upstream.read_token)
         mirror = start_mirror(tmp / "mirror", upstream.url, token_file)
         try:
-            hf_rate(upstream.url, upstream.read_token, tmp / "warm", size, sha256)  # page cache warm for the anchor
+            hf_rate(upstream.url, tmp / "warm", size, sha256, upstream.read_token)  # page cache warm for the anchor
             assert upstream.process is not None and mirror.process is not None
             pids = (upstream.process.pid, mirror.process.pid)
 
             def measured(phase: str, endpoint: str, token: str) -> float:
                 # CPU seconds of each process: the cost per GB does not depend on what else runs.
                 before = [process_cpu_seconds(pid) or 0.0 for pid in pids] + [own_cpu_seconds()]
-                rate = hf_rate(endpoint, token, tmp / "cache", size, sha256)
+                rate = hf_rate(endpoint, tmp / "cache", size, sha256, token)
                 after = [process_cpu_seconds(pid) or 0.0 for pid in pids] + [own_cpu_seconds()]
                 totals = cpu.setdefault(phase, [0.0, 0.0, 0.0])
                 for i in range(3):

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.fixtures.hub_server import HubServer
-from tests.hub.server.mirror_helpers import BodyProxy, file_bytes_served, metrics, sha256_of, start_mirror
+from tests.hub.server.mirror_helpers import file_bytes_served, metrics, sha256_of, start_mirror
+from tests.hub.test_download_helpers import FaultProxy
 from tunehub.cli.main import main as tunehub_main
 
 BIG = 24 * 1024 * 1024
@@ -70,7 +71,7 @@ def cli(*argv: str) -> tuple[int, str, str]:
 def test_concurrent_clients_share_one_verified_transfer(upstream: HubServer, token_file: Path, tmp_path: Path) -> None:
     data = os.urandom(BIG)
     publish(upstream, "alice/big", {"model.safetensors": data, "config.json": b'{"dim": 8}'})
-    proxy = BodyProxy(upstream.url)
+    proxy = FaultProxy(upstream.url)
     proxy.rate_bytes_per_s = RATE
     mirror = start_mirror(tmp_path / "mirror", proxy.url, token_file)
     try:
@@ -143,7 +144,7 @@ def test_concurrent_clients_share_one_verified_transfer(upstream: HubServer, tok
 def test_altered_bytes_never_complete_and_are_refetched(upstream: HubServer, token_file: Path, tmp_path: Path) -> None:
     data = os.urandom(6 * 1024 * 1024)
     publish(upstream, "alice/flip", {"w.safetensors": data, "notes.txt": b"hello mirror\n" * 100})
-    proxy = BodyProxy(upstream.url)
+    proxy = FaultProxy(upstream.url)
     proxy.flip_once = {"w.safetensors", "notes.txt"}  # the first transfer of each file is altered
     mirror = start_mirror(tmp_path / "mirror", proxy.url, token_file)
     try:
