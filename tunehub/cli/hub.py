@@ -355,8 +355,8 @@ def _status(args: argparse.Namespace) -> int:
         mirrored = mirror_store.list_mirrored()
     print(f"root:      {store.root}")
     print(f"serving:   {'yes (pid ' + str(pid) + ')' if pid else 'no'}")
-    if not state:
-        print("upstream:  none (not a mirror)")
+    if not state or (pid and state.get("pid") != pid):
+        print("upstream:  none (not a mirror)")  # (a mirror before, maybe: the server now running is not)
         return 0
     if state.get("up") is None:
         health = "not asked yet"

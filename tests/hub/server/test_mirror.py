@@ -395,3 +395,51 @@ def test_hub_config_and_option_errors(tmp_path: Path) -> None:
     code, _, err = cli("hub", "serve", "--root", str(tmp_path), "--upstream", "http://127.0.0.1:1",
                        "--upstream-token-file", str(secret_file), "--port", "0")
     assert code != 0 and "is empty" in err
+
+
+def test_metrics_are_prometheus_text(upstream: HubServer, token_file: Path, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    publish(upstream, "alice/m", {"w.safetensors": b"w" * 10_000})
+    mirror = start_mirror(tmp_path / "mirror", upstream.url, token_file)
+    try:
+        url = f"{mirror.url}/alice/m/resolve/main/w.safetensors"
+        get(url, mirror.read_token)
+        get(url, mirror.read_token)
+        answer = get(f"{mirror.url}/metrics")
+        assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+        families = {family.name: family for family in text_string_to_metric_families(answer.text)}
+        types = {name: family.type for name, family in families.items()}
+        assert types["tunehub_hub_requests"] == "counter" and types["tunehub_mirror_hit_ratio"] == "gauge"
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+        assert samples[("tunehub_hub_bytes_served_total", (("kind", "file"),))] == 20_000
+        assert samples[("tunehub_mirror_upstream_bytes_total", ())] == 10_000
+        assert samples[("tunehub_mirror_hits_total", ())] == 1 and samples[("tunehub_mirror_misses_total", ())] == 1
+        assert samples[("tunehub_mirror_hit_ratio", ())] == 0.5
+        assert samples[("tunehub_mirror_inflight_fetches", ())] == 0
+        assert samples[("tunehub_mirror_upstream_up", ())] == 1
+    finally:
+        mirror.stop()
+
+
+def test_datasets_and_tags_through_the_mirror(upstream: HubServer, token_file: Path, tmp_path: Path) -> None:
+    from huggingface_hub import hf_hub_download
+
+    api = upstream.api()
+    api.create_repo("alice/frames", repo_type="dataset")
+    api.upload_file(path_or_fileobj=b"frame data" * 100, path_in_repo="part-0.parquet", repo_id="alice/frames",
+                    repo_type="dataset")
+    api.create_tag("alice/frames", tag="v1", repo_type="dataset")
+    mirror = start_mirror(tmp_path / "mirror", upstream.url, token_file)
+    try:
+        for revision in ("main", "v1"):
+            path = hf_hub_download("alice/frames", "part-0.parquet", repo_type="dataset", revision=revision,
+                                   endpoint=mirror.url, token=mirror.read_token, cache_dir=tmp_path / f"c-{revision}")
+            assert Path(path).read_bytes() == b"frame data" * 100
+        assert file_bytes_served(upstream.url) == 1000  # one blob, fetched once for both revisions
+        files = mirror.api(token=mirror.read_token).list_repo_files("alice/frames", repo_type="dataset")
+        assert "part-0.parquet" in files
+        code, out, _ = cli("hub", "mirror", "ls", "--root", str(mirror.root))
+        assert "datasets/alice/frames" in out
+    finally:
+        mirror.stop()

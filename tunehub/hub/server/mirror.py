@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import http.client
 import logging
@@ -259,6 +260,10 @@ class Fetch:
         except UpstreamUnreachable as exc:
             self.mirror.mark_down(str(exc))
             self._fail(self.mirror.unreachable_problem(f"{self.repo.repo_id}/{self.entry.path}", str(exc)))
+        except OSError as exc:  # the mirror's own disk
+            log.error("mirror fetch of %s/%s: %s", self.repo.repo_id, self.entry.path, exc)
+            status = 507 if exc.errno == errno.ENOSPC else 500
+            self._fail(ApiProblem(status, "MirrorStorage", f"The mirror cannot store {self.entry.path}: {exc.strerror or exc}."))
         except Exception as exc:  # noqa: BLE001 - the readers must hear of it
             log.exception("mirror fetch of %s/%s failed", self.repo.repo_id, self.entry.path)
             self._fail(ApiProblem(502, "UpstreamError", f"Fetching {self.entry.path} from the upstream failed: {_short(exc)}"))
