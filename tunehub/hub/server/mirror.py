@@ -394,12 +394,15 @@ class FetchResponse:
         try:
             offset = self.start
             while offset < self.end and not disconnected.is_set():
-                target = min(self.end, offset + DOWNLOAD_CHUNK)
-                # A range waits only for its own bytes (or for the verdict, for the last byte).
-                await fetch.wait(lambda: fetch.readable_end() >= target or disconnected.is_set())
+                # Send what has arrived, in pieces of at least NOTIFY_EVERY: a slow upstream still
+                # gives a first byte early, and a range waits only for its own bytes (the last
+                # byte of the file waits for the verdict on the whole file).
+                wanted = min(self.end, offset + NOTIFY_EVERY)
+                await fetch.wait(lambda: fetch.readable_end() >= wanted or disconnected.is_set())
                 if fetch.state == "failed" or disconnected.is_set():
                     return  # the response stays short: the client sees a cut transfer, never a wrong file
-                chunk = await anyio.to_thread.run_sync(os.pread, fd, target - offset, offset)
+                until = min(self.end, fetch.readable_end(), offset + DOWNLOAD_CHUNK)
+                chunk = await anyio.to_thread.run_sync(os.pread, fd, until - offset, offset)
                 if not chunk:
                     return
                 offset += len(chunk)
