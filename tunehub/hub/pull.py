@@ -245,7 +245,7 @@ def _fetch_target(cfg: Config, source: str) -> tuple[str, str | None, bool | Non
 
 
 def _jobs(cfg: Config, registry: Any, definition_id: str, quantization: str | None, dtype: str | None,
-          all_variants: bool) -> tuple[list[_Job], Any]:
+          all_variants: bool, loras: bool = True) -> tuple[list[_Job], Any]:
     resolution = registry.resolve(definition_id, quantization=quantization, dtype=dtype)
     definition = registry.get(definition_id)
     jobs: list[_Job] = []
@@ -255,14 +255,17 @@ def _jobs(cfg: Config, registry: Any, definition_id: str, quantization: str | No
         from tunehub.registry.urls import local_name
 
         name = local_name(source)
-        if name in seen:
+        if role == "lora":  # LoRAs go to the family's LoRA folder (WanGP's loras/<family>/)
+            path, present = registry.locate_lora(definition, source)
+        else:
+            path, present = registry.locate_source(source, definition.origin)
+        if str(path) in seen:
             return
-        seen.add(name)
-        path, present = registry.locate_source(source, definition.origin)
+        seen.add(str(path))
         jobs.append(_Job(role, source, name, Path(path), present))
 
-    for choice in resolution.all_files():
-        sources = choice.candidates if all_variants and choice.role != "preload" else [choice.source]
+    for choice in resolution.all_files(loras=loras):
+        sources = choice.candidates if all_variants and choice.role not in ("preload", "lora") else [choice.source]
         if choice.source in sources:  # the chosen one first
             sources = [choice.source, *[s for s in sources if s != choice.source]]
         for source in sources:
@@ -282,6 +285,7 @@ def pull(
     connections: int = 4,
     parallel_files: int = 2,
     link_mode: str | None = None,
+    loras: bool = True,
 ) -> PullResult:
     """Fetch every file ``registry.resolve(id, ...)`` names into the first weights folder.
 
@@ -299,7 +303,7 @@ def pull(
             with emit_lock:
                 progress(event)
 
-    jobs, resolution = _jobs(cfg, registry, definition_id, quantization, dtype, all_variants)
+    jobs, resolution = _jobs(cfg, registry, definition_id, quantization, dtype, all_variants, loras)
     records = VerifiedRecords(cfg.state_dir)
     offline = offline_mode()
     result = PullResult(id=definition_id)
