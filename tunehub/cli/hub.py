@@ -361,7 +361,7 @@ def _status(args: argparse.Namespace) -> int:
     if state.get("up") is None:
         health = "not asked yet"
     elif state["up"]:
-        health = f"reachable (last answer {_ago(state.get('checked'))})"
+        health = f"reachable (answering since {_ago(state.get('since'))})"
     else:
         health = f"UNREACHABLE since {_ago(state.get('since'))}: {state.get('reason', '')}; serving cached files only"
     if not pid:
