@@ -65,6 +65,7 @@ MAX_PARALLEL_FETCHES = 16
 READ_BLOCK = 1024 * 1024  # bytes read from the upstream per call
 FILE_TIMEOUT_S = 60.0  # connect, and each read of a file transfer
 READ_MARK_FLUSH_S = 5.0
+PREPARE_THREADS = 16  # metadata look-ups (and waits for them) at once
 UPSTREAM_HEADER = "X-Mirror-Upstream"
 CACHE_HEADER = "X-Mirror-Cache"
 
@@ -435,6 +436,7 @@ class Mirror:
         self._reads_lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.prepare_limiter: Any = None  # an anyio.CapacityLimiter, made in the server's event loop
         self._serving = serving  # only the server records the upstream's state for `hub status`
         if serving:
             self.mirror_store.set_state(
@@ -764,7 +766,11 @@ async def prepare_request(mirror: Mirror, principal: Principal | None, method: s
     target = repo_of_request(method, segments)
     if target is None:
         return {}
-    return await anyio.to_thread.run_sync(lambda: mirror.prepare(principal, *target))
+    # Their own threads: requests waiting on a slow upstream must not take the worker threads
+    # that every file answer reads its chunks with.
+    if mirror.prepare_limiter is None:
+        mirror.prepare_limiter = anyio.CapacityLimiter(PREPARE_THREADS)
+    return await anyio.to_thread.run_sync(lambda: mirror.prepare(principal, *target), limiter=mirror.prepare_limiter)
 
 
 __all__ = ["Mirror", "MirrorSettings", "Fetch", "FetchResponse", "prepare_request", "repo_of_request", "DEFAULT_TTL_S"]
