@@ -149,6 +149,7 @@ def test_altered_bytes_never_complete_and_are_refetched(upstream: HubServer, tok
     publish(upstream, "alice/flip", {"w.safetensors": data, "notes.txt": b"hello mirror\n" * 100})
     proxy = FaultProxy(upstream.url)
     proxy.flip_once = {"w.safetensors", "notes.txt"}  # the first transfer of each file is altered
+    proxy.rate_bytes_per_s = RATE  # slow enough that the clients are mid-transfer when the hash fails
     mirror = start_mirror(tmp_path / "mirror", proxy.url, token_file)
     try:
         for name, content in (("w.safetensors", data), ("notes.txt", b"hello mirror\n" * 100)):
@@ -182,6 +183,7 @@ def test_altered_bytes_never_complete_and_are_refetched(upstream: HubServer, tok
             assert (mirror.root / "blobs" / "sha256" / sha256_of(content)[:2] / sha256_of(content)).is_file()
         assert metrics(mirror.url)["tunehub_mirror_verify_failures_total"] == 2
         assert "does not match its listed hash: discarded" in mirror.log_text()
+        assert "cut a client's transfer of w.safetensors" in mirror.log_text()
         assert not [p for p in (mirror.root / "tmp").iterdir() if p.name.startswith("mirror-")]
     finally:
         mirror.stop()
@@ -384,6 +386,8 @@ def test_hub_config_and_option_errors(tmp_path: Path) -> None:
     assert parse_size("2TB") == 2 * 10**12 and parse_size("1GiB") == 2**30
     with pytest.raises(ConfigError, match="not a duration"):
         parse_duration("soon")
+    code, out, _ = cli("hub", "status", "--root", str(tmp_path / "plain"))
+    assert code == 0 and "serving:   no" in out and "none (not a mirror)" in out
     (tmp_path / "hub.toml").write_text('upstream = "http://127.0.0.1:1"\nupstream_tll = "1m"\n')
     with pytest.raises(ConfigError, match="unknown key 'upstream_tll'"):
         load_hub_config(tmp_path)

@@ -400,8 +400,14 @@ class FetchResponse:
                 # byte of the file waits for the verdict on the whole file).
                 wanted = min(self.end, offset + NOTIFY_EVERY)
                 await fetch.wait(lambda: fetch.readable_end() >= wanted or disconnected.is_set())
-                if fetch.state == "failed" or disconnected.is_set():
-                    return  # the response stays short: the client sees a cut transfer, never a wrong file
+                if disconnected.is_set():
+                    return
+                if fetch.state == "failed":
+                    # The response stays short: the client sees a cut transfer, never a wrong file.
+                    assert fetch.problem is not None
+                    log.warning("mirror: cut a client's transfer of %s at byte %d: %s",
+                                fetch.entry.path, offset, fetch.problem.message)
+                    return
                 until = min(self.end, fetch.readable_end(), offset + DOWNLOAD_CHUNK)
                 chunk = await anyio.to_thread.run_sync(os.pread, fd, until - offset, offset)
                 if not chunk:
