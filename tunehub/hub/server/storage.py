@@ -89,7 +89,7 @@ class Principal:
     user: str
     role: str  # "read" | "write"
     token_name: str
-    token_id: int = 0  # tokens.id: mirror grants are given to one token
+    token_id: int = 0
 
 
 @dataclass(frozen=True)
