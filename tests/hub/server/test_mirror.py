@@ -437,7 +437,12 @@ def test_datasets_and_tags_through_the_mirror(upstream: HubServer, token_file: P
     api.upload_file(path_or_fileobj=b"frame data" * 100, path_in_repo="part-0.parquet", repo_id="alice/frames",
                     repo_type="dataset")
     api.create_tag("alice/frames", tag="v1", repo_type="dataset")
-    mirror = start_mirror(tmp_path / "mirror", upstream.url, token_file)
+    # The mirror's settings from ROOT/hub.toml alone (no --upstream option).
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "hub.toml").write_text(
+        f'upstream = "{upstream.url}"\nupstream_token_file = "{token_file}"\nupstream_ttl = "5m"\n'
+    )
+    mirror = HubServer(tmp_path / "mirror").start()
     try:
         for revision in ("main", "v1"):
             path = hf_hub_download("alice/frames", "part-0.parquet", repo_type="dataset", revision=revision,
@@ -448,5 +453,7 @@ def test_datasets_and_tags_through_the_mirror(upstream: HubServer, token_file: P
         assert "part-0.parquet" in files
         code, out, _ = cli("hub", "mirror", "ls", "--root", str(mirror.root))
         assert "datasets/alice/frames" in out
+        code, out, _ = cli("hub", "status", "--root", str(mirror.root))
+        assert upstream.url in out and "ttl:       300s" in out and str(token_file) in out
     finally:
         mirror.stop()
