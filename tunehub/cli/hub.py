@@ -1,9 +1,10 @@
 """``tunehub hub``: the bundled Hub-compatible server and its administration.
 
-    tunehub hub serve --root DIR [--host H] [--port P]
+    tunehub hub serve --root DIR [--host H] [--port P] [--public-url URL] [limits...]
     tunehub hub token add USER --root DIR [--write] | token list | token revoke ID
-    tunehub hub org add ORG --member USER --root DIR
-    tunehub hub import PATH --repo NS/NAME --root DIR
+    tunehub hub org add ORG --member USER --root DIR | org remove ORG --member USER
+    tunehub hub user rm USER --root DIR [--with-repos]
+    tunehub hub import PATH --repo NS/NAME --root DIR [--link] [--follow-symlinks]
     tunehub hub serve --upstream https://huggingface.co [--upstream-token-file F] [--public-read]
     tunehub hub grant TOKEN_ID REPO [--revoke] | status | mirror ls|prefetch|evict
 """
@@ -35,6 +36,14 @@ def _root(args: argparse.Namespace) -> str:
     return str(args.root)
 
 
+def _command_group(commands: argparse._SubParsersAction, name: str, text: str) -> argparse._SubParsersAction:
+    """`tunehub hub NAME ACTION ...`: a group that prints its help when no action is given."""
+    group = commands.add_parser(name, help=text)
+    actions = group.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+    return actions
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     hub = subparsers.add_parser("hub", help="run and administer the bundled Hub-compatible server")
     commands = hub.add_subparsers(dest="hub_command", metavar="SUBCOMMAND")
@@ -49,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--access-log", action="store_true", help="log each request on stderr (never tokens or upload signatures)"
     )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--public-url",
+        default=None,
+        help="the URL clients reach this server at (behind a proxy); links in answers use it instead of the Host header",
+    )
+    _limit_arguments(serve)
     serve.add_argument(
         "--upstream",
         default=None,
@@ -87,9 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _root_argument(status)
     status.set_defaults(func=_status)
 
-    mirror = commands.add_parser("mirror", help="the upstream mirror's cache: list, warm, evict")
-    mirror_commands = mirror.add_subparsers(dest="mirror_command", metavar="ACTION")
-    mirror.set_defaults(func=lambda args: (mirror.print_help(), 2)[1])
+    mirror_commands = _command_group(commands, "mirror", "the upstream mirror's cache: list, warm, evict")
     mirror_ls = mirror_commands.add_parser("ls", help="mirrored repos: cached bytes, last check, hits")
     _root_argument(mirror_ls)
     mirror_ls.set_defaults(func=_mirror_ls)
@@ -110,9 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _root_argument(evict)
     evict.set_defaults(func=_mirror_evict)
 
-    token = commands.add_parser("token", help="create, list and revoke access tokens")
-    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION")
-    token.set_defaults(func=lambda args: (token.print_help(), 2)[1])
+    token_commands = _command_group(commands, "token", "create, list and revoke access tokens")
     add = token_commands.add_parser("add", help="create a token for USER (created if new); prints it once")
     add.add_argument("user")
     add.add_argument("--write", action="store_true", help="allow writes (default: read-only)")
@@ -128,14 +139,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _root_argument(revoke)
     revoke.set_defaults(func=_token_revoke)
 
-    org = commands.add_parser("org", help="organisations")
-    org_commands = org.add_subparsers(dest="org_command", metavar="ACTION")
-    org.set_defaults(func=lambda args: (org.print_help(), 2)[1])
-    org_add = org_commands.add_parser("add", help="create ORG (if new) and add members")
-    org_add.add_argument("org")
-    org_add.add_argument("--member", action="append", default=[], required=True, help="a user (repeatable)")
-    _root_argument(org_add)
-    org_add.set_defaults(func=_org_add)
+    org_commands = _command_group(commands, "org", "organisations")
+    for action, text in [
+        ("add", "create ORG (if new) and add members"),
+        ("remove", "remove members from ORG (they keep their own repos)"),
+    ]:
+        org_action = org_commands.add_parser(action, help=text)
+        org_action.add_argument("org")
+        org_action.add_argument("--member", action="append", default=[], required=True, help="a user (repeatable)")
+        _root_argument(org_action)
+        org_action.set_defaults(func=_org_members)
+
+    user_commands = _command_group(commands, "user", "users")
+    user_rm = user_commands.add_parser("rm", help="delete USER: their tokens stop working at once")
+    user_rm.add_argument("user")
+    user_rm.add_argument("--with-repos", action="store_true", help="also delete the repos in their namespace")
+    _root_argument(user_rm)
+    user_rm.set_defaults(func=_user_rm)
 
     importer = commands.add_parser(
         "import", help="add a local folder or a huggingface_hub cache repo to a repo, as one commit"
@@ -151,16 +171,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="hard-link files instead of copying (same disk; never edit the sources afterwards)",
     )
+    importer.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        default=None,
+        help="import what symbolic links point to, if inside the folder (always on for a huggingface_hub cache folder)",
+    )
     importer.add_argument("-m", "--message", default=None, help="commit title")
     _root_argument(importer)
     importer.set_defaults(func=_import)
 
 
+def _limit_arguments(serve: argparse.ArgumentParser) -> None:
+    """The limits that keep one client from taking the server from the others (defaults in the README)."""
+    from tunehub.hub.server.limits import DEFAULTS
+
+    def positive(kind: type) -> Any:
+        def parse(text: str) -> Any:
+            value = kind(text)
+            if value <= 0:
+                raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+            return value
+
+        return parse
+
+    limits = serve.add_argument_group("limits (per connection, per client address, in total)")
+    for flag, kind, text in [
+        ("header_timeout", float, "seconds a client may take to send a request's headers"),
+        ("idle_timeout", float, "seconds without a byte while a request body is arriving"),
+        ("send_timeout", float, "seconds a client may read nothing of an answer before it is dropped"),
+        ("keep_alive", int, "seconds an idle keep-alive connection stays open"),
+        ("max_connections", int, "open connections in total (also bounded by the open-files limit)"),
+        ("max_connections_per_client", int, "open connections from one client address"),
+        ("request_timeout", float, "seconds a request may wait for storage work before a 503 with Retry-After"),
+        ("login_failures", int, "failed token checks per client address per minute before 429"),
+    ]:
+        limits.add_argument(
+            "--" + flag.replace("_", "-"),
+            type=positive(kind),
+            default=getattr(DEFAULTS, flag),
+            help=f"{text} (default {getattr(DEFAULTS, flag)})",
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from tunehub.hub.server.limits import Limits
     from tunehub.hub.server.serve import serve
 
     if not 0 <= args.port <= 65535:
         raise ServerError(f"--port {args.port} is not a port number.")
+    limits = Limits(**{field.name: getattr(args, field.name) for field in fields(Limits) if hasattr(args, field.name)})
     return serve(
         _root(args),
         args.host,
@@ -168,6 +230,8 @@ def _serve(args: argparse.Namespace) -> int:
         page_size=args.page_size,
         access_log=args.access_log,
         log_level=args.log_level,
+        public_url=args.public_url,
+        limits=limits,
         mirror_settings=_mirror_settings(args),
     )
 
@@ -245,11 +309,22 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _org_add(args: argparse.Namespace) -> int:
+def _org_members(args: argparse.Namespace) -> int:
+    """`org add` and `org remove`: the same walk over --member, a different store call."""
+    adding = args.org_command == "add"
     with _store(args) as store:
+        change = store.add_org_member if adding else store.remove_org_member
         for member in args.member:
-            store.add_org_member(args.org, member)
-    print(f"{args.org}: added {', '.join(args.member)}", file=sys.stderr)
+            change(args.org, member)
+    print(f"{args.org}: {'added' if adding else 'removed'} {', '.join(args.member)}", file=sys.stderr)
+    return 0
+
+
+def _user_rm(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        deleted = store.remove_user(args.user, with_repos=args.with_repos)
+    extra = f" and {deleted} repo(s)" if deleted else ""
+    print(f"deleted user {args.user}, their tokens{extra}", file=sys.stderr)
     return 0
 
 
@@ -266,6 +341,7 @@ def _import(args: argparse.Namespace) -> int:
         private=args.private,
         message=args.message,
         link=args.link,
+        follow_symlinks=args.follow_symlinks,
     )
     print(
         f"imported {result.files} file(s), {result.bytes} bytes from {result.source} "

@@ -22,6 +22,7 @@ from tunehub.errors import TunehubError
 COMMAND_GROUPS = (
     "registry",
     "pull",
+    "disk",
     "publish",
     "quantize",
     "generate",
