@@ -243,9 +243,10 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 class HubApp:
     """The ASGI application."""
 
-    def __init__(self, store: HubStore, settings: ServerSettings | None = None) -> None:
+    def __init__(self, store: HubStore, settings: ServerSettings | None = None, mirror: Any = None) -> None:
         self.store = store
         self.settings = settings or ServerSettings()
+        self.mirror = mirror  # a mirror.Mirror with `serve --upstream`: repos not held here come from there
         self._signing_key = store.signing_key()
         self._storage_limiter: anyio.CapacityLimiter | None = None  # made on the event loop, at first use
         # Failed token checks by client address: times within the last LOGIN_WINDOW_S.
@@ -336,18 +337,21 @@ class HubApp:
     def _logging_send(self, request: Request, send: Send) -> Send:
         """Wrap ``send`` to log one line per answer: never the query (upload signatures) nor headers (tokens)."""
         started = time.monotonic()
-        answer = {"status": 0, "bytes": 0}
+        answer: dict[str, Any] = {"status": 0, "bytes": 0}
 
         async def logging_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 answer["status"] = message["status"]
+                for key, value in message.get("headers", []):
+                    if key == b"x-mirror-cache":  # hit / miss of a mirrored file
+                        answer["mark"] = " " + value.decode("latin-1")
             elif message["type"] == "http.response.body":
                 answer["bytes"] += len(message.get("body", b""))
                 if not message.get("more_body", False):
                     user = getattr(request.state, "user", None) or "-"
                     client = request.client.host if request.client else "-"
                     access_log.info(
-                        "%s %s %s %s %d %d %.3fs",
+                        "%s %s %s %s %d %d %.3fs%s",
                         client,
                         user,
                         request.method,
@@ -355,6 +359,7 @@ class HubApp:
                         answer["status"],
                         answer["bytes"],
                         time.monotonic() - started,
+                        answer.get("mark", ""),
                     )
             await send(message)
 
@@ -372,6 +377,9 @@ class HubApp:
             raise problems.invalid_credentials()
         principal = await self.blocking(self.store.authenticate, token.strip())
         if principal is None:
+            if self.mirror is not None and self.mirror.settings.public_read and request.method in ("GET", "HEAD"):
+                # An open mirror reads a token it does not know (a box's huggingface.co login) as none.
+                return None
             self.record_login_failure(client)
             raise problems.invalid_credentials()
         request.state.user = principal.user
@@ -435,9 +443,18 @@ class HubApp:
         if segments == ["api", "health"] and method in ("GET", "HEAD"):
             return JSONResponse({"status": "ok"})  # answered on the loop: a liveness check waits for nothing
         ctx = Ctx(request, await self.authenticate(request), segments, self.link_base(request))
+        mirror_notes: dict[str, str] = {}
+        if self.mirror is not None:
+            from tunehub.hub.server.mirror import prepare_request
+
+            mirror_notes = await prepare_request(self.mirror, ctx.principal, method, segments)
         if segments[:1] == ["api"]:
-            return await self.dispatch_api(ctx, method, segments[1:])
-        return await self.dispatch_repo_urls(ctx, method, segments)
+            response = await self.dispatch_api(ctx, method, segments[1:])
+        else:
+            response = await self.dispatch_repo_urls(ctx, method, segments)
+        if mirror_notes:
+            response.headers.update(mirror_notes)
+        return response
 
     async def dispatch_api(self, ctx: Ctx, method: str, seg: list[str]) -> Any:
         if seg == ["whoami-v2"] and method == "GET":
@@ -509,11 +526,14 @@ class HubApp:
     def readable_repo(self, ctx: Ctx, repo_type: str, repo_id: str) -> Repo:
         check_repo_id(repo_id)
         repo = self.store.get_repo(repo_type, repo_id)
-        if repo is None or (repo.private and not self.may_read(ctx.principal, repo)):
+        # With a mirror, public mirrored repos have a read rule of their own (see may_read).
+        if repo is None or ((repo.private or self.mirror is not None) and not self.may_read(ctx.principal, repo)):
             raise problems.repo_not_found(repo_id)
         return repo
 
     def may_read(self, principal: Principal | None, repo: Repo) -> bool:
+        if self.mirror is not None and (mirror_rule := self.mirror.read_rule(principal, repo)) is not None:
+            return bool(mirror_rule)
         if not repo.private:
             return True
         return principal is not None and self.store.may_act_for(principal.user, repo.namespace)
@@ -532,6 +552,8 @@ class HubApp:
         if ctx.principal is None:
             raise problems.unauthorized()
         repo = self.readable_repo(ctx, repo_type, repo_id)
+        if self.mirror is not None:
+            self.mirror.refuse_writes(repo)
         return repo, self.require_write(ctx, repo.namespace)
 
     def revision_sha(self, repo: Repo, revision: str) -> str:
@@ -856,6 +878,8 @@ class HubApp:
                 start, end, status = chosen[0], chosen[1], 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
         headers["Content-Length"] = str(end - start)
+        if self.mirror is not None and not head and self.mirror.is_mirrored(repo):
+            return self.mirror.serve_file(repo, sha, entry, start, end, status, headers)
         return BlobResponse(blob, start, end, status, headers, head)
 
     # --- repo management ------------------------------------------------------------------
@@ -1253,6 +1277,6 @@ class HubApp:
         return AddFile(path, oid, size, True, git_blob_sha1(lfs_pointer(oid, size)))
 
 
-def create_app(store: HubStore, settings: ServerSettings | None = None) -> HubApp:
-    return HubApp(store, settings)
+def create_app(store: HubStore, settings: ServerSettings | None = None, mirror: Any = None) -> HubApp:
+    return HubApp(store, settings, mirror)
 

@@ -7,11 +7,14 @@ import os
 import socket
 import sys
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tunehub.errors import ServerError
 from tunehub.hub.server.limits import DEFAULTS, Limits, fit_to_open_files
 from tunehub.hub.server.storage import HubStore
+
+if TYPE_CHECKING:
+    from tunehub.hub.server.mirror import MirrorSettings
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -47,6 +50,7 @@ def serve(
     access_log: bool = False,
     log_level: str = "warning",
     out: TextIO | None = None,
+    mirror_settings: MirrorSettings | None = None,
     public_url: str | None = None,
     limits: Limits = DEFAULTS,
 ) -> int:
@@ -84,7 +88,15 @@ def serve(
         access_logger.addHandler(handler)
         access_logger.setLevel(logging.INFO)
         access_logger.propagate = False
-    app = create_app(store, settings)
+    mirror = None
+    if mirror_settings is not None:
+        from tunehub.hub.server.mirror import Mirror
+
+        mirror = Mirror(store, mirror_settings)
+        mirror.start_background()
+    from tunehub.hub.server.metrics import MetricsApp
+
+    app = MetricsApp(create_app(store, settings, mirror), mirror)
     sock = bind_socket(host, port)
     url = endpoint_url(host, sock.getsockname()[1])
 
@@ -132,11 +144,17 @@ def serve(
     if host in ("0.0.0.0", "::", ""):
         port_bound = sock.getsockname()[1]
         print(f"Listening on all interfaces: other machines use http://<this machine's address>:{port_bound}", file=sys.stderr)
+    if mirror is not None:
+        assert mirror_settings is not None
+        token_note = "with the hub's upstream token" if mirror_settings.token else "public repos only (no upstream token)"
+        print(f"Mirroring {mirror.upstream.url} ({token_note}; branches re-checked every {mirror_settings.ttl:g}s)", file=sys.stderr)
     print(f"HF_ENDPOINT={url}", file=out, flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if mirror is not None:
+            mirror.close()
         store.close()
         lease.close()
         lock.close()
