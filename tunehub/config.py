@@ -17,10 +17,15 @@ from typing import Any
 
 from tunehub.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+
+
+def _toml() -> Any:
+    """tomllib, imported only when a home has a tunehub.toml (keeps `tunehub list` start-up short)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    return tomllib
 
 CONFIG_FILE = "tunehub.toml"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -39,11 +44,14 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "remote": ((list,), "array of tables ([[remote]])"),
     "daemon": ((dict,), "table ([daemon])"),
     "base_repos": ((dict,), "table ([base_repos])"),
+    "generate": ((dict,), "table ([generate])"),
     "readonly_dirs": ((list,), "list of strings"),
     "lora_dirs": ((dict,), "table ([lora_dirs])"),
     "max_definition_bytes": ((int,), "integer (bytes)"),
     "cluster": ((dict,), "table ([cluster])"),
 }
+# [generate] keys -> allowed values (defaults for `tunehub generate` options)
+GENERATE_KEYS: dict[str, tuple[str, ...]] = {"attention": ("sdpa", "fp8")}
 LINK_MODES = ("hardlink", "copy", "symlink")
 
 
@@ -67,6 +75,7 @@ class Config:
     remotes: list[dict[str, Any]] = field(default_factory=list)
     daemon: dict[str, Any] = field(default_factory=dict)
     base_repos: dict[str, str] = field(default_factory=dict)
+    generate: dict[str, str] = field(default_factory=dict)
     # None: any folder named "defaults" is read-only (WanGP replaces it on every update)
     readonly_dirs: list[Path] | None = None
     # WanGP LoRA folder name ("wan", "wan_i2v", "hunyuan", ...) -> folder; "root" -> the loras/ folder
@@ -149,6 +158,7 @@ class Config:
             "remote": self.remotes,
             "daemon": self.daemon,
             "base_repos": self.base_repos,
+            "generate": self.generate,
             "readonly_dirs": [str(p) for p in self.readonly_dirs] if self.readonly_dirs is not None else "any folder named defaults",
             "lora_dirs": {"root": str(self.loras_root), **{k: str(v) for k, v in self.lora_dirs.items() if k != "root"}},
         }
@@ -199,6 +209,7 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
     raw: dict[str, Any] = {}
     if file.is_file():
         cfg.config_file = file
+        tomllib = _toml()
         try:
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
@@ -257,6 +268,14 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
         if not isinstance(target, str):
             raise ConfigError(f"{file}: [base_repos] key '{arch}' must be a string (repo id or folder)")
     cfg.base_repos = dict(base_repos)
+    for key, value in raw.get("generate", {}).items():
+        if key not in GENERATE_KEYS:
+            raise ConfigError(f"{file}: [generate] unknown key '{key}'; known: {', '.join(GENERATE_KEYS)}")
+        if value not in GENERATE_KEYS[key]:
+            raise ConfigError(
+                f"{file}: [generate] {key} must be one of {', '.join(GENERATE_KEYS[key])}; got {value!r}"
+            )
+        cfg.generate[key] = value
     env_endpoint = os.environ.get("HF_ENDPOINT")
     if env_endpoint:
         cfg.endpoint = env_endpoint.rstrip("/")

@@ -25,6 +25,8 @@ class Faults:
     drop_after: list[int] = field(default_factory=list)  # next GET bodies cut after N bytes
     alter: bool = False  # flip a byte in every body
     delay_per_mb: float = 0.0  # seconds of sleep per MiB sent
+    stall_after: list[int] = field(default_factory=list)  # next GET bodies go silent after N bytes
+    trickle_after: list[int] = field(default_factory=list)  # next GET bodies send 1 byte / 0.3 s after N bytes
 
 
 class RangeServer:
@@ -36,6 +38,7 @@ class RangeServer:
         self.lock = threading.Lock()
         self.bytes_sent = 0
         self.requests: list[tuple[str, str, dict[str, str], float]] = []
+        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +69,8 @@ class RangeServer:
                 with server.lock:
                     status = server.faults.fail_statuses.pop(0) if server.faults.fail_statuses else None
                     drop = server.faults.drop_after.pop(0) if server.faults.drop_after else None
+                    stall = server.faults.stall_after.pop(0) if server.faults.stall_after else None
+                    trickle = server.faults.trickle_after.pop(0) if server.faults.trickle_after else None
                 target = server.redirects.get(self.path)
                 if target is not None:
                     self.send_response(302)
@@ -105,6 +110,9 @@ class RangeServer:
                 self.send_header("ETag", f'"{server.etags[self.path]}"')
                 self.end_headers()
                 limit = len(body) if drop is None else min(drop, len(body))
+                slow_from = stall if stall is not None else trickle
+                if slow_from is not None:
+                    limit = min(limit, slow_from)
                 step = 256 * 1024
                 sent = 0
                 while sent < limit:
@@ -118,6 +126,20 @@ class RangeServer:
                         server.bytes_sent += len(piece)
                     if server.faults.delay_per_mb:
                         time.sleep(server.faults.delay_per_mb * len(piece) / (1 << 20))
+                if slow_from is not None:
+                    self.wfile.flush()
+                    deadline = time.monotonic() + 60
+                    while sent < len(body) and time.monotonic() < deadline and not server.closing.is_set():
+                        if trickle is not None:
+                            try:
+                                self.wfile.write(body[sent : sent + 1])
+                                self.wfile.flush()
+                            except OSError:
+                                return
+                            sent += 1
+                        server.closing.wait(0.3)
+                    self.close_connection = True
+                    return
                 if drop is not None:
                     self.close_connection = True
                     self.wfile.flush()
@@ -138,6 +160,7 @@ class RangeServer:
         return [r for r in self.requests if r[0] == "GET"]
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -154,6 +177,8 @@ class FaultProxy:
 
     GETs can be answered with 429/503 + Retry-After, bodies can be slowed to a byte rate
     (so that a test can kill a client half-way), and every forwarded body byte is counted.
+    ``flip_once``: file names whose next body gets one byte flipped (in its middle);
+    ``transfers``: (path, bytes, monotonic end time) of each forwarded resolve body.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -167,6 +192,8 @@ class FaultProxy:
         self.bytes_sent = 0
         self.active = 0  # requests being forwarded right now
         self.requests: list[tuple[str, str, dict[str, str], float]] = []
+        self.flip_once: set[str] = set()
+        self.transfers: list[tuple[str, int, float]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -210,10 +237,17 @@ class FaultProxy:
                         return
                     started = time.monotonic()
                     sent = 0
+                    name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
+                    with proxy.lock:
+                        flip_at = int(data_length) // 2 if name in proxy.flip_once else -1
+                        proxy.flip_once.discard(name)
                     while True:
                         chunk = answer.read(256 * 1024)
                         if not chunk:
                             break
+                        if sent <= flip_at < sent + len(chunk):
+                            index = flip_at - sent
+                            chunk = chunk[:index] + bytes([chunk[index] ^ 0x01]) + chunk[index + 1 :]
                         try:
                             self.wfile.write(chunk)
                         except OSError:
@@ -225,6 +259,9 @@ class FaultProxy:
                             ahead = sent / proxy.rate_bytes_per_s - (time.monotonic() - started)
                             if ahead > 0:
                                 time.sleep(ahead)
+                    if "/resolve/" in self.path:
+                        with proxy.lock:
+                            proxy.transfers.append((self.path, sent, time.monotonic()))
                 finally:
                     conn.close()
 

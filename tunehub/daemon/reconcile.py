@@ -59,11 +59,11 @@ def fingerprint(data: dict[str, Any]) -> str:
 
 
 def local_entries(model: dict[str, Any]) -> list[str]:
-    """Entries of URLs/URLs2/preload_URLs/modules that are local paths, not URLs."""
+    """Entries of URLs/URLs2/preload_URLs/loras/modules that are local paths, not URLs."""
     from tunehub.registry.urls import is_url
 
     found: list[str] = []
-    for key in _LIST_KEYS:
+    for key in (*_LIST_KEYS, "loras"):  # local LoRAs are published too
         value = model.get(key)
         if isinstance(value, list):
             found.extend(v for v in value if isinstance(v, str) and not is_url(v))

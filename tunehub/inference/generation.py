@@ -43,6 +43,7 @@ class GenerateResult:
     int8_kernels: dict[str, int] = field(default_factory=dict)
     load_seconds: float = 0.0
     denoise_seconds: float = 0.0
+    attention: str = "sdpa"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class GenerateResult:
             "int8_kernels": self.int8_kernels,
             "load_seconds": round(self.load_seconds, 3),
             "denoise_seconds": round(self.denoise_seconds, 3),
+            "attention": self.attention,
         }
 
 
@@ -130,6 +132,7 @@ def finish(
     load_seconds: float,
     denoise_seconds: float,
     progress: Progress | None,
+    attention: str = "sdpa",
 ) -> GenerateResult:
     """Write the video and the settings used beside it; the one-process and multi-GPU paths end here."""
     values = prepared.values
@@ -153,6 +156,7 @@ def finish(
         int8_kernels=int8_kernels,
         load_seconds=load_seconds,
         denoise_seconds=denoise_seconds,
+        attention=attention,
     )
 
 
@@ -175,12 +179,15 @@ def generate(
     progress: Progress | None = None,
     gpus: int | str | None = None,
     parallel: str = "auto",
+    attention: str | None = None,
     **settings: Any,
 ) -> GenerateResult:
     """Generate one video for ``definition_id``.
 
     ``gpus`` (N or "auto") > 1 runs one process per GPU, split by ``parallel``
-    (auto|cfg|context|both): see :mod:`tunehub.inference.parallel`.
+    (auto|cfg|context|both): see :mod:`tunehub.inference.parallel`. ``attention``: ``sdpa`` or
+    ``fp8`` (FP8 self-attention on Hopper+, see :mod:`tunehub.inference.attention`); None takes
+    ``[generate] attention`` from tunehub.toml (default ``sdpa``).
 
     ``settings`` are WanGP keys (``prompt``, ``negative_prompt``, ``resolution`` "WxH",
     ``video_length``, ``num_inference_steps``, ``guidance_scale``, ``flow_shift``,
@@ -188,6 +195,8 @@ def generate(
     over the definition's top-level settings. The video goes to ``out`` or a new name in
     ``cfg.outputs_dir``; the settings used go beside it (``clip.mp4`` -> ``clip.json``).
     """
+    if attention is None:
+        attention = cfg.generate.get("attention", "sdpa")
     if gpus is not None and str(gpus).strip() != "1":
         from tunehub.inference.parallel import generate_parallel
 
@@ -195,7 +204,7 @@ def generate(
             cfg, registry, definition_id, gpus=gpus, parallel=parallel, image=image, video=video, mask=mask,
             out=out, device=device, offload=offload, quantization=quantization, dtype=dtype,
             int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks, progress=progress,
-            **settings,
+            attention=attention, **settings,
         )  # fmt: skip
     prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask, out)
     resolution, files, values = prepared.resolution, prepared.files, prepared.values
@@ -210,6 +219,7 @@ def generate(
         vae_tiling=vae_tiling,
         compile_blocks=compile_blocks,
         progress=progress,
+        attention=attention,
     )
     set_flow_shift(built.pipe, values.flow_shift)
     kwargs = pipeline_inputs(built, values, prepared.inputs)
@@ -218,5 +228,5 @@ def generate(
     return finish(
         cfg, definition_id, prepared, frames,
         device=built.device, int8_kernels=built.int8_kernels, load_seconds=built.load_seconds,
-        denoise_seconds=time.perf_counter() - started, progress=progress,
+        denoise_seconds=time.perf_counter() - started, progress=progress, attention=built.attention,
     )  # fmt: skip
