@@ -22,6 +22,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("i2v", "Wan 2.1 image-to-video 480p 14B", "wan", "WanImageToVideoPipeline", False),
         Architecture("i2v_720p", "Wan 2.1 image-to-video 720p 14B", "wan", "WanImageToVideoPipeline", False),
         Architecture("vace_14B", "Wan 2.1 VACE 14B", "wan", "WanVACEPipeline", False),
+        Architecture("vace_1.3B", "Wan 2.1 VACE 1.3B", "wan", "WanVACEPipeline", False),
+        Architecture("t2v_2_2", "Wan 2.2 text-to-video A14B (two experts)", "wan", "WanPipeline", False),
+        Architecture("i2v_2_2", "Wan 2.2 image-to-video A14B (two experts)", "wan", "WanImageToVideoPipeline", False),
+        Architecture("ti2v_2_2", "Wan 2.2 text/image-to-video 5B", "wan", "WanPipeline", False),
         Architecture("hunyuan", "HunyuanVideo text-to-video", "hunyuan", "HunyuanVideoPipeline", True),
         Architecture(
             "hunyuan_i2v", "HunyuanVideo image-to-video", "hunyuan", "HunyuanVideoImageToVideoPipeline", True

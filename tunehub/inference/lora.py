@@ -1,0 +1,272 @@
+"""LoRAs on a built transformer: fused into 16-bit weights, unfused adapters on int8 layers.
+
+A LoRA file in any format diffusers reads for the pipeline (the original Wan / Kohya /
+ComfyUI layouts as well as diffusers' own: the pipeline class's ``lora_state_dict`` does the
+conversion and folds ``alpha`` in) becomes, per linear module, a pair ``A`` (rank x in),
+``B`` (out x rank) and optionally a bias delta. Then, per expert and per LoRA:
+
+- the strength over the steps this expert runs is constant and the layer holds a 16-bit
+  weight: ``W += s * B @ A`` once (computed in float32); strength 0: nothing is touched;
+- otherwise (an int8 layer, whose weight stays int8, or a strength that changes with the
+  step, WanGP's ``"0.9,0.8"``): a forward hook adds ``s_t * B(A(x))``; ``A``, ``B`` and the
+  strength are buffers of the layer, so offloading and ``.to()`` move them with it, and the
+  strength is updated in place before each step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunehub.errors import ConfigError, InferenceError
+
+# WanGP's LoRA folder per architecture (under <home>/loras/): definitions.md, "WanGP today".
+LORA_FOLDERS = {
+    "t2v": "wan", "vace_14B": "wan", "t2v_2_2": "wan", "i2v_2_2": "wan",
+    "i2v": "wan_i2v", "i2v_720p": "wan_i2v",
+    "t2v_1.3B": "wan_1.3B", "vace_1.3B": "wan_1.3B",
+    "ti2v_2_2": "wan_5B",
+    "hunyuan": "hunyuan", "hunyuan_i2v": "hunyuan_i2v",
+}  # fmt: skip
+
+_STRENGTH = re.compile(r"^[\s0-9.,;+-]+$")
+
+
+def lora_folder(architecture: str) -> str | None:
+    """The architecture's folder name under ``loras/`` (tunehub.registry's table once it has one)."""
+    try:
+        from tunehub.registry import architectures
+
+        table = getattr(architectures, "ARCHITECTURES", {})
+        folder = getattr(table.get(architecture), "lora_folder", None)
+        if folder:
+            return str(folder)
+    except ImportError:  # pragma: no cover - the registry is always there
+        pass
+    return LORA_FOLDERS.get(architecture)
+
+
+def parse_lora_option(value: str) -> tuple[str, str]:
+    """``--lora FILE[:STRENGTH]`` -> (file, strength text; "1" when absent). STRENGTH may use
+    WanGP's multiplier syntax (``0.8``, ``1;0``, ``0.9,0.7``)."""
+    path, sep, strength = value.rpartition(":")
+    if sep and path and _STRENGTH.match(strength) and any(ch.isdigit() for ch in strength):
+        return path, strength.strip()
+    return value, "1"
+
+
+def lora_candidates(cfg: Any, architecture: str, source: str) -> list[Path]:
+    """Where a LoRA entry (URL, bare name or path) may be on disk, most specific first:
+    the path itself, ``<home>/loras/<folder>/<name>`` (where ``tunehub pull`` and WanGP put
+    them), ``<home>/loras/<name>``, then each weights folder."""
+    from tunehub.hub.urls import is_url, local_name
+
+    name = local_name(source)
+    candidates: list[Path] = []
+    if not is_url(source):
+        path = Path(source).expanduser()
+        candidates.append(path if path.is_absolute() else Path.cwd() / path)
+        if not path.is_absolute():
+            candidates.append(cfg.home / path)
+    folder = lora_folder(architecture)
+    loras_root = cfg.home / "loras"
+    if folder:
+        candidates.append(loras_root / folder / name)
+    candidates.append(loras_root / name)
+    candidates.extend(Path(folder_path) / name for folder_path in cfg.weights_dirs)
+    return candidates
+
+
+def locate_lora(cfg: Any, architecture: str, source: str) -> Path | None:
+    for candidate in lora_candidates(cfg, architecture, source):
+        if os.path.isfile(candidate):
+            return candidate.absolute()
+    return None
+
+
+# ------------------------------------------------------------------ reading
+
+
+@dataclass
+class LoraWeights:
+    """One LoRA file read for a transformer: module name -> (A, B, bias delta or None)."""
+
+    path: Path
+    modules: dict[str, tuple[Any, Any, Any]]
+    ignored: list[str] = field(default_factory=list)  # keys for other components (text encoder)
+
+
+def read_lora(path: Path, pipeline_class: Any) -> LoraWeights:
+    """Read ``path`` with the pipeline's own LoRA converter (diffusers' loader mixin)."""
+    loader = getattr(pipeline_class, "lora_state_dict", None)
+    if loader is None:
+        raise InferenceError(f"diffusers' {pipeline_class.__name__} has no LoRA support; cannot apply {path.name}")
+    try:
+        loaded = loader(str(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InferenceError(f"LoRA {path}: diffusers cannot read it: {exc}") from None
+    alphas: dict[str, Any] = {}
+    if isinstance(loaded, tuple):
+        state = loaded[0]
+        if len(loaded) > 1 and isinstance(loaded[1], dict):
+            alphas = loaded[1]
+    else:
+        state = loaded
+    modules: dict[str, dict[str, Any]] = {}
+    ignored: list[str] = []
+    for key, tensor in state.items():
+        if not key.startswith("transformer."):
+            ignored.append(key)
+            continue
+        name = key[len("transformer.") :]
+        for suffix, part in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_B.bias", "bias")):
+            if name.endswith(suffix):
+                modules.setdefault(name[: -len(suffix)], {})[part] = tensor
+                break
+        else:
+            ignored.append(key)
+    result: dict[str, tuple[Any, Any, Any]] = {}
+    for name, parts in modules.items():
+        if "A" not in parts or "B" not in parts:
+            raise InferenceError(f"LoRA {path}: {name} has only one of its two matrices (lora_A / lora_B)")
+        a, b = parts["A"].float(), parts["B"].float()
+        alpha = alphas.get(f"transformer.{name}.alpha", alphas.get(f"{name}.alpha"))
+        if alpha is not None:
+            b = b * (float(alpha) / a.shape[0])
+        result[name] = (a, b, parts.get("bias"))
+    if not result:
+        raise InferenceError(f"LoRA {path}: no transformer layer in it (is it a LoRA for this model family?)")
+    return LoraWeights(path, result, ignored)
+
+
+# ------------------------------------------------------------------ applying
+
+
+def _is_16bit_linear(module: Any) -> bool:
+    import torch
+    from torch import nn
+
+    weight = getattr(module, "weight", None)
+    return (
+        isinstance(module, nn.Linear)
+        and getattr(module, "weight_qtype", None) is None  # optimum-quanto's QLinear
+        and type(weight) is nn.Parameter
+        and weight.dtype in (torch.bfloat16, torch.float16, torch.float32)
+    )
+
+
+def _out_features(module: Any) -> tuple[int, int] | None:
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.out_features), int(module.in_features)
+    return None
+
+
+@dataclass
+class ExpertLoras:
+    """The LoRAs applied to one transformer: what was fused, the adapters and their schedules."""
+
+    fused: int = 0  # layers changed in place
+    adapters: int = 0  # layers with an unfused adapter
+    skipped_modules: int = 0  # LoRA modules this transformer does not have
+    # (strength buffer, per-step strengths) for adapters whose strength changes with the step
+    schedules: list[tuple[Any, list[float]]] = field(default_factory=list)
+
+    def set_step(self, step: int) -> None:
+        for buffer, strengths in self.schedules:
+            if 0 <= step < len(strengths):
+                buffer.fill_(strengths[step])
+
+
+def _adapter_hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+    import torch.nn.functional as F
+
+    x = args[0]
+    for index in range(module._tunehub_lora_count):
+        a = getattr(module, f"_tunehub_lora_{index}_a")
+        b = getattr(module, f"_tunehub_lora_{index}_b")
+        strength = getattr(module, f"_tunehub_lora_{index}_s")
+        delta = F.linear(F.linear(x.to(a.dtype), a), b)
+        bias = getattr(module, f"_tunehub_lora_{index}_bias", None)
+        if bias is not None:
+            delta = delta + bias
+        output = output + (strength.to(delta.dtype) * delta).to(output.dtype)
+    return output
+
+
+def _add_adapter(module: Any, a: Any, b: Any, bias: Any, strength: float) -> Any:
+    import torch
+
+    device = next((t.device for t in list(module.parameters()) + list(module.buffers()) if t is not None), a.device)
+    dtype = getattr(module, "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        weight = getattr(module, "weight", None)
+        dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point else torch.bfloat16
+    count = getattr(module, "_tunehub_lora_count", 0)
+    module.register_buffer(f"_tunehub_lora_{count}_a", a.to(device, dtype), persistent=False)
+    module.register_buffer(f"_tunehub_lora_{count}_b", b.to(device, dtype), persistent=False)
+    module.register_buffer(
+        f"_tunehub_lora_{count}_bias", None if bias is None else bias.to(device, dtype), persistent=False
+    )
+    buffer = torch.tensor(float(strength), dtype=torch.float32, device=device)
+    module.register_buffer(f"_tunehub_lora_{count}_s", buffer, persistent=False)
+    if count == 0:
+        module.register_forward_hook(_adapter_hook)
+    module._tunehub_lora_count = count + 1
+    return buffer
+
+
+def apply_to_transformer(transformer: Any, loras: Sequence[LoraWeights], strengths: Sequence[list[float]]) -> ExpertLoras:
+    """Apply each LoRA with its per-step ``strengths`` (the steps this transformer runs; empty:
+    it never runs). Fused where the strength is constant and the layer is 16-bit."""
+    import torch
+
+    applied = ExpertLoras()
+    modules = dict(transformer.named_modules())
+    for lora, steps in zip(loras, strengths):
+        if not steps or all(value == 0 for value in steps):
+            continue
+        constant = all(value == steps[0] for value in steps)
+        matched = 0
+        for name, (a, b, bias) in lora.modules.items():
+            module = modules.get(name)
+            if module is None:
+                applied.skipped_modules += 1
+                continue
+            shape = _out_features(module)
+            if shape is not None and (b.shape[0], a.shape[1]) != shape:
+                raise InferenceError(
+                    f"LoRA {lora.path.name}: {name} is {b.shape[0]}x{a.shape[1]} but the model's layer is "
+                    f"{shape[0]}x{shape[1]}: this LoRA is for another model size"
+                )
+            matched += 1
+            if constant and _is_16bit_linear(module):
+                with torch.no_grad():
+                    weight = module.weight
+                    delta = steps[0] * (b.to(weight.device) @ a.to(weight.device))
+                    weight.copy_((weight.float() + delta).to(weight.dtype))
+                    if bias is not None:
+                        if module.bias is None:
+                            raise InferenceError(f"LoRA {lora.path.name}: {name} changes a bias the layer lacks")
+                        module.bias.copy_((module.bias.float() + steps[0] * bias.float().to(weight.device)).to(module.bias.dtype))
+                applied.fused += 1
+            else:
+                buffer = _add_adapter(module, a, b, bias, steps[0])
+                applied.adapters += 1
+                if not constant:
+                    applied.schedules.append((buffer, steps))
+        if matched == 0:
+            raise InferenceError(
+                f"LoRA {lora.path.name}: none of its {len(lora.modules)} layers exist in this transformer "
+                "(a LoRA for another architecture?)"
+            )
+    return applied
+
+
+def check_strength(text: str, where: str) -> None:
+    """Early check of a ``--lora`` strength (full parsing needs the run's phases)."""
+    if not _STRENGTH.match(text):
+        raise ConfigError(f"{where}: strength '{text}' is not a number or a WanGP multiplier such as 1;0")
