@@ -123,9 +123,6 @@ def setup(tiny_models: TinyModels, hub_server_session: Any, tmp_path_factory: py
     with pytest.MonkeyPatch.context() as monkeypatch:
         server.use_in_process(monkeypatch)
         monkeypatch.setenv("TUNEHUB_NO_COMPILE", "1")
-        module = tiny_models.finetune("vace_1.3B")["module"]
-        assert tunehub_main(["--home", str(root), "quantize", "--file", str(root / "ckpts" / module.name),
-                             "--layers", "vace_blocks.*", "--quiet"]) == 0  # fmt: skip
         for arch in ARCHS_2_2:
             assert tunehub_main(["--home", str(root), "quantize", f"tiny_{arch}", "--quiet"]) == 0
         yield Setup(root, image)
@@ -137,6 +134,8 @@ def test_generate_16bit_and_int8(setup: Setup, arch: str) -> None:
     assert any("int8" in url for url in definition["model"]["URLs"]), "tunehub quantize appended the int8 file"
     if "URLs2" in definition["model"]:
         assert any("int8" in url for url in definition["model"]["URLs2"]), "and the low-noise expert's"
+    if "modules" in definition["model"]:
+        assert any("int8" in url for url in definition["model"]["modules"][0]), "and the VACE module"
 
     code, video16, result16 = setup.generate(f"tiny_{arch}", arch=arch)
     assert code == 0

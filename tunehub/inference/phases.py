@@ -151,11 +151,12 @@ class Multiplier:
 
 
 def _spread(values: tuple[float, ...], steps: int) -> list[float]:
-    """WanGP's time-based values: step i takes value ``int(i * len / steps)``."""
+    """WanGP's time-based values as its LoRA guide states them (30 steps, 3 values: steps 0-9,
+    10-19, 20-29): step i takes value ``i * len // steps``, in integers (WanGP's loop adds
+    ``len / steps`` as a float, which can shift a boundary by one step)."""
     if steps <= 0:
         return []
-    increment = len(values) / steps
-    return [values[int(index * increment)] for index in range(steps)]
+    return [values[index * len(values) // steps] for index in range(steps)]
 
 
 def split_multipliers(value: Any) -> list[Any]:
