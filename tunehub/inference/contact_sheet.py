@@ -19,6 +19,7 @@ MAX_FRAMES = 8  # frames in the grid
 COLUMNS = 4
 TILE_WIDTH = 240  # pixels; small videos are scaled up to this, large ones down
 MARGIN = 4
+CAPTION_KEY = "Description"  # PNG text chunk holding the caption
 
 
 def contact_sheet_path_for(video: Path) -> Path:
@@ -57,6 +58,18 @@ def caption_lines(settings: dict[str, Any], extra: dict[str, Any] | None = None)
     return lines
 
 
+def read_caption(sheet: Path) -> list[str] | None:
+    """The caption lines stored in a contact sheet (None: not one of ours)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(sheet) as image:
+            text = getattr(image, "text", {}).get(CAPTION_KEY)
+    except (OSError, UnidentifiedImageError):
+        return None
+    return text.split("\n") if text else None
+
+
 def render_contact_sheet(frames: Any, lines: list[str]) -> Any:
     """A PIL image: the picked frames in a grid, the caption below."""
     from PIL import Image, ImageDraw, ImageFont
@@ -91,9 +104,14 @@ def render_contact_sheet(frames: Any, lines: list[str]) -> Any:
 
 def write_contact_sheet(frames: Any, video: Path, settings: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     """Write ``clip.png`` beside ``clip.mp4``; returns its path."""
-    image = render_contact_sheet(frames, caption_lines(settings, extra))
+    from PIL.PngImagePlugin import PngInfo
+
+    lines = caption_lines(settings, extra)
+    image = render_contact_sheet(frames, lines)
+    info = PngInfo()
+    info.add_itxt(CAPTION_KEY, "\n".join(lines))  # the caption as text too (the TUI prints it)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=info)
     path = contact_sheet_path_for(video)
     atomic_write_bytes(path, buffer.getvalue())
     return path

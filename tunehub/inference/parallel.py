@@ -938,6 +938,8 @@ def generate_parallel(
     vae_tiling: bool = True,
     compile_blocks: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    loras: list[str] | None = None,
+    no_loras: bool = False,
     **settings: Any,
 ) -> Any:
     """:func:`tunehub.inference.generate` over ``gpus`` processes (see the module
@@ -966,7 +968,10 @@ def generate_parallel(
     common = dict(image=image, video=video, mask=mask, out=out, quantization=quantization, dtype=dtype,
                   int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks)  # fmt: skip
 
-    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask, out)
+    prepared = prepare(
+        registry, definition_id, quantization, dtype, settings, image, video, mask, out,
+        cfg=cfg, loras=loras, no_loras=no_loras,
+    )  # fmt: skip
     resolution, spec, files = prepared.resolution, prepared.spec, prepared.files
     values, inputs = prepared.values, prepared.inputs
     settings = {**settings, "seed": values.seed}  # a random seed is drawn once, here
@@ -988,7 +993,13 @@ def generate_parallel(
         progress({"status": "parallel", "plan": plan.to_json(), "description": plan.describe()})
     if plan.world == 1:
         return generate(cfg, registry, definition_id, device=device, offload="none", progress=progress,
-                        **common, **settings)  # fmt: skip
+                        loras=loras, no_loras=no_loras, **common, **settings)  # fmt: skip
+    if spec.two_experts or prepared.loras or image is not None and spec.image_pipeline:
+        what = "two-expert models" if spec.two_experts else "LoRAs" if prepared.loras else "ti2v with a start image"
+        raise ConfigError(
+            f"definition '{definition_id}': {what} run on one GPU for now (drop --gpus"
+            + (", or add --no-loras)" if prepared.loras and not spec.two_experts else ")")
+        )
 
     child_cfg = dataclasses.replace(cfg, base_repos={**cfg.base_repos, resolution.architecture: str(base_folder)})
     workdir = Path(tempfile.mkdtemp(prefix="tunehub-parallel-"))

@@ -43,6 +43,7 @@ from tunehub.tui.model import (
 )
 from tunehub.tui.widgets.definition_list import DefinitionList
 from tunehub.tui.widgets.detail import DetailPane
+from tunehub.tui.screens.contact_sheet import ContactSheetScreen, sheet_of
 from tunehub.tui.widgets.jobs import JobsPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,6 +70,7 @@ class MainScreen(Screen[None]):
         Binding("s", "toggle_quantization", "int8/16-bit"),
         Binding("d", "toggle_dtype", "bf16/fp16"),
         Binding("r", "reload", "Reload", show=False),
+        Binding("v", "view_sheet", "Last video", show=False),
     ]
 
     app: TunehubApp  # type: ignore[assignment]
@@ -399,6 +401,15 @@ class MainScreen(Screen[None]):
     def on_job_finished(self, message: JobFinished) -> None:
         title = f"{message.kind} {message.definition_id}"
         self.query_one(JobsPanel).finish_job(message.key, title, message.ok, message.summary)
+        sheet = sheet_of(message.result) if message.kind == "generate" and message.ok else None
+        if sheet is not None:
+            # the job's line opens it again (click); `v` shows the latest
+            line = self.query_one(JobsPanel).line(message.key)
+            if line is not None:
+                line.contact_sheet = sheet
+            self._last_sheet = (sheet, str(getattr(message.result, "video", "") or ""))
+            if self.app.screen is self:
+                self.notify(f"{message.definition_id}: video ready; press v for its contact sheet")
         # Files and definitions changed: re-read what is on disk.
         if message.kind in ("quantize", "publish"):
             path = self._definition_path(message.definition_id)
@@ -406,6 +417,13 @@ class MainScreen(Screen[None]):
                 self.reload_paths({path})
                 return
         self.refill_states()
+
+    def action_view_sheet(self) -> None:
+        last = getattr(self, "_last_sheet", None)
+        if last is None:
+            self.notify("No video generated in this session yet.")
+            return
+        self.app.push_screen(ContactSheetScreen(*last))
 
     def _definition_path(self, definition_id: str) -> Path | None:
         registry = self.app.registry
