@@ -1,4 +1,4 @@
-"""WanGP's guidance phases and LoRA multiplier syntax (its LoRA guide's examples), no torch."""
+"""WanGP's guidance phases and LoRA multiplier syntax (its LoRA guide's examples)."""
 
 from __future__ import annotations
 

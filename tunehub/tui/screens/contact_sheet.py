@@ -18,12 +18,19 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-try:
-    # Imported with the TUI, before the app starts: textual-image asks the terminal for its
-    # cell size and graphics protocols once, which is no longer possible under Textual.
-    from textual_image.widget import Image as TerminalImage
-except ImportError:  # pragma: no cover - textual-image comes with the tui extra
-    TerminalImage = None
+
+
+def prepare_terminal_images() -> Any:
+    """textual-image's widget class (None when it is not installed).
+
+    Its import asks the terminal for its cell size and graphics protocols, which must happen
+    before Textual takes the terminal over: ``tunehub tui`` calls this before the app runs
+    (imported later, under Textual, the query would eat the user's keystrokes)."""
+    try:
+        from textual_image.widget import Image
+    except ImportError:  # pragma: no cover - textual-image comes with the tui extra
+        return None
+    return Image
 
 
 def sheet_of(result: Any) -> Path | None:
@@ -81,8 +88,9 @@ class ContactSheetView(Vertical):
         self.video = video or str(sheet.with_suffix(".mp4"))
 
     def compose(self) -> ComposeResult:
-        if TerminalImage is not None:
-            yield TerminalImage(str(self.sheet), classes="sheet-image")
+        terminal_image = prepare_terminal_images()
+        if terminal_image is not None:
+            yield terminal_image(str(self.sheet), classes="sheet-image")
         else:
             yield Static(f"(install textual-image to see {self.sheet} here)", classes="sheet-image", markup=False)
         lines = [*caption_for(self.sheet), f"video: {shown_path(self.app, self.video)}"]
