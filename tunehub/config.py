@@ -38,6 +38,9 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "remote": ((list,), "array of tables ([[remote]])"),
     "daemon": ((dict,), "table ([daemon])"),
     "base_repos": ((dict,), "table ([base_repos])"),
+    "readonly_dirs": ((list,), "list of strings"),
+    "lora_dirs": ((dict,), "table ([lora_dirs])"),
+    "max_definition_bytes": ((int,), "integer (bytes)"),
 }
 LINK_MODES = ("hardlink", "copy", "symlink")
 
@@ -60,9 +63,14 @@ class Config:
     remotes: list[dict[str, Any]] = field(default_factory=list)
     daemon: dict[str, Any] = field(default_factory=dict)
     base_repos: dict[str, str] = field(default_factory=dict)
+    # None: any folder named "defaults" is read-only (WanGP replaces it on every update)
+    readonly_dirs: list[Path] | None = None
+    # WanGP LoRA folder name ("wan", "wan_i2v", "hunyuan", ...) -> folder; "root" -> the loras/ folder
+    lora_dirs: dict[str, Path] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
     config_file: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    max_definition_bytes: int = 1 << 20  # larger definition files are refused unread
 
     @property
     def state_dir(self) -> Path:
@@ -80,8 +88,41 @@ class Config:
 
     @property
     def user_definition_dirs(self) -> list[Path]:
-        """The user's definition folders, in load order (after the built-ins)."""
-        return [self.home / "finetunes", self.home / "definitions", *self.extra_definition_dirs]
+        """The definition folders of the home, in load order (after the built-ins).
+
+        As WanGP reads its own folder: ``defaults/`` then ``finetunes/`` (a user's file wins),
+        then tunehub's ``definitions/``. ``definition_dirs`` come after, in the order listed,
+        and a home folder named there takes the place it has in that list.
+        """
+        listed = {path.resolve() for path in self.extra_definition_dirs}
+        home_dirs = [self.home / "defaults", self.home / "finetunes", self.home / "definitions"]
+        return [path for path in home_dirs if path.resolve() not in listed] + list(self.extra_definition_dirs)
+
+    @property
+    def override_dir(self) -> Path:
+        """Where tunehub records a change to a definition it must not edit: the user's finetunes/."""
+        for path in self.user_definition_dirs:
+            if path.name == "finetunes" and not self.is_readonly(path):
+                return path
+        writable = [path for path in self.user_definition_dirs if not self.is_readonly(path)]
+        return writable[0] if writable else self.home / "finetunes"
+
+    def is_readonly(self, folder: Path) -> bool:
+        """A definition folder tunehub never writes into (``readonly_dirs``; default: named ``defaults``)."""
+        if self.readonly_dirs is None:
+            return folder.name == "defaults"
+        resolved = folder.resolve()
+        return any(resolved == path.resolve() for path in self.readonly_dirs)
+
+    @property
+    def loras_root(self) -> Path:
+        return self.lora_dirs.get("root", self.home / "loras")
+
+    def lora_dir(self, folder_name: str | None) -> Path:
+        """The folder of one WanGP LoRA family folder (``wan``, ``hunyuan_i2v`` ...)."""
+        if not folder_name:
+            return self.loras_root
+        return self.lora_dirs.get(folder_name, self.loras_root / folder_name)
 
     @property
     def download_dir(self) -> Path:
@@ -101,6 +142,8 @@ class Config:
             "remote": self.remotes,
             "daemon": self.daemon,
             "base_repos": self.base_repos,
+            "readonly_dirs": [str(p) for p in self.readonly_dirs] if self.readonly_dirs is not None else "any folder named defaults",
+            "lora_dirs": {"root": str(self.loras_root), **{k: str(v) for k, v in self.lora_dirs.items() if k != "root"}},
         }
 
 
@@ -170,6 +213,17 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
         cfg.dtype = _choice(file, "dtype", raw["dtype"], DTYPES)
     if "definition_dirs" in raw:
         cfg.extra_definition_dirs = _path_list(file, "definition_dirs", raw["definition_dirs"], home_path)
+    if "readonly_dirs" in raw:
+        cfg.readonly_dirs = _path_list(file, "readonly_dirs", raw["readonly_dirs"], home_path)
+    for name, target in raw.get("lora_dirs", {}).items():
+        if not isinstance(target, str):
+            raise ConfigError(f"{file}: [lora_dirs] key '{name}' must be a string (a folder)")
+        cfg.lora_dirs[name] = _path_list(file, "lora_dirs", [target], home_path)[0]
+    for folder in cfg.extra_definition_dirs:
+        if not folder.is_dir():
+            message = f"{file}: definition_dirs: {folder} does not exist (nothing is read from it)"
+            cfg.warnings.append(message)
+            warnings.warn(message, ConfigWarning, stacklevel=2)
     if "weights_dirs" in raw and raw["weights_dirs"]:
         cfg.weights_dirs = _path_list(file, "weights_dirs", raw["weights_dirs"], home_path)
     else:
@@ -183,6 +237,10 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
             if not isinstance(entry, dict) or not isinstance(entry.get("repo"), str):
                 raise ConfigError(f"{file}: [[remote]] entry {index + 1} needs a string key 'repo'")
         cfg.remotes = list(raw["remote"])
+    if "max_definition_bytes" in raw:
+        if isinstance(raw["max_definition_bytes"], bool) or raw["max_definition_bytes"] < 1024:
+            raise ConfigError(f"{file}: key 'max_definition_bytes' must be an integer of at least 1024 (bytes)")
+        cfg.max_definition_bytes = raw["max_definition_bytes"]
     cfg.daemon = dict(raw.get("daemon", {}))
     base_repos = raw.get("base_repos", {})
     for arch, target in base_repos.items():

@@ -8,7 +8,8 @@ huggingface_hub does: ``RepositoryNotFoundError`` is an ``OSError``)::
     ├── DefinitionError(ValueError)          a definition cannot be used
     │   ├── UnknownDefinitionError(LookupError)
     │   ├── InvalidDefinitionError           it has validation errors (listed)
-    │   └── ReferenceCycleError
+    │   ├── ReferenceCycleError
+    │   └── UnsupportedArchitectureError     tunehub cannot generate/quantize this architecture
     ├── ConcurrentEditError(RuntimeError)    the file changed since it was read
     ├── HubError(OSError)                    talking to a Hub or an http(s) server
     │   ├── HubAuthError                     401/403: log in or accept the terms
@@ -51,6 +52,10 @@ class InvalidDefinitionError(DefinitionError):
 
 class ReferenceCycleError(DefinitionError):
     """String references between definitions form a cycle."""
+
+
+class UnsupportedArchitectureError(DefinitionError):
+    """tunehub cannot generate with (or quantize) this architecture; it can still list, pull, publish it."""
 
 
 class ConcurrentEditError(TunehubError, RuntimeError):

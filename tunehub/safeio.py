@@ -11,11 +11,13 @@ overwrite a file that changed since it was read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,11 @@ __all__ = [
     "DefinitionDocument",
     "update_definition",
     "dump_json_like",
+    "CONFLICT_SUFFIX",
+    "exchange_paths",
 ]
+
+CONFLICT_SUFFIX = ".tunehub-conflict"  # tunehub's version of a file whose concurrent user save was kept
 
 
 def fsync_dir(folder: Path) -> None:
@@ -98,6 +104,94 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` with UTF-8 ``text`` atomically and durably."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_RENAME_EXCHANGE = 2
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "riscv64": 276, "ppc64le": 357, "s390x": 347}
+_exchange_unavailable = False
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two names atomically (Linux renameat2 RENAME_EXCHANGE); False where not supported.
+
+    POSIX has no compare-and-rename; swapping instead of replacing keeps the file that was
+    replaced, so a writer can see whether someone saved in the moment before its rename.
+    """
+    global _exchange_unavailable
+    if _exchange_unavailable or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import platform
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    args = (at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if hasattr(libc, "renameat2"):
+        result = libc.renameat2(ctypes.c_int(args[0]), args[1], ctypes.c_int(args[2]), args[3], ctypes.c_uint(args[4]))
+    elif platform.machine() in _SYS_RENAMEAT2:
+        result = libc.syscall(_SYS_RENAMEAT2[platform.machine()], args[0], args[1], args[2], args[3], args[4])
+    else:
+        _exchange_unavailable = True
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        _exchange_unavailable = code == errno.ENOSYS  # EINVAL: this filesystem only
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _replace_if_unchanged(path: Path, data: bytes, read_digest: str) -> None:
+    """Put ``data`` at ``path`` unless the file differs from what was read (digest): then keep it.
+
+    The check before the rename leaves a window (write, fsync) in which a user's save
+    would be overwritten; the swap closes it: the file displaced by the swap is compared
+    with what was read, and a save found there is swapped back into place and reported
+    (ConcurrentEditError) for the caller to re-read and re-apply its change.
+    """
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if _sha256_of(path) != read_digest:
+            raise ConcurrentEditError(f"{path} changed on disk since it was read; re-read it and apply the change again")
+        if not exchange_paths(tmp, path):
+            os.replace(tmp, path)  # no swap on this system: the check above is all there is
+            fsync_dir(path.parent)
+            return
+        displaced = _sha256_of(tmp)
+        if displaced == read_digest:
+            fsync_dir(path.parent)
+            return
+        # A save landed between the check and the swap: put it back. If yet another save
+        # replaced ours meanwhile, it is newer than the one displaced: keep that one.
+        ours = hashlib.sha256(data).hexdigest()
+        if _sha256_of(path) == ours:
+            exchange_paths(tmp, path)
+        fsync_dir(path.parent)
+        raise ConcurrentEditError(
+            f"{path} was saved while tunehub rewrote it; your save was kept, re-read it and apply the change again"
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_conflict_copy(path: Path, data: bytes) -> Path:
+    """Write tunehub's version of ``path`` beside it, for a change that could not be merged."""
+    target = path.with_name(path.name + CONFLICT_SUFFIX)
+    atomic_write_bytes(target, data)
+    return target
 
 
 # --- definition JSON -------------------------------------------------------------
@@ -166,14 +260,18 @@ class DefinitionDocument:
 
     def write(self, new_data: dict[str, Any]) -> DefinitionDocument:
         """Write ``new_data`` in this file's style; refuse if the file changed since it was read."""
-        if self.changed_on_disk():
-            raise ConcurrentEditError(
-                f"{self.path} changed on disk since it was read; re-read it and apply the change again"
-            )
-        text = dump_json_like(new_data, self.text)
-        atomic_write_text(self.path, text)
+        return self.write_text(dump_json_like(new_data, self.text), new_data)
+
+    def write_text(self, text: str, new_data: dict[str, Any] | None = None) -> DefinitionDocument:
+        """Replace the file with ``text`` unless it changed since it was read (ConcurrentEditError).
+
+        A save that lands while the new text is being written is detected after the swap
+        and kept (see :func:`_replace_if_unchanged`): no save is ever silently lost.
+        """
         encoded = text.encode("utf-8")
-        return DefinitionDocument(self.path, text, new_data, hashlib.sha256(encoded).hexdigest())
+        _replace_if_unchanged(self.path, encoded, self.digest)
+        data = new_data if new_data is not None else json.loads(text)
+        return DefinitionDocument(self.path, text, data, hashlib.sha256(encoded).hexdigest())
 
 
 def update_definition(
@@ -188,6 +286,8 @@ def update_definition(
     our write, the edit is kept: the file is read again and ``mutate`` re-applied.
     """
     last_error: ConcurrentEditError | None = None
+    data: dict[str, Any] = {}
+    doc: DefinitionDocument | None = None
     for _ in range(attempts):
         doc = DefinitionDocument.read(path)
         data = json.loads(doc.text)  # a private copy: mutate must not touch doc.data
@@ -197,5 +297,10 @@ def update_definition(
             return doc.write(data)
         except ConcurrentEditError as exc:
             last_error = exc
-    assert last_error is not None
-    raise last_error
+    assert last_error is not None and doc is not None
+    # The file kept changing: the user's version stays, tunehub's goes beside it.
+    conflict = write_conflict_copy(doc.path, dump_json_like(data, doc.text).encode("utf-8"))
+    raise ConcurrentEditError(
+        f"{doc.path} kept changing while tunehub rewrote it; your version was kept and tunehub's change "
+        f"was written to {conflict.name}: merge it by hand (or delete it) and run the job again"
+    )

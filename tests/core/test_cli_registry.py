@@ -27,7 +27,8 @@ def test_list_json_shape_and_filters(home: Home) -> None:
 def test_resolve_json_is_exactly_the_documented_object(home: Home) -> None:
     (home.ckpts / "wan2.1_text2video_14B_quanto_mfp16_int8.safetensors").write_bytes(b"0")
     out = json.loads(home.run("resolve", "vace_14B", "--quantization", "int8", "--dtype", "fp16", "--json", check=True).stdout)
-    assert set(out) == {"id", "architecture", "quantization", "dtype", "transformer", "transformer2", "modules", "preload"}
+    assert set(out) == {"id", "architecture", "quantization", "dtype", "transformer", "transformer2", "modules", "preload",
+                        "loras"}
     assert (out["id"], out["architecture"], out["quantization"], out["dtype"]) == ("vace_14B", "vace_14B", "int8", "fp16")
     transformer = out["transformer"]
     assert set(transformer) == {"source", "filename", "path", "present"}

@@ -138,6 +138,8 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.faults: list[tuple[str, int, dict[str, str]]] = []
         self.throttle: float | None = None
+        # (path_substring, old, new, times): replace bytes in GET bodies, as a faulty link would
+        self.corrupt: list[list[Any]] = []
         self.requests: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
         proxy = self
@@ -177,6 +179,16 @@ class FaultProxy:
                         continue
                     self.send_header(key, value.replace(proxy.upstream, proxy.url))
                 data_length = answer.getheader("Content-Length")
+                flip = None
+                if self.command == "GET":
+                    with proxy.lock:
+                        flip = next((c for c in proxy.corrupt if c[0] in self.path and c[3] > 0), None)
+                        if flip is not None:
+                            flip[3] -= 1
+                if flip is not None and data_length is not None:
+                    data = answer.read().replace(flip[1], flip[2], 1)
+                    data_length = None  # sent below from memory, same length
+                    answer = _Buffered(data)
                 slow = proxy.throttle and self.command == "GET" and "/resolve/" in self.path
                 if data_length is not None:
                     self.send_header("Content-Length", data_length)
@@ -216,6 +228,17 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _Buffered:
+    """A response body already read (and altered) by the proxy."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, *_: Any) -> bytes:
+        data, self.data = self.data, b""
+        return data
 
 
 @pytest.fixture

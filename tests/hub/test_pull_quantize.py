@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tunehub.hub.pull import pull
+from tunehub.flows import pull_definition as pull
 
 pytest.importorskip("optimum.quanto", reason="auto_quantize needs the quant extra (installed on CI)")
 

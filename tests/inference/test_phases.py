@@ -10,7 +10,6 @@ from tunehub.inference.phases import (
     parse_multiplier,
     phase_plan,
     ratio_for_threshold,
-    split_multipliers,
     switch_step,
 )
 
@@ -52,14 +51,6 @@ def test_three_phases_collapse_or_are_refused() -> None:
         phase_plan({"guidance_phases": 4}, True, 0.9, "t")
     with pytest.raises(ConfigError, match="0 to 1000"):
         phase_plan({"switch_threshold": 1200}, True, 0.9, "t")
-
-
-def test_multiplier_strings_split_as_wangp_does() -> None:
-    assert split_multipliers("1.2 0.8") == ["1.2", "0.8"]
-    assert split_multipliers("0.9,0.8,0.7\n1.2,1.1,1.0") == ["0.9,0.8,0.7", "1.2,1.1,1.0"]
-    assert split_multipliers("# comment line\n1;0 0;1|0.5") == ["1;0", "0;1", "0.5"]
-    assert split_multipliers(["1;0", 0.5]) == ["1;0", 0.5]
-    assert split_multipliers(None) == []
 
 
 def test_time_based_multipliers_spread_over_the_steps() -> None:

@@ -33,9 +33,9 @@ def test_builtins_load_and_resolve_under_every_preference(home: Home) -> None:
     vace = registry.resolve("vace_14B", "int8", "fp16")
     assert vace.transformer is not None and vace.transformer.filename == "wan2.1_text2video_14B_quanto_mfp16_int8.safetensors"
     assert [m.filename for m in vace.modules] == ["wan2.1_Vace_14B_module_quanto_mfp16_int8.safetensors"]
-    # Hunyuan runs in bf16 only, whatever the preference
+    # no family is forced to bf16 any more (WanGP today): the preference decides for Hunyuan too
     hunyuan = registry.resolve("hunyuan", "int8", "fp16")
-    assert hunyuan.dtype == "bf16" and "bf16 only" in hunyuan.dtype_reason
+    assert hunyuan.dtype == "fp16" and "preference" in hunyuan.dtype_reason
 
 
 def test_same_id_merges_key_by_key_and_user_folder_wins(home: Home) -> None:

@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also upload the rewritten definition as finetunes/ID.json (the shared registry)",
     )
+    p.add_argument("--no-loras", action="store_true", help="leave the definition's local LoRAs out")
     p.add_argument("--dry-run", action="store_true", help="show what would be uploaded and the new definition; change nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_publish)
@@ -49,6 +50,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             include_definition=args.include_definition,
             dry_run=args.dry_run,
             progress=None if args.json else display,
+            loras=not args.no_loras,
         )
     if args.json:
         print_json(result.to_json())
@@ -66,5 +68,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         print("nothing to upload: the repo already has every file; no commit made")
     if result.rewritten:
-        print(f"rewrote {result.definition_path}")
+        if result.override:
+            print(f"wrote the override {result.definition_path} (the read-only definition is left as it is)")
+        else:
+            print(f"rewrote {result.definition_path}")
     return 0

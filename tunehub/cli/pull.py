@@ -25,18 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all-variants", action="store_true", help="every variant listed, not only the chosen one")
     p.add_argument("--connections", type=int, default=4, metavar="N", help="parallel ranges per file (default 4)")
     p.add_argument("--no-quantize", action="store_true", help="do not run auto_quantize after the pull")
+    p.add_argument("--no-loras", action="store_true", help="skip the definition's LoRAs (fetched into loras/<family>/)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bars)")
     p.set_defaults(func=cmd_pull)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from tunehub.hub.progress import ProgressDisplay
-    from tunehub.hub.pull import pull
+    from tunehub.flows import pull_definition
 
     cfg, registry = config_and_registry(args)
     display = ProgressDisplay(enabled=None if not args.json else False)
     with display:
-        result = pull(
+        result = pull_definition(
             cfg,
             registry,
             args.id,
@@ -46,6 +47,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             progress=None if args.json else display,
             connections=max(1, args.connections),
             quantize=not args.no_quantize,
+            loras=not args.no_loras,
         )
     if args.json:
         print_json(result.to_json())

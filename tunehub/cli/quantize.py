@@ -104,6 +104,7 @@ def handle(args: argparse.Namespace) -> int:
     else:
         for path in outputs:
             print(path)
+        print(f"definition: {registry.get(args.id).path}", file=sys.stderr)  # an override, for a read-only one
     return 0
 
 

@@ -1,7 +1,7 @@
 """Job execution: bounded workers per kind, retries with backoff, cancellation.
 
 Executors call the other parts of tunehub (imported lazily so that the daemon starts
-without torch): ``tunehub.hub.pull.pull``, ``tunehub.quant.flow.quantize_definition``,
+without torch): ``tunehub.flows.pull_definition``, ``tunehub.quant.flow.quantize_definition``,
 ``tunehub.hub.publish.publish`` and ``tunehub.inference.generate``. Each job gets a
 fresh registry (a snapshot), so a long download never holds the daemon's registry.
 A capability whose module is not installed fails its job with a message saying so;
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import logging
 import random
 import shutil
@@ -120,16 +119,13 @@ def _summary(value: Any) -> Any:
 
 
 def run_pull(ctx: JobContext) -> Any:
-    pull = _capability("tunehub.hub.pull", "pull", "pulling (tunehub.hub.pull)")
+    pull = _capability("tunehub.flows", "pull_definition", "pulling (tunehub.flows)")
     params = ctx.job["params"]
-    extra: dict[str, Any] = {}
-    if "quantize" in inspect.signature(pull).parameters:
-        # Quantization is its own journaled job (one at a time), not part of the download.
-        extra["quantize"] = False
+    # Quantization is its own journaled job (one at a time), not part of the download.
     return pull(
-        ctx.cfg, ctx.registry(), ctx.job["definition_id"],
+        ctx.cfg, ctx.registry(), ctx.job["definition_id"], quantize=False,
         quantization=params.get("quantization"), dtype=params.get("dtype"),
-        all_variants=bool(params.get("all_variants", False)), progress=ctx.progress, **extra,
+        all_variants=bool(params.get("all_variants", False)), progress=ctx.progress,
     )
 
 

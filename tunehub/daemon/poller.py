@@ -12,6 +12,8 @@ what was fetched before.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -29,7 +31,7 @@ from tunehub.daemon.journal import Journal
 from tunehub.daemon.logs import redact
 from tunehub.daemon.overlay import rebase
 from tunehub.daemon.policy import RemoteSpec
-from tunehub.errors import ConcurrentEditError
+from tunehub.errors import ConcurrentEditError, IntegrityError
 from tunehub.safeio import DefinitionDocument, atomic_write_bytes, dump_json_like
 
 __all__ = ["RemotePoller", "CheckResult", "validate_remote_definition"]
@@ -38,6 +40,12 @@ logger = logging.getLogger("tunehub.daemon")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+ -]*\.json$")
 _URL_KEYS = ("URLs", "URLs2", "preload_URLs")
+PENDING_SUFFIX = ".tunehub-remote"  # the remote's new version beside a working file that does not parse
+
+
+def git_blob_sha1(raw: bytes) -> str:
+    """The git blob id of ``raw``: what the Hub returns for a regular (non-LFS) file."""
+    return hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest()
 
 
 @dataclass
@@ -62,14 +70,15 @@ def _bad_path(entry: str) -> bool:
     return posix.startswith("/") or bool(re.match(r"^[A-Za-z]:", posix)) or ".." in posix.split("/")
 
 
-def validate_remote_definition(name: str, raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+def validate_remote_definition(name: str, raw: bytes, max_bytes: int = 1 << 20) -> tuple[dict[str, Any] | None, str | None]:
     """Parse and check a fetched definition; returns (data, None) or (None, why refused)."""
     if not _SAFE_NAME.match(name):
         return None, f"file name {name!r} is not a plain definition name"
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, f"not valid JSON: {exc}"
+    from tunehub.registry.reading import parse_definition_bytes
+
+    data, problem = parse_definition_bytes(raw, max_bytes)
+    if problem is not None:
+        return None, problem
     if not isinstance(data, dict):
         return None, "the top level must be a JSON object"
     model = data.get("model")
@@ -218,7 +227,10 @@ class RemotePoller:
     def _failed(self, spec: RemoteSpec, exc: BaseException, now: float, result: CheckResult) -> None:
         status, retry_after = _status_of(exc)
         failures = int(self.journal.remote(spec.repo).get("failures") or 0) + 1
-        if status is None:
+        if isinstance(exc, IntegrityError):
+            state = "backoff"
+            message = str(exc)
+        elif status is None:
             state = "unreachable"
             message = f"cannot reach {self.cfg.endpoint}: {type(exc).__name__}: {exc}"
         elif status == 429 or status >= 500:
@@ -261,6 +273,8 @@ class RemotePoller:
         for entry in self.journal.remote_files(spec.repo).values():
             if entry["state"] == "present" and not (self.folder(spec) / entry["name"]).is_file():
                 return False
+            if entry["state"] == "conflict":
+                return False  # try again: the user may have fixed the edit
         return True
 
     def _wanted(self, spec: RemoteSpec, siblings: list[Any]) -> dict[str, tuple[str, str | None]]:
@@ -295,7 +309,16 @@ class RemotePoller:
                 continue
             raw = self._download(api, spec, path, sha)
             result.requests += 1
-            data, problem = validate_remote_definition(name, raw)
+            if blob_id and git_blob_sha1(raw) != blob_id:
+                # a byte changed in transit or in the cache: fetch once more, bypassing the cache
+                raw = self._download(api, spec, path, sha, force=True)
+                result.requests += 1
+                if git_blob_sha1(raw) != blob_id:
+                    raise IntegrityError(
+                        f"{spec.repo}: {path}: the fetched bytes do not match the Hub's blob id {blob_id} "
+                        f"(got {git_blob_sha1(raw)}); not stored, fetched again at the next check"
+                    )
+            data, problem = validate_remote_definition(name, raw, self.cfg.max_definition_bytes)
             if data is None:
                 self.journal.set_remote_file(spec.repo, path, name, blob_id, "refused", problem)
                 result.refused.append(path)
@@ -308,7 +331,15 @@ class RemotePoller:
             # Recorded before the file lands, so the watcher never sees it first and takes a
             # definition of a first fetch (the baseline) for a new one.
             self.journal.mark_seen([Path(name).stem], baseline=result.first_fetch)
-            self._store(spec, name, raw, data)
+            conflict = self._store(spec, name, raw, data)
+            if conflict is not None:
+                self.journal.set_remote_file(spec.repo, path, name, blob_id, "conflict", conflict)
+                self.events.publish("remote.definition_conflict", repo=spec.repo, file=path, problem=conflict)
+                logger.warning(
+                    f"{spec.repo}: {path}: {conflict}",
+                    extra={"event": "remote.conflict", "fields": {"repo": spec.repo, "file": path}},
+                )
+                continue
             self.journal.set_remote_file(spec.repo, path, name, blob_id, "present")
             result.written.append(working)
         for path, entry in known.items():
@@ -318,17 +349,23 @@ class RemotePoller:
                 result.removed.append(entry["name"])
                 self.events.publish("remote.definition_removed", repo=spec.repo, file=path)
 
-    def _download(self, api: Any, spec: RemoteSpec, path: str, sha: str) -> bytes:
+    def _download(self, api: Any, spec: RemoteSpec, path: str, sha: str, force: bool = False) -> bytes:
         from huggingface_hub import hf_hub_download
 
         local = hf_hub_download(
             spec.repo, path, revision=sha, repo_type=spec.repo_type, endpoint=self.cfg.endpoint,
-            cache_dir=str(self.cfg.state_dir / "remote-cache"),
+            cache_dir=str(self.cfg.state_dir / "remote-cache"), force_download=force,
         )
         return Path(local).read_bytes()
 
-    def _store(self, spec: RemoteSpec, name: str, raw: bytes, new_base: dict[str, Any]) -> None:
-        """Write the pristine copy and the working file, re-applying this machine's overlay."""
+    def _store(self, spec: RemoteSpec, name: str, raw: bytes, new_base: dict[str, Any]) -> str | None:
+        """Write the pristine copy and the working file, re-applying this machine's overlay.
+
+        Returns None, or why the working file was left alone: a file that does not parse is
+        the user's half-finished edit, never overwritten. The remote's new version then waits
+        beside it (``ID.json.tunehub-remote``) and the base stays old, so once the edit parses
+        the next check rebases the user's changes onto it as usual.
+        """
         base_path = self.base_folder(spec) / name
         working_path = self.folder(spec) / name
         old_base: dict[str, Any] | None = None
@@ -339,27 +376,42 @@ class RemotePoller:
                 old_base = None
         for _attempt in range(5):
             doc: DefinitionDocument | None = None
-            if working_path.is_file():
-                try:
-                    doc = DefinitionDocument.read(working_path)
-                except Exception:  # an unreadable working file: the remote content replaces it
-                    doc = None
+            try:
+                doc = DefinitionDocument.read(working_path)
+            except FileNotFoundError:
+                doc = None
+            except Exception as exc:  # noqa: BLE001 - whatever makes it unreadable, it is the user's
+                waiting = working_path.with_name(name + PENDING_SUFFIX)
+                atomic_write_bytes(waiting, raw)
+                reason = str(exc).replace(f"{working_path}: ", "") or type(exc).__name__
+                return (
+                    f"conflict: fix your edit: {working_path} does not parse ({reason}); it was left as it is, and "
+                    f"the remote's new version waits in {waiting.name} until it parses"
+                )
             merged = rebase(old_base, doc.data if doc else None, new_base)
+            text = raw.decode("utf-8-sig") if merged == new_base else dump_json_like(merged, raw.decode("utf-8-sig"))
             try:
                 if doc is None:
-                    atomic_write_bytes(working_path, raw if merged == new_base else dump_json_like(merged, raw.decode("utf-8-sig")).encode())
-                elif merged == new_base:
-                    if doc.changed_on_disk():
-                        continue
-                    atomic_write_bytes(working_path, raw)
-                else:
-                    text = dump_json_like(merged, raw.decode("utf-8-sig"))
-                    if doc.changed_on_disk():
-                        continue
                     atomic_write_bytes(working_path, text.encode("utf-8"))
+                else:
+                    doc.write_text(text, merged)  # a save landing meanwhile is kept: re-read, re-merge
                 break
             except ConcurrentEditError:
                 continue
         else:
             raise ConcurrentEditError(f"{working_path} kept changing while the daemon updated it from {spec.repo}")
         atomic_write_bytes(base_path, raw)
+        with contextlib.suppress(FileNotFoundError):
+            working_path.with_name(name + PENDING_SUFFIX).unlink()
+        return None
+
+    def recheck_conflicts(self) -> None:
+        """A working file changed: remotes with an edit in conflict are checked now (it may parse again)."""
+        now = time.time()
+        woken = False
+        for spec in self.remotes:
+            if any(entry["state"] == "conflict" for entry in self.journal.remote_files(spec.repo).values()):
+                self._due[spec.repo] = now
+                woken = True
+        if woken:
+            self._wake.set()

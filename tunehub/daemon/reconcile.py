@@ -55,7 +55,7 @@ def fingerprint(data: dict[str, Any]) -> str:
 
 def local_entries(model: dict[str, Any]) -> list[str]:
     """Entries of URLs/URLs2/preload_URLs/modules that are local paths, not URLs."""
-    from tunehub.hub.urls import is_url
+    from tunehub.registry.urls import is_url
 
     found: list[str] = []
     for key in _LIST_KEYS:
@@ -71,7 +71,7 @@ def local_entries(model: dict[str, Any]) -> list[str]:
 
 
 def plan_definition(registry: Any, definition: Any, settings: DaemonSettings, is_new: bool, quantization: str) -> Plan:
-    from tunehub.hub.urls import is_url
+    from tunehub.registry.urls import is_url
     from tunehub.registry import Origin
 
     origin = definition.origin.value if hasattr(definition.origin, "value") else str(definition.origin)

@@ -41,6 +41,7 @@ KEEP_EVENTS = 20000
 _EVENT_LEVELS = {
     "definition.invalid": logging.WARNING,
     "remote.definition_refused": logging.WARNING,
+    "remote.definition_conflict": logging.WARNING,
     "downloads.paused": logging.WARNING,
     "job.progress": logging.DEBUG,
 }
@@ -167,7 +168,7 @@ class Daemon:
         with self._registry_lock:
             for path in sorted(batch.definitions):
                 before = path.stem in self.registry.definitions
-                if path.is_file():
+                if os.path.lexists(path):  # a broken link is reported by the registry, not taken for a removal
                     definition_id = self.registry.reload_file(path)
                     if definition_id is None:
                         if self.cfg.remote_dir in path.parents:
@@ -200,6 +201,8 @@ class Daemon:
                 self.events.publish(f"definition.{change}", definition=definition_id)
         if batch.weights:
             self.events.publish("weights.changed", files=sorted(p.name for p in batch.weights)[:50], count=len(batch.weights))
+        if self.poller is not None and any(self.cfg.remote_dir in path.parents for path in batch.definitions):
+            self.poller.recheck_conflicts()  # an edit in conflict may parse now
         if changes or batch.weights or need_full_reload:
             self.request_reconcile()
 
@@ -303,7 +306,10 @@ class Daemon:
         plan = self._plans.get(definition.id)
         current = plan is not None and plan.fingerprint == fingerprint(definition.data)
         job = active.get(definition.id)
-        if not definition.valid:
+        upstream = remote_files.get(str(definition.path))
+        if upstream is not None and upstream["upstream"] == "conflict":
+            state = "conflict"  # the user's edit does not parse; the remote's change waits
+        elif not definition.valid:
             state = "invalid"
         elif not definition.visible:
             state = "hidden"
@@ -332,9 +338,10 @@ class Daemon:
                 entry["note"] = plan.note
         if definition.id in self._blocked:
             entry["error"] = self._blocked[definition.id][1]
+        if state == "conflict":
+            entry["error"] = upstream["problem"]
         if job is not None:
             entry["job"] = {"id": job["id"], "kind": job["kind"], "state": job["state"], "progress": job["progress"]}
-        upstream = remote_files.get(str(definition.path))
         if upstream is not None:
             entry["remote"] = upstream
         return entry

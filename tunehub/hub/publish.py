@@ -1,12 +1,13 @@
 """``tunehub publish``: upload a definition's local files in one commit, then point it at them.
 
-1. Every local entry of ``URLs``, ``URLs2``, ``modules`` and ``preload_URLs`` is located
-   and hashed (sha256; a file recorded as verified is not hashed again).
+1. Every local entry of ``URLs``, ``URLs2`` ..., ``modules``, ``preload_URLs``,
+   ``text_encoder_URLs`` and ``loras`` (from the family's LoRA folder) is located and hashed (sha256; a file recorded as verified is not hashed again).
 2. The repo is read once (``model_info(files_metadata=True)``): a file whose sha256 is
    already at the same path is not sent at all; everything else goes into one
    ``create_commit`` (the Hub's LFS dedupe skips bytes it already holds under another
    name). The repo is created if missing. Nothing to change: no commit.
-3. The definition file is rewritten with :func:`tunehub.safeio.update_definition`: each
+3. The definition file is rewritten through :func:`tunehub.registry.writer.record_change`
+   (a definition in WanGP's defaults/ gets an override in finetunes/ instead): each
    local entry becomes ``{endpoint}/{repo}/resolve/{revision}/{filename}``; key order,
    style and unknown keys are kept, and an edit the user made meanwhile is re-read and kept.
 4. ``include_definition``: the rewritten definition also goes into the same commit as
@@ -31,12 +32,13 @@ from tunehub.config import Config
 from tunehub.errors import DefinitionError, HubAuthError, HubError, HubNotFoundError
 from tunehub.hub.download import ProgressCallback, offline_mode, redact
 from tunehub.hub.pull import VerifiedRecords, hash_file
-from tunehub.hub.urls import hub_resolve_url, is_url
-from tunehub.safeio import DefinitionDocument, dump_json_like, update_definition
+from tunehub.registry.urls import hub_resolve_url, is_url
+from tunehub.registry.validate import url_keys
+from tunehub.registry.writer import record_change
+from tunehub.safeio import DefinitionDocument, dump_json_like
 
 __all__ = ["PublishResult", "PublishedFile", "publish", "local_entries", "rewrite_entries"]
 
-URL_LIST_KEYS = ("URLs", "URLs2", "preload_URLs")
 PUBLIC_HUB = "https://huggingface.co"
 
 
@@ -76,6 +78,7 @@ class PublishResult:
     definition: dict[str, Any] | None = None  # the definition file's content as (it would be) rewritten
     definition_text: str | None = None  # the same, as the file's text
     rewritten: bool = False  # the definition file was changed
+    override: bool = False  # the change went into an override in finetunes/ (the definition is read-only)
 
     @property
     def bytes_uploaded(self) -> int:
@@ -99,14 +102,15 @@ class PublishResult:
             "definition_path": str(self.definition_path) if self.definition_path else None,
             "definition": self.definition,
             "rewritten": self.rewritten,
+            "override": self.override,
         }
 
 
 # --- which entries are local, and rewriting them ------------------------------------
 
 
-def _iter_model_entries(model: dict[str, Any]) -> Iterator[str]:
-    for key in URL_LIST_KEYS:
+def _iter_model_entries(model: dict[str, Any], loras: bool = True) -> Iterator[str]:
+    for key in (*url_keys(model), *(("loras",) if loras else ())):
         value = model.get(key)
         if isinstance(value, list):  # a string is a reference to another definition
             yield from (entry for entry in value if isinstance(entry, str))
@@ -115,15 +119,24 @@ def _iter_model_entries(model: dict[str, Any]) -> Iterator[str]:
         for item in modules:
             if isinstance(item, list):
                 yield from (entry for entry in item if isinstance(entry, str))
+            elif isinstance(item, dict):
+                for sub in ("URLs", "URLs2"):
+                    files = item.get(sub)
+                    yield from ([files] if isinstance(files, str) else [f for f in files or [] if isinstance(f, str)])
 
 
-def local_entries(model: dict[str, Any]) -> list[str]:
+def local_entries(model: dict[str, Any], loras: bool = True) -> list[str]:
     """The entries of a ``model`` subtree that are local paths, in order, without repeats."""
     seen: list[str] = []
-    for entry in _iter_model_entries(model):
+    for entry in _iter_model_entries(model, loras):
         if not is_url(entry) and entry not in seen:
             seen.append(entry)
     return seen
+
+
+def local_lora_entries(model: dict[str, Any]) -> list[str]:
+    value = model.get("loras")
+    return [e for e in value if isinstance(e, str) and not is_url(e)] if isinstance(value, list) else []
 
 
 def rewrite_entries(data: dict[str, Any], merged_model: dict[str, Any], mapping: dict[str, str]) -> bool:
@@ -148,12 +161,22 @@ def rewrite_entries(data: dict[str, Any], merged_model: dict[str, Any], mapping:
                 out.append(entry)
         return out
 
-    for key in (*URL_LIST_KEYS, "modules"):
+    def swap_module(item: Any) -> Any:
+        if isinstance(item, list):
+            return swap(item)
+        if isinstance(item, dict):  # {"URLs": [...], "URLs2": [...]}; a string there is one file
+            return {
+                k: swap(v) if isinstance(v, list) else swap([v])[0] if k in ("URLs", "URLs2") else v
+                for k, v in item.items()
+            }
+        return item
+
+    for key in (*url_keys({**merged_model, **model}), "loras", "modules"):
         value = model.get(key, merged_model.get(key))
         if not isinstance(value, list):
             continue
         if key == "modules":
-            new_value = [swap(item) if isinstance(item, list) else item for item in value]
+            new_value = [swap_module(item) for item in value]
         else:
             new_value = swap(value)
         if new_value != value:
@@ -259,6 +282,7 @@ def publish(
     include_definition: bool = False,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
+    loras: bool = True,
 ) -> PublishResult:
     """Upload ``id``'s local files to ``repo`` in one commit and rewrite them into URLs."""
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -279,8 +303,12 @@ def publish(
     # 1. local files, hashed once
     records = VerifiedRecords(cfg.state_dir)
     locals_: list[tuple[str, Path, int, str]] = []
-    for entry in local_entries(definition.model):
-        path, present = registry.locate_source(entry, definition.origin)
+    lora_entries = set(local_lora_entries(definition.model)) if loras else set()
+    for entry in local_entries(definition.model, loras=loras):
+        if entry in lora_entries:
+            path, present = registry.locate_lora(definition, entry)
+        else:
+            path, present = registry.locate_source(entry, definition.origin)
         if not present:
             folders = ", ".join(str(d) for d in cfg.weights_dirs)
             raise DefinitionError(
@@ -322,13 +350,23 @@ def publish(
         if status != "already there":
             operations.append((filename, path))
 
-    # 3. the definition as it will be
-    document = DefinitionDocument.read(definition_path)
-    new_data = copy.deepcopy(document.data)
-    rewrite_entries(new_data, definition.model, mapping)
-    result.definition = new_data
-    result.definition_text = dump_json_like(new_data, document.text)
-    definition_bytes = result.definition_text.encode("utf-8")
+    # 3. the definition as it will be: the user's file, or the override beside a read-only one
+    def mutate(data: dict[str, Any]) -> bool:
+        return rewrite_entries(data, data.get("model") or {}, mapping)
+
+    planned = record_change(registry, definition_id, mutate, dry_run=True)
+    result.definition_path = planned.path
+    result.override = planned.override
+    result.definition = planned.data
+    result.definition_text = planned.text
+    # what subscribers get is the whole definition, merged and rewritten
+    shared = copy.deepcopy(definition.data)
+    rewrite_entries(shared, shared.get("model") or {}, mapping)
+    try:
+        style = DefinitionDocument.read(definition_path).text
+    except (OSError, DefinitionError):
+        style = None
+    definition_bytes = dump_json_like(shared, style).encode("utf-8")
     definition_in_repo = f"finetunes/{definition_id}.json"
     if include_definition:
         blob = remote.get(definition_in_repo, {}).get("blob")
@@ -377,20 +415,12 @@ def publish(
             size = len(payload) if isinstance(payload, bytes) else Path(payload).stat().st_size
             emit(path_in_repo.rsplit("/", 1)[-1] if isinstance(payload, Path) else path_in_repo, size, size, "uploaded")
 
-    # 5. rewrite the local definition, keeping whatever the user changed meanwhile
+    # 5. rewrite the local definition (or write its override), keeping what the user changed meanwhile
     if mapping:
-        merged_model = definition.model
-        changed: list[bool] = []
-
-        def mutate(data: dict[str, Any]) -> bool:
-            changed.append(rewrite_entries(data, merged_model, mapping))
-            return changed[-1]
-
-        update_definition(definition_path, mutate)
-        result.rewritten = bool(changed and changed[-1])
-        if result.rewritten and hasattr(registry, "reload_file"):
-            registry.reload_file(definition_path)  # callers that keep the registry see the URLs
-        with contextlib.suppress(OSError, ValueError):
-            result.definition_text = definition_path.read_text(encoding="utf-8")
-            result.definition = json.loads(result.definition_text)
+        change = record_change(registry, definition_id, mutate)
+        result.rewritten = change.written
+        result.override = change.override
+        result.definition_path = change.path
+        result.definition = change.data
+        result.definition_text = change.text
     return result

@@ -45,7 +45,7 @@ from tunehub.hub.download import (
     part_paths,
     probe,
 )
-from tunehub.hub.urls import hub_resolve_url, is_url, parse_hub_url
+from tunehub.registry.urls import hub_resolve_url, is_url, parse_hub_url
 from tunehub.safeio import atomic_write_text, fsync_dir, temp_path_for
 
 __all__ = ["PullResult", "PulledFile", "VerifiedRecords", "pull", "hf_cache_dir", "hash_file", "place_link"]
@@ -245,24 +245,27 @@ def _fetch_target(cfg: Config, source: str) -> tuple[str, str | None, bool | Non
 
 
 def _jobs(cfg: Config, registry: Any, definition_id: str, quantization: str | None, dtype: str | None,
-          all_variants: bool) -> tuple[list[_Job], Any]:
+          all_variants: bool, loras: bool = True) -> tuple[list[_Job], Any]:
     resolution = registry.resolve(definition_id, quantization=quantization, dtype=dtype)
     definition = registry.get(definition_id)
     jobs: list[_Job] = []
     seen: set[str] = set()
 
     def add(role: str, source: str) -> None:
-        from tunehub.hub.urls import local_name
+        from tunehub.registry.urls import local_name
 
         name = local_name(source)
-        if name in seen:
+        if role == "lora":  # LoRAs go to the family's LoRA folder (WanGP's loras/<family>/)
+            path, present = registry.locate_lora(definition, source)
+        else:
+            path, present = registry.locate_source(source, definition.origin)
+        if str(path) in seen:
             return
-        seen.add(name)
-        path, present = registry.locate_source(source, definition.origin)
+        seen.add(str(path))
         jobs.append(_Job(role, source, name, Path(path), present))
 
-    for choice in resolution.all_files():
-        sources = choice.candidates if all_variants and choice.role != "preload" else [choice.source]
+    for choice in resolution.all_files(loras=loras):
+        sources = choice.candidates if all_variants and choice.role not in ("preload", "lora") else [choice.source]
         if choice.source in sources:  # the chosen one first
             sources = [choice.source, *[s for s in sources if s != choice.source]]
         for source in sources:
@@ -282,13 +285,14 @@ def pull(
     connections: int = 4,
     parallel_files: int = 2,
     link_mode: str | None = None,
-    quantize: bool = True,
+    loras: bool = True,
 ) -> PullResult:
     """Fetch every file ``registry.resolve(id, ...)`` names into the first weights folder.
 
     ``progress(event)`` receives ``{file, total, completed, status}`` (status: checking,
     hashing, downloading, resuming, verifying, linked, present, done, failed), from one
     thread at a time. Raises the first error after every other file has been tried.
+    Quantizing afterwards (``auto_quantize``) is :func:`tunehub.flows.pull_definition`'s part.
     """
     definition_id = id
     link_mode = link_mode or cfg.link_mode
@@ -299,7 +303,7 @@ def pull(
             with emit_lock:
                 progress(event)
 
-    jobs, resolution = _jobs(cfg, registry, definition_id, quantization, dtype, all_variants)
+    jobs, resolution = _jobs(cfg, registry, definition_id, quantization, dtype, all_variants, loras)
     records = VerifiedRecords(cfg.state_dir)
     offline = offline_mode()
     result = PullResult(id=definition_id)
@@ -371,11 +375,6 @@ def pull(
     result.files = [results[job.filename] for job in jobs if job.filename in results]
     if errors:
         raise errors[0]
-
-    if quantize and resolution.needs_quantization and resolution.auto_quantize:
-        result.quantized, note = _auto_quantize(cfg, registry, definition_id, resolution, progress)
-        if note:
-            result.notes.append(note)
     return result
 
 
@@ -464,18 +463,4 @@ def _link_candidates(cfg: Config, records: VerifiedRecords, sha256: str, size: i
                     path = Path(entry.path)
                     if fresh(path):
                         yield path
-
-
-def _auto_quantize(cfg: Config, registry: Any, definition_id: str, resolution: Any,
-                   progress: ProgressCallback | None) -> tuple[list[Path], str | None]:
-    """``auto_quantize``: the user wants int8, only a 16-bit file exists: make it here."""
-    try:
-        from tunehub.quant.flow import quantize_definition
-    except ImportError as exc:
-        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
-    try:
-        paths = quantize_definition(cfg, registry, definition_id, dtype=resolution.dtype, progress=progress)
-    except ImportError as exc:  # torch / optimum-quanto not installed
-        return [], f"auto_quantize is set but quantization is not available ({exc}); install tunehub[quant]"
-    return list(paths), None
 

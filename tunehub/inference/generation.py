@@ -25,7 +25,7 @@ from tunehub.inference.settings import (
     reserve_output,
     write_settings,
 )
-from tunehub.inference.phases import LoraRequest, parse_multiplier, phase_plan, split_multipliers, switch_step
+from tunehub.inference.phases import LoraRequest, parse_multiplier, phase_plan, switch_step
 from tunehub.inference.video import write_mp4
 
 
@@ -97,7 +97,6 @@ def prepare(
     mask: str | Path | None,
     out: str | Path | None = None,
     *,
-    cfg: Config | None = None,
     loras: list[str] | None = None,
     no_loras: bool = False,
 ) -> Prepared:
@@ -139,55 +138,42 @@ def prepare(
             raise ConfigError(f"--out {out}: the video is written as mp4; name it *.mp4")
     source = f"definition '{definition_id}'"
     plan = phase_plan(merged, spec.two_experts, 1.0, source)  # checked now; the boundary comes with the base repo
-    requests = [] if cfg is None else lora_requests(cfg, registry, definition_id, spec.id, loras or [], no_loras, plan)
+    requests = lora_requests(registry, definition, resolution, loras or [], no_loras, plan)
     return Prepared(definition, resolution, spec, files, merged, values, inputs, video_path, files2, requests)
 
 
-def _follow_setting(registry: Any, definition_id: str, key: str) -> Any:
-    """A model key whose string value may name another definition (WanGP: depth 10)."""
-    value = registry.get(definition_id).model.get(key)
-    for _ in range(10):
-        if isinstance(value, str) and value in registry:
-            value = registry.get(value).model.get(key)
-        else:
-            break
-    return value
-
-
 def lora_requests(
-    cfg: Config, registry: Any, definition_id: str, architecture: str, extra: list[str], no_loras: bool, plan: Any
+    registry: Any, definition: Any, resolution: Any, extra: list[str], no_loras: bool, plan: Any
 ) -> list[LoraRequest]:
-    """The definition's ``loras`` at ``loras_multipliers`` (unless ``no_loras``), then each
-    ``--lora FILE[:STRENGTH]``; every file located and every multiplier parsed."""
-    from tunehub.inference.lora import locate_lora, parse_lora_option
+    """The definition's LoRAs (the registry's resolution: ``loras`` at ``loras_multipliers``,
+    in the family's LoRA folder where ``tunehub pull`` puts them) unless ``no_loras``, then
+    each ``--lora FILE[:STRENGTH]``; every file located and every multiplier parsed."""
+    from tunehub.inference.lora import parse_lora_option
 
     requests: list[LoraRequest] = []
-    if not no_loras:
-        sources = _follow_setting(registry, definition_id, "loras") or []
-        if isinstance(sources, str):
-            sources = [sources]
-        multipliers = split_multipliers(_follow_setting(registry, definition_id, "loras_multipliers"))
-        for index, source in enumerate(sources):
-            if not isinstance(source, str):
-                raise ConfigError(f"definition '{definition_id}': model.loras[{index}] must be a URL or file name")
-            multiplier = multipliers[index] if index < len(multipliers) else 1.0
-            requests.append(LoraRequest(source, multiplier, "definition"))
-    for option in extra:
-        path, strength = parse_lora_option(option)
-        requests.append(LoraRequest(path, strength, "command line"))
     missing = []
+    if not no_loras:
+        for choice in resolution.loras:
+            multiplier = 1.0 if choice.multiplier is None else choice.multiplier
+            requests.append(LoraRequest(choice.source, multiplier, "definition", choice.path if choice.present else None))
+            if not choice.present:
+                missing.append(choice.filename)
+    for option in extra:
+        source, strength = parse_lora_option(option)
+        path = Path(source).expanduser()
+        if not path.is_file():
+            located, present = registry.locate_lora(definition, source)
+            if not present:
+                raise ConfigError(f"--lora {source}: no such file (nor in {located.parent})")
+            path = located
+        requests.append(LoraRequest(source, strength, "command line", path.absolute()))
     for request in requests:
         where = f"LoRA {request.source}" if request.origin == "definition" else f"--lora {request.source}"
         parse_multiplier(request.multiplier, plan.phases, f"{where} (multiplier)", plan.model_switch_phase)
-        request.path = locate_lora(cfg, architecture, request.source)
-        if request.path is None:
-            if request.origin == "command line":
-                raise ConfigError(f"--lora {request.source}: no such file")
-            missing.append(request.source.rsplit("/", 1)[-1])
     if missing:
         raise InferenceError(
-            f"definition '{definition_id}': LoRA file(s) not downloaded yet: {', '.join(missing)}; "
-            f"run `tunehub pull {definition_id}` (or generate with --no-loras)"
+            f"definition '{definition.id}': LoRA file(s) not downloaded yet: {', '.join(missing)}; "
+            f"run `tunehub pull {definition.id}` (or generate with --no-loras)"
         )
     return requests
 
@@ -304,7 +290,7 @@ def generate(
         )  # fmt: skip
     prepared = prepare(
         registry, definition_id, quantization, dtype, settings, image, video, mask, out,
-        cfg=cfg, loras=loras, no_loras=no_loras,
+        loras=loras, no_loras=no_loras,
     )  # fmt: skip
     resolution, files, values = prepared.resolution, prepared.files, prepared.values
     runtime = RunPlan(prepared)

@@ -15,7 +15,6 @@ conversion and folds ``alpha`` in) becomes, per linear module, a pair ``A`` (ran
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,30 +25,7 @@ from torch import nn
 
 from tunehub.errors import ConfigError, InferenceError
 
-# WanGP's LoRA folder per architecture (under <home>/loras/): definitions.md, "WanGP today".
-LORA_FOLDERS = {
-    "t2v": "wan", "vace_14B": "wan", "t2v_2_2": "wan", "i2v_2_2": "wan",
-    "i2v": "wan_i2v", "i2v_720p": "wan_i2v",
-    "t2v_1.3B": "wan_1.3B", "vace_1.3B": "wan_1.3B",
-    "ti2v_2_2": "wan_5B",
-    "hunyuan": "hunyuan", "hunyuan_i2v": "hunyuan_i2v",
-}  # fmt: skip
-
 _STRENGTH = re.compile(r"^[\s0-9.,;+-]+$")
-
-
-def lora_folder(architecture: str) -> str | None:
-    """The architecture's folder name under ``loras/`` (tunehub.registry's table once it has one)."""
-    try:
-        from tunehub.registry import architectures
-
-        table = getattr(architectures, "ARCHITECTURES", {})
-        folder = getattr(table.get(architecture), "lora_folder", None)
-        if folder:
-            return str(folder)
-    except ImportError:  # pragma: no cover - the registry is always there
-        pass
-    return LORA_FOLDERS.get(architecture)
 
 
 def parse_lora_option(value: str) -> tuple[str, str]:
@@ -59,35 +35,6 @@ def parse_lora_option(value: str) -> tuple[str, str]:
     if sep and path and _STRENGTH.match(strength) and any(ch.isdigit() for ch in strength):
         return path, strength.strip()
     return value, "1"
-
-
-def lora_candidates(cfg: Any, architecture: str, source: str) -> list[Path]:
-    """Where a LoRA entry (URL, bare name or path) may be on disk, most specific first:
-    the path itself, ``<home>/loras/<folder>/<name>`` (where ``tunehub pull`` and WanGP put
-    them), ``<home>/loras/<name>``, then each weights folder."""
-    from tunehub.hub.urls import is_url, local_name
-
-    name = local_name(source)
-    candidates: list[Path] = []
-    if not is_url(source):
-        path = Path(source).expanduser()
-        candidates.append(path if path.is_absolute() else Path.cwd() / path)
-        if not path.is_absolute():
-            candidates.append(cfg.home / path)
-    folder = lora_folder(architecture)
-    loras_root = cfg.home / "loras"
-    if folder:
-        candidates.append(loras_root / folder / name)
-    candidates.append(loras_root / name)
-    candidates.extend(Path(folder_path) / name for folder_path in cfg.weights_dirs)
-    return candidates
-
-
-def locate_lora(cfg: Any, architecture: str, source: str) -> Path | None:
-    for candidate in lora_candidates(cfg, architecture, source):
-        if os.path.isfile(candidate):
-            return candidate.absolute()
-    return None
 
 
 # ------------------------------------------------------------------ reading

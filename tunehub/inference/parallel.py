@@ -970,7 +970,7 @@ def generate_parallel(
 
     prepared = prepare(
         registry, definition_id, quantization, dtype, settings, image, video, mask, out,
-        cfg=cfg, loras=loras, no_loras=no_loras,
+        loras=loras, no_loras=no_loras,
     )  # fmt: skip
     resolution, spec, files = prepared.resolution, prepared.spec, prepared.files
     values, inputs = prepared.values, prepared.inputs

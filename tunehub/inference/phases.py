@@ -9,9 +9,7 @@ Facts from WanGP (its exported settings and LoRA guide):
 - A two-expert model (Wan 2.2 A14B: high-noise ``URLs``, low-noise ``URLs2``) switches to
   the low-noise expert at the start of phase ``model_switch_phase + 1`` (default 1: at
   ``switch_threshold``); WanGP forces at least 2 phases for such models.
-- ``loras_multipliers``: one entry per LoRA (a list, or a string of entries separated by
-  spaces / new lines, ``#`` comment lines and a ``|`` accelerator mark ignored). An entry is
-  a number, or ``"a,b,c"`` (values spread evenly over the steps), or per phase
+- ``loras_multipliers``: one entry per LoRA (split by the registry). An entry is a number, or ``"a,b,c"`` (values spread evenly over the steps), or per phase
   ``"x;y[;z]"`` where each part may again be ``"a,b"`` spread over that phase's steps. Fewer
   parts than phases repeat the last one (or the first when ``model_switch_phase`` is 2);
   more is an error. A missing entry is 1.0.
@@ -157,22 +155,6 @@ def _spread(values: tuple[float, ...], steps: int) -> list[float]:
     if steps <= 0:
         return []
     return [values[index * len(values) // steps] for index in range(steps)]
-
-
-def split_multipliers(value: Any) -> list[Any]:
-    """Entries of ``loras_multipliers``: a list as is; a string split on spaces and new lines
-    (``#`` comment lines dropped, the ``|`` accelerator mark read as a space)."""
-    if value is None:
-        return []
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, list):
-        return [item.strip() if isinstance(item, str) else item for item in value]
-    if not isinstance(value, str):
-        raise ConfigError(f"loras_multipliers must be a list or a string, got {type(value).__name__}")
-    lines = [line.strip() for line in value.replace("\r", "").split("\n")]
-    joined = " ".join(line for line in lines if line and not line.startswith("#"))
-    return [part for part in joined.replace("|", " ").split(" ") if part]
 
 
 def _values(text: str, where: str) -> tuple[float, ...]:

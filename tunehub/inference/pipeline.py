@@ -97,15 +97,16 @@ ARCH_SPECS: dict[str, ArchSpec] = {
 
 
 def arch_spec(architecture: str) -> ArchSpec:
-    from tunehub.registry.architectures import is_ltx
+    from tunehub.errors import UnsupportedArchitectureError
+    from tunehub.registry.architectures import require_generate
 
-    if is_ltx(architecture):
-        raise InferenceError(f"architecture '{architecture}': LTX Video finetunes are not supported")
+    try:
+        require_generate(architecture)  # one line: the architecture and what tunehub can do with it
+    except UnsupportedArchitectureError as exc:
+        raise InferenceError(str(exc)) from None
     spec = ARCH_SPECS.get(architecture)
     if spec is None:
-        raise InferenceError(
-            f"architecture '{architecture}' cannot be generated; known: {', '.join(sorted(ARCH_SPECS))}"
-        )
+        raise InferenceError(f"architecture '{architecture}': the registry marks it generate=True but tunehub.inference has no pipeline spec for it")
     return spec
 
 

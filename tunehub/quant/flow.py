@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from tunehub.config import Config
-from tunehub.errors import QuantizationError
-from tunehub.hub.urls import local_name
-from tunehub.registry import Origin, Registry
+from tunehub.errors import QuantizationError, UnsupportedArchitectureError
+from tunehub.registry.urls import local_name
+from tunehub.registry import Registry
+from tunehub.registry.architectures import require_quantize
 from tunehub.registry.naming import parse_variant_name, quantized_filename
 from tunehub.registry.weights import locate
-from tunehub.safeio import atomic_write_text, update_definition
+from tunehub.registry.writer import record_change
 
 __all__ = ["QuantizeTarget", "plan_definition", "quantize_definition"]
 
@@ -67,6 +68,10 @@ def plan_definition(
     """The dtype and the lists that quantizing ``definition_id`` would touch; refuses what WanGP refuses."""
     definition = registry.get(definition_id)
     registry.resolve(definition_id)  # an invalid definition fails here, with its problems listed
+    try:
+        require_quantize(definition.architecture or "")
+    except UnsupportedArchitectureError as exc:
+        raise QuantizationError(f"definition '{definition_id}': {exc}") from None
     target_dtype = _target_dtype(registry, definition_id, dtype)
     model = definition.model
     lists: list[tuple[str, int | None, list[str]]] = []
@@ -153,9 +158,9 @@ def _append_to_list(data: dict[str, Any], target: QuantizeTarget, merged_modules
 
 
 def _record(cfg: Config, registry: Registry, definition_id: str, targets: list[QuantizeTarget]) -> Path:
-    """Write the new names into the definition; a built-in gets an override in the user's folder."""
-    definition = registry.get(definition_id)
-    merged_modules = definition.model.get("modules")
+    """Append the new names to the definition's lists; a definition in a read-only folder
+    (WanGP's defaults/, a built-in) gets the smallest override in the user's finetunes/."""
+    merged_modules = registry.get(definition_id).model.get("modules")
 
     def mutate(data: dict[str, Any]) -> bool:
         changed = False
@@ -163,17 +168,7 @@ def _record(cfg: Config, registry: Registry, definition_id: str, targets: list[Q
             changed = _append_to_list(data, target, merged_modules) or changed
         return changed
 
-    if definition.origin is Origin.BUILTIN:
-        override = cfg.user_definition_dirs[0] / f"{definition_id}.json"
-        data: dict[str, Any] = {"model": {}}
-        if mutate(data):
-            atomic_write_text(override, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
-        path = override
-    else:
-        path = definition.path
-        update_definition(path, mutate)
-    registry.reload_file(path)
-    return path
+    return record_change(registry, definition_id, mutate).path
 
 
 def quantize_definition(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tunehub.errors import QuantizationError
 
 __all__ = [
-    "ARCHITECTURE_LAYOUTS",
+    "FAMILY_LAYOUTS",
     "Layout",
     "LAYOUTS",
     "detect_layout",
@@ -100,22 +100,22 @@ LAYOUTS: tuple[Layout, ...] = (
 
 LAYOUTS_BY_ID = {layout.id: layout for layout in LAYOUTS}
 
-# The layer plan of each architecture tunehub quantizes (its files in the original layout).
-# Wan 2.2 keeps Wan 2.1's block structure: the A14B high- and low-noise experts are t2v-shaped
-# (i2v_2_2 without the CLIP image branch, k_img/v_img), the 5B has 30 blocks of width 3072; so
-# the "wan" plan names exactly their block linears (tests/quant/test_wan_2_2.py checks it
-# against the diffusers models, byte for byte against optimum-quanto). VACE modules
-# (vace_blocks.N, before_proj / after_proj) are in the same plan.
-ARCHITECTURE_LAYOUTS: dict[str, str] = {
-    "t2v": "wan", "t2v_1.3B": "wan", "i2v": "wan", "i2v_720p": "wan", "vace_14B": "wan", "vace_1.3B": "wan",
-    "t2v_2_2": "wan", "i2v_2_2": "wan", "ti2v_2_2": "wan",
-    "hunyuan": "hunyuan", "hunyuan_i2v": "hunyuan",
-}  # fmt: skip
+# The layer plan per architecture family (the registry's table says which architectures
+# tunehub quantizes: tunehub.registry.architectures, ``quantize``). Wan 2.2 keeps Wan 2.1's
+# block structure: the A14B high- and low-noise experts are t2v-shaped (i2v_2_2 without the
+# CLIP image branch, k_img/v_img), the 5B has 30 blocks of width 3072; so the "wan" plan
+# names exactly their block linears (tests/quant/test_wan_2_2.py checks it against the
+# diffusers models, and byte for byte against optimum-quanto). VACE modules (vace_blocks.N,
+# before_proj / after_proj) are in the same plan.
+FAMILY_LAYOUTS: dict[str, str] = {"wan2.1": "wan", "wan2.2": "wan", "hunyuan": "hunyuan"}
 
 
 def layout_for_architecture(architecture: str) -> Layout | None:
     """The layer plan for an architecture's original-layout files (None: not quantized by tunehub)."""
-    layout_id = ARCHITECTURE_LAYOUTS.get(architecture)
+    from tunehub.registry.architectures import architecture as architecture_row
+
+    row = architecture_row(architecture)
+    layout_id = FAMILY_LAYOUTS.get(row.family) if row.quantize else None
     return LAYOUTS_BY_ID[layout_id] if layout_id else None
 
 

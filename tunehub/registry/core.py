@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,18 +10,22 @@ from typing import Any
 
 from tunehub.config import Config
 from tunehub.errors import InvalidDefinitionError, ReferenceCycleError, UnknownDefinitionError
-from tunehub.hub.urls import is_url, local_name
-from tunehub.registry.architectures import ARCHITECTURES
+from tunehub.registry.architectures import architecture as architecture_row
+from tunehub.registry.gpu import bf16_support
 from tunehub.registry.model import Definition, FileChoice, Origin, Problem, Resolution
+from tunehub.registry.reading import DEFAULT_MAX_DEFINITION_BYTES, definition_entries, read_definition
 from tunehub.registry.select import explain_variant
+from tunehub.registry.urls import is_url, local_name
 from tunehub.registry.validate import (
     MAX_REFERENCE_DEPTH,
-    URL_KEYS,
     check_file_structure,
     check_merged,
-    json_syntax_problem,
+    url_keys,
 )
 from tunehub.registry.weights import local_path_candidates
+
+# Keys whose string value is the id of another definition whose same key is used.
+REFERENCE_KEYS = ("loras", "loras_multipliers")
 
 __all__ = ["Registry", "builtin_definitions_dir", "DefinitionFolder"]
 
@@ -36,6 +39,7 @@ def builtin_definitions_dir() -> Path:
 class DefinitionFolder:
     path: Path
     origin: Origin
+    readonly: bool = False  # tunehub never writes here (WanGP's defaults/, the built-ins)
 
 
 @dataclass
@@ -54,20 +58,11 @@ class _Merged:
     key_files: dict[str, str] = field(default_factory=dict)  # model key -> file that last set it
 
 
-def _read_file(path: Path, folder_index: int, origin: Origin) -> _RawFile:
-    file = str(path)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        return _RawFile(folder_index, path, None, [Problem(file, "(file)", f"cannot be read: {exc.strerror}")])
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        return _RawFile(folder_index, path, None, [Problem(file, "(file)", "is not UTF-8 text")])
-    except json.JSONDecodeError as exc:
-        return _RawFile(folder_index, path, None, [json_syntax_problem(file, exc)])
-    problems = check_file_structure(file, data, origin)
+def _read_file(path: Path, folder_index: int, origin: Origin, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -> _RawFile:
+    data, problem = read_definition(path, max_bytes)
+    if problem is not None:
+        return _RawFile(folder_index, path, None, [problem])
+    problems = check_file_structure(str(path), data, origin)
     return _RawFile(folder_index, path, data if isinstance(data, dict) else None, problems)
 
 
@@ -85,12 +80,15 @@ class Registry:
     @classmethod
     def default_folders(cls, config: Config) -> list[DefinitionFolder]:
         """Built-ins first, then subscribed remotes, then the user's folders (whose edits win)."""
-        folders = [DefinitionFolder(builtin_definitions_dir(), Origin.BUILTIN)]
+        folders = [DefinitionFolder(builtin_definitions_dir(), Origin.BUILTIN, readonly=True)]
         if config.remote_dir.is_dir():
             for entry in sorted(os.scandir(config.remote_dir), key=lambda e: e.name):
                 if entry.is_dir() and not entry.name.startswith("."):
                     folders.append(DefinitionFolder(Path(entry.path), Origin.REMOTE))
-        folders.extend(DefinitionFolder(path, Origin.LOCAL) for path in config.user_definition_dirs)
+        folders.extend(
+            DefinitionFolder(path, Origin.LOCAL, readonly=config.is_readonly(path))
+            for path in config.user_definition_dirs
+        )
         seen: set[Path] = set()
         unique = []
         for folder in folders:
@@ -105,7 +103,7 @@ class Registry:
         registry = cls(config, folders if folders is not None else cls.default_folders(config))
         for index, folder in enumerate(registry.folders):
             for path in registry._scan(folder.path):
-                raw = _read_file(path, index, folder.origin)
+                raw = _read_file(path, index, folder.origin, config.max_definition_bytes)
                 registry._raw.setdefault(path.stem, []).append(raw)
         for definition_id in registry._raw:
             registry._merge(definition_id)
@@ -114,17 +112,10 @@ class Registry:
 
     @staticmethod
     def _scan(folder: Path) -> list[Path]:
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(
-            (Path(e.path) for e in entries if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()),
-            key=lambda p: p.name,
-        )
+        return definition_entries(folder)  # broken entries included: each becomes one problem
 
     def _folder_index(self, path: Path) -> int | None:
-        parent = path.resolve().parent
+        parent = path.absolute().parent.resolve()  # the folder's, not the file's: it may be a broken link
         for index, folder in enumerate(self.folders):
             if folder.path.resolve() == parent:
                 return index
@@ -136,9 +127,9 @@ class Registry:
         index = self._folder_index(file_path)
         if index is None or file_path.suffix != ".json" or file_path.name.startswith("."):
             return None
-        if not file_path.is_file():
+        if not os.path.lexists(file_path):
             return self.remove_file(file_path)
-        raw = _read_file(file_path, index, self.folders[index].origin)
+        raw = _read_file(file_path, index, self.folders[index].origin, self.config.max_definition_bytes)
         entries = [r for r in self._raw.get(file_path.stem, []) if r.path != file_path] + [raw]
         entries.sort(key=lambda r: r.folder_index)
         self._raw[file_path.stem] = entries
@@ -162,6 +153,10 @@ class Registry:
     def _merge(self, definition_id: str) -> None:
         """Merge every file with this id key by key, as WanGP does: settings, then model keys."""
         entries = self._raw[definition_id]
+        if any(self._is_full_definition(raw) for raw in entries):
+            # tunehub's built-ins fill gaps: a whole definition of the same id in any other
+            # folder (WanGP's own t2v.json, say) replaces them; a partial file merges over them.
+            entries = [raw for raw in entries if self.folders[raw.folder_index].origin is not Origin.BUILTIN]
         data: dict[str, Any] = {}
         model: dict[str, Any] = {}
         key_files: dict[str, str] = {}
@@ -188,19 +183,52 @@ class Registry:
             files=[raw.path for raw in entries],
             origin=self.folders[last.folder_index].origin,
             problems=problems,
+            readonly=self.folders[last.folder_index].readonly,
         )
         readable = any(raw.data is not None for raw in entries)
         if has_model and readable and not any(p.key == "model" for p in problems):
             definition.problems.extend(check_merged(str(last.path), model))
         self._merged[definition_id] = _Merged(definition, key_files)
 
+    def _is_full_definition(self, raw: _RawFile) -> bool:
+        if self.folders[raw.folder_index].origin is Origin.BUILTIN or raw.data is None:
+            return False
+        model = raw.data.get("model")
+        return isinstance(model, dict) and "name" in model and "architecture" in model
+
+    def earlier_data(self, path: Path) -> dict[str, Any]:
+        """The merged data of every file with this id that comes before ``path`` (WanGP's merge)."""
+        entries = self._raw.get(path.stem, [])
+        if any(self._is_full_definition(raw) for raw in entries):
+            entries = [raw for raw in entries if self.folders[raw.folder_index].origin is not Origin.BUILTIN]
+        data: dict[str, Any] = {}
+        model: dict[str, Any] = {}
+        for raw in entries:
+            if raw.path == path:
+                break
+            if raw.data is None:
+                continue
+            data.update({k: v for k, v in raw.data.items() if k != "model"})
+            if isinstance(raw.data.get("model"), dict):
+                model.update(raw.data["model"])
+        data["model"] = model
+        return data
+
+    def folder_of(self, path: Path) -> DefinitionFolder | None:
+        index = self._folder_index(path)
+        return None if index is None else self.folders[index]
+
     def _check_references(self) -> None:
-        """String references (URLs, URLs2, preload_URLs, modules) must exist and not cycle."""
+        """String references (URLs*, preload_URLs, loras, modules ...) must exist and not cycle."""
         for merged in self._merged.values():
             definition = merged.definition
             definition.problems = [p for p in definition.problems if p.kind != "reference"]
             model = definition.model
-            for key in URL_KEYS:
+            if not any(isinstance(value, str) for value in model.values()) and not isinstance(
+                model.get("modules"), list
+            ):
+                continue  # nothing to follow (the common case: a fast path for large folders)
+            for key in (*url_keys(model), *REFERENCE_KEYS, "modules"):
                 if isinstance(model.get(key), str):
                     try:
                         self._follow(definition.id, key)
@@ -211,7 +239,7 @@ class Registry:
                 for index, item in enumerate(modules):
                     if isinstance(item, str):
                         try:
-                            self._module_variants(item, [definition.id])
+                            self._module_item(item, [definition.id])
                         except (UnknownDefinitionError, ReferenceCycleError, InvalidDefinitionError) as exc:
                             self._reference_problem(merged, "modules", f"model.modules[{index}]", str(exc))
 
@@ -249,8 +277,12 @@ class Registry:
 
     # --- references ----------------------------------------------------------------
 
-    def _follow(self, definition_id: str, key: str) -> list[Any]:
-        """The list a ``key`` resolves to, following string references (WanGP: depth 10)."""
+    def _follow(self, definition_id: str, key: str) -> Any:
+        """The value a ``key`` resolves to, following string references (WanGP: depth 10).
+
+        A string is the id of another definition whose same key is used; a definition
+        without the key gives nothing (WanGP's ``get_model_recursive_prop``).
+        """
         chain = [definition_id]
         value = self.get(definition_id).model.get(key)
         while isinstance(value, str):
@@ -263,16 +295,16 @@ class Registry:
             if len(chain) > MAX_REFERENCE_DEPTH:
                 raise ReferenceCycleError(f"references nested deeper than {MAX_REFERENCE_DEPTH}: {' -> '.join(chain)}")
             value = self._merged[value].definition.model.get(key)
-        if value is None:
-            return []
-        return list(value) if isinstance(value, list) else []
+        return value
 
     def reference_list(self, definition_id: str, key: str) -> list[str]:
-        """``URLs``, ``URLs2`` or ``preload_URLs`` with string references resolved."""
-        return [entry for entry in self._follow(definition_id, key) if isinstance(entry, str)]
+        """``URLs``, ``URLs2`` ..., ``preload_URLs``, ``text_encoder_URLs`` or ``loras``, references resolved."""
+        value = self._follow(definition_id, key)
+        return [entry for entry in value if isinstance(entry, str)] if isinstance(value, list) else []
 
-    def _module_variants(self, item: Any, chain: list[str]) -> list[str]:
-        """A module item: a list of variants, or the id of a definition with exactly one module."""
+    def _module_item(self, item: Any, chain: list[str]) -> Any:
+        """A module item with string ids followed: the id of a definition whose ``modules``
+        is a list of exactly one item stands for that item (WanGP's ``_list`` sub-property)."""
         while isinstance(item, str):
             if item in chain:
                 raise ReferenceCycleError(f"circular module reference: {' -> '.join([*chain, item])}")
@@ -285,29 +317,92 @@ class Registry:
                     f"refers to '{item}' as a module, but '{item}' declares {count} modules (exactly 1 needed)"
                 )
             chain = [*chain, item]
+            if len(chain) > MAX_REFERENCE_DEPTH:
+                raise ReferenceCycleError(f"module references nested deeper than {MAX_REFERENCE_DEPTH}")
             item = modules[0]
-        return [entry for entry in item if isinstance(entry, str)] if isinstance(item, list) else []
+        return item
+
+    def modules(self, definition_id: str) -> list[tuple[int, str, list[str]]]:
+        """Every module file list: (module index, "URLs"/"URLs2", variants).
+
+        ``modules`` may be a reference (another definition's whole list, as WanGP's loader
+        follows it); an item is a list of variants, a definition id (whose single module is
+        used) or an object ``{"URLs": [...], "URLs2": [...]}`` (extra files of each transformer).
+        """
+        value = self._follow(definition_id, "modules")
+        if not isinstance(value, list):
+            return []
+        out: list[tuple[int, str, list[str]]] = []
+        for index, item in enumerate(value):
+            item = self._module_item(item, [definition_id])
+            if isinstance(item, dict):
+                for sub in ("URLs", "URLs2"):
+                    files = item.get(sub)
+                    files = [files] if isinstance(files, str) else files  # WanGP: a string is one file here
+                    if isinstance(files, list):
+                        out.append((index, sub, [entry for entry in files if isinstance(entry, str)]))
+            elif isinstance(item, list):
+                out.append((index, "URLs", [entry for entry in item if isinstance(entry, str)]))
+        return out
 
     def module_lists(self, definition_id: str) -> list[list[str]]:
-        modules = self.get(definition_id).model.get("modules")
-        if not isinstance(modules, list):
-            return []
-        return [self._module_variants(item, [definition_id]) for item in modules]
+        return [variants for _index, _key, variants in self.modules(definition_id)]
+
+    def loras(self, definition_id: str) -> list[tuple[str, Any]]:
+        """The definition's LoRAs and their multipliers (default 1.0 each, as WanGP)."""
+        entries = self.reference_list(definition_id, "loras")
+        multipliers = self._follow(definition_id, "loras_multipliers")
+        if isinstance(multipliers, str):  # a resolved string is WanGP's space-separated text
+            multipliers = multipliers.split()
+        values = list(multipliers) if isinstance(multipliers, list) else []
+        values += [1.0] * max(0, len(entries) - len(values))
+        return list(zip(entries, values[: len(entries)]))
 
     # --- resolving -----------------------------------------------------------------
 
+    def architecture_dtype(self, definition: Definition) -> tuple[str, str] | None:
+        """The ``dtype`` of the architecture's own definition (the id equal to the architecture id)."""
+        arch_id = definition.architecture or ""
+        merged = self._merged.get(arch_id)
+        if merged is None:
+            return None
+        forced = merged.definition.model.get("dtype")
+        if forced is None:
+            return None
+        dtype = "fp16" if forced == "fp16" else "bf16"  # WanGP: anything but "fp16" is bf16
+        return dtype, f"set by the architecture's definition '{arch_id}' (dtype = {forced})"
+
     def effective_dtype(self, definition: Definition, preference: str | None = None) -> tuple[str, str]:
-        """The transformer dtype and why: forced by the definition, bf16-only model, or preference."""
-        forced = definition.model.get("dtype")
-        if forced in ("bf16", "fp16"):
-            return forced, f"forced by the definition (model.dtype = {forced})"
-        arch = ARCHITECTURES.get(definition.architecture or "")
-        if arch is not None and arch.bf16_only:
-            return "bf16", f"{arch.label} runs in bf16 only"
+        """The transformer dtype and why (WanGP's ``get_transformer_dtype``).
+
+        The architecture's definition's ``dtype`` wins (a finetune's own is not read); then
+        the preference; ``auto`` is bf16 on a GPU that supports it, fp16 on one that does not,
+        bf16 without a GPU.
+        """
+        forced = self.architecture_dtype(definition)
+        if forced is not None:
+            return forced
         wanted = preference or self.config.dtype
         if wanted in ("bf16", "fp16"):
-            return wanted, "your preference"
-        return "bf16", "default (dtype = auto)"
+            return wanted, f"your preference (dtype = {wanted})"
+        supported, gpu = bf16_support()
+        if supported is None:
+            return "bf16", "dtype = auto, no GPU found: bf16"
+        if supported:
+            return "bf16", f"dtype = auto: {gpu} supports bf16"
+        return "fp16", f"dtype = auto: {gpu} has no fast bf16 (compute capability < 8): fp16"
+
+    @staticmethod
+    def module_dtype(main_source: str | None, transformer_dtype: str) -> tuple[str, str]:
+        """WanGP picks modules in the dtype of the chosen main file when that file is quantized."""
+        if not main_source or "quanto" not in main_source:
+            return transformer_dtype, "the transformer dtype"
+        dtype = transformer_dtype
+        if "bf16" in main_source or "BF16" in main_source:
+            dtype = "bf16"
+        if "fp16" in main_source or "FP16" in main_source:  # WanGP tests fp16 last: it wins
+            dtype = "fp16"
+        return dtype, f"the dtype of the quantized main file ({local_name(main_source)})"
 
     def locate_source(self, source: str, origin: Origin = Origin.LOCAL) -> tuple[Path, bool]:
         """Where the file of a URL or path entry is (True) or would be placed (False)."""
@@ -323,8 +418,27 @@ class Registry:
         default = candidates[0] if candidates else self.config.download_dir / filename
         return default.absolute(), False
 
+    def lora_folder(self, definition: Definition) -> Path:
+        """The LoRA folder WanGP uses for the definition's architecture (``lora_dirs`` overrides)."""
+        return self.config.lora_dir(architecture_row(definition.architecture or "").lora_dir)
+
+    def locate_lora(self, definition: Definition, source: str) -> tuple[Path, bool]:
+        """A LoRA entry is a URL or a file name in the family's LoRA folder (or a path of its own)."""
+        folder = self.lora_folder(definition)
+        candidates = [folder / local_name(source)]
+        if not is_url(source) and definition.origin is not Origin.REMOTE:
+            path = Path(source).expanduser()
+            if path.is_absolute():
+                candidates.insert(0, path)
+            elif len(path.parts) > 1:
+                candidates += [folder / path, self.config.home / path]
+        for candidate in candidates:
+            if os.path.isfile(candidate):
+                return candidate.absolute(), True
+        return candidates[0].absolute(), False
+
     def _choice(
-        self, role: str, choices: list[str], quantization: str, dtype: str, origin: Origin
+        self, role: str, choices: list[str], quantization: str, dtype: str, origin: Origin, why: str = ""
     ) -> FileChoice | None:
         selection = explain_variant(choices, quantization, dtype)
         if selection.choice is None:
@@ -336,7 +450,7 @@ class Registry:
             filename=local_name(selection.choice),
             path=path,
             present=present,
-            reason=selection.reason,
+            reason=selection.reason + why,
             candidates=list(choices),
         )
 
@@ -349,22 +463,49 @@ class Registry:
         wanted_quantization = quantization or self.config.quantization
         effective_dtype, dtype_reason = self.effective_dtype(definition, dtype)
         origin = definition.origin
-        transformer = self._choice(
-            "transformer", self.reference_list(definition_id, "URLs"), wanted_quantization, effective_dtype, origin
+        keys = url_keys(definition.model)
+        # URLs3 ... come from merged files too: collect every URLsN key of the chain's first file.
+        transformers = []
+        for key in keys:
+            if key in ("preload_URLs", "text_encoder_URLs"):
+                continue
+            role = "transformer" if key == "URLs" else f"transformer{key[4:]}"
+            transformers.append(
+                self._choice(role, self.reference_list(definition_id, key), wanted_quantization, effective_dtype, origin)
+            )
+        transformer = transformers[0] if transformers else None
+        transformer2 = transformers[1] if len(transformers) > 1 else None
+        forced = self.architecture_dtype(definition)
+        if forced is not None:
+            module_dtype, module_reason = forced[0], "the architecture's dtype"
+        else:
+            module_dtype, module_reason = self.module_dtype(
+                transformer.source if transformer else None, effective_dtype
+            )
+        modules = []
+        for index, key, variants in self.modules(definition_id):
+            why = f"; picked in {module_dtype} ({module_reason})"
+            if key == "URLs2":
+                why += f"; module {index + 1}'s files for the second transformer"
+            choice = self._choice("module", variants, wanted_quantization, module_dtype, origin, why)
+            if choice is not None:
+                modules.append(choice)
+        text_encoder = self._choice(
+            "text_encoder", self.reference_list(definition_id, "text_encoder_URLs"), wanted_quantization,
+            effective_dtype, origin,
         )
-        transformer2 = self._choice(
-            "transformer2", self.reference_list(definition_id, "URLs2"), wanted_quantization, effective_dtype, origin
-        )
-        modules = [
-            choice
-            for variants in self.module_lists(definition_id)
-            if (choice := self._choice("module", variants, wanted_quantization, effective_dtype, origin)) is not None
-        ]
         preload = []
         for source in self.reference_list(definition_id, "preload_URLs"):
             path, present = self.locate_source(source, origin)
             preload.append(
                 FileChoice("preload", source, local_name(source), path, present, "preload: always fetched", [source])
+            )
+        loras = []
+        for source, multiplier in self.loras(definition_id):
+            path, present = self.locate_lora(definition, source)
+            loras.append(
+                FileChoice("lora", source, local_name(source), path, present,
+                           f"LoRA always applied, multiplier {multiplier}", [source], multiplier=multiplier)
             )
         return Resolution(
             id=definition_id,
@@ -377,6 +518,11 @@ class Registry:
             modules=modules,
             preload=preload,
             auto_quantize=definition.model.get("auto_quantize") is True,
+            more_transformers=[t for t in transformers[2:] if t is not None],
+            text_encoder=text_encoder,
+            loras=loras,
+            module_dtype=module_dtype,
+            module_dtype_reason=module_reason,
         )
 
     def filter(

@@ -41,6 +41,7 @@ class Definition:
     files: list[Path]
     origin: Origin
     problems: list[Problem] = field(default_factory=list)
+    readonly: bool = False  # its last file is in a folder tunehub must not write (WanGP's defaults/, built-ins)
 
     @property
     def model(self) -> dict[str, Any]:
@@ -67,6 +68,14 @@ class Definition:
         return arch if isinstance(arch, str) else None
 
     @property
+    def family(self) -> str:
+        """The architecture's family (``wan2.1``, ``ltx``, ... or ``unknown``)."""
+        from tunehub.registry.architectures import architecture
+
+        arch = self.architecture
+        return architecture(arch).family if arch else "unknown"
+
+    @property
     def description(self) -> str:
         description = self.model.get("description")
         return description if isinstance(description, str) else ""
@@ -85,6 +94,7 @@ class Definition:
             "id": self.id,
             "name": self.name,
             "architecture": self.architecture,
+            "family": self.family,
             "description": self.description,
             "origin": self.origin.value,
             "visible": self.visible,
@@ -98,21 +108,32 @@ class Definition:
 class FileChoice:
     """One file that resolving a definition picked, and where it is or would be."""
 
-    role: str  # "transformer", "transformer2", "module" or "preload"
+    role: str  # "transformer", "transformer2" (URLs3: "transformer3" ...), "module", "text_encoder", "preload", "lora"
     source: str  # the URL or path as written in the definition
     filename: str  # base name in the weights folder
     path: Path  # absolute: where it is, else where it would be placed
     present: bool
     reason: str
     candidates: list[str] = field(default_factory=list)
+    multiplier: Any = None  # LoRAs: the strength (a number, or WanGP's per-step text such as "1;0")
+
+    @property
+    def label(self) -> str:
+        """What the file is: "int8 bf16", "16-bit fp16", "nvfp4", "gguf q4_k_m" ..."""
+        from tunehub.registry.naming import parse_variant_name
+
+        return parse_variant_name(self.filename).label
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "source": self.source,
             "filename": self.filename,
             "path": str(self.path),
             "present": self.present,
         }
+        if self.role == "lora":
+            out["multiplier"] = self.multiplier
+        return out
 
 
 @dataclass
@@ -129,22 +150,30 @@ class Resolution:
     modules: list[FileChoice]
     preload: list[FileChoice]
     auto_quantize: bool = False
+    more_transformers: list[FileChoice] = field(default_factory=list)  # URLs3, URLs4 ...
+    text_encoder: FileChoice | None = None
+    loras: list[FileChoice] = field(default_factory=list)
+    module_dtype: str = ""  # the dtype modules were picked in (WanGP: the quantized main file's)
+    module_dtype_reason: str = ""
 
-    def all_files(self) -> list[FileChoice]:
+    def all_files(self, loras: bool = True) -> list[FileChoice]:
         files = [choice for choice in (self.transformer, self.transformer2) if choice is not None]
-        return files + self.modules + self.preload
+        files += self.more_transformers + self.modules
+        if self.text_encoder is not None:
+            files.append(self.text_encoder)
+        return files + self.preload + (self.loras if loras else [])
 
     @property
     def needs_quantization(self) -> bool:
-        """An int8 (or fp8) file is wanted but the pick is a 16-bit one."""
+        """An int8 (or fp8) file is wanted but the pick is a 16-bit one (an nvfp4 or gguf file is not)."""
         if self.quantization == "bf16" or self.transformer is None:
             return False
         from tunehub.registry.naming import parse_variant_name
 
-        return parse_variant_name(self.transformer.filename).quantization is None
+        return not parse_variant_name(self.transformer.filename).quantized
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "architecture": self.architecture,
             "quantization": self.quantization,
@@ -153,4 +182,10 @@ class Resolution:
             "transformer2": self.transformer2.to_json() if self.transformer2 else None,
             "modules": [choice.to_json() for choice in self.modules],
             "preload": [choice.to_json() for choice in self.preload],
+            "loras": [choice.to_json() for choice in self.loras],
         }
+        for choice in self.more_transformers:  # "transformer3" ... only where a definition has URLs3 ...
+            out[choice.role] = choice.to_json()
+        if self.text_encoder is not None:
+            out["text_encoder"] = self.text_encoder.to_json()
+        return out

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from tunehub.registry.architectures import ARCHITECTURES, is_ltx
 from tunehub.registry.model import Origin, Problem
 
-URL_KEYS = ("URLs", "URLs2", "preload_URLs")
+URL_KEYS = ("URLs", "URLs2", "preload_URLs", "text_encoder_URLs")  # and URLs3, URLs4 ... (url_keys)
 MAX_REFERENCE_DEPTH = 10  # WanGP stops at this depth with "Circular Reference"
+_URLS_N = re.compile(r"URLs[2-9]\d*")
+
+
+def url_keys(model: dict[str, Any]) -> list[str]:
+    """The file-list keys of a model subtree: URLs, URLs2, URLs3 ..., preload_URLs, text_encoder_URLs."""
+    extra = sorted((k for k in model if _URLS_N.fullmatch(k) and k != "URLs2"), key=lambda k: int(k[4:]))
+    return [*URL_KEYS[:2], *extra, *URL_KEYS[2:]]
 
 _NUMBER = (int, float)
 # model key -> (check, expected-type words)
@@ -21,10 +28,8 @@ _MODEL_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "description": (lambda v: isinstance(v, str), "a string"),
     "auto_quantize": (lambda v: isinstance(v, bool), "true or false"),
     "visible": (lambda v: isinstance(v, bool), "true or false"),
-    "loras": (lambda v: isinstance(v, list), "a list"),
-    "loras_multipliers": (lambda v: isinstance(v, (list, str)), "a list"),
-    "dtype": (lambda v: v in ("bf16", "fp16"), '"bf16" or "fp16"'),
-    "group": (lambda v: isinstance(v, str), "a string"),
+    "loras": (lambda v: isinstance(v, (list, str)), "a list of URLs/files or a definition id"),
+    "loras_multipliers": (lambda v: isinstance(v, (list, str)), "a list of numbers or a definition id"),
 }
 
 
@@ -112,60 +117,77 @@ def check_file_structure(file: str, data: Any, origin: Origin) -> list[Problem]:
     for key, (check, words) in _MODEL_TYPES.items():
         if key in model and not check(model[key]):
             problems.append(Problem(file, f"model.{key}", f"must be {words}, got {json.dumps(model[key])[:60]}"))
-    for key in URL_KEYS:
-        if key not in model:
-            continue
-        value = model[key]
-        if isinstance(value, str):
-            if not value.strip():
-                problems.append(Problem(file, f"model.{key}", "is an empty string: give a list of files or a definition id"))
-            continue  # a reference to another definition, checked after merging
-        if not isinstance(value, list):
-            problems.append(
-                Problem(file, f"model.{key}", f"must be a list of URLs/paths or a definition id, got {type(value).__name__}")
-            )
-            continue
-        for index, entry in enumerate(value):
-            problem = check_entry(file, f"model.{key}[{index}]", entry, origin)
+    for key in url_keys(model):
+        if key in model:
+            problems.extend(_check_file_list(file, f"model.{key}", model[key], origin))
+    if "loras" in model and isinstance(model["loras"], list):
+        for index, entry in enumerate(model["loras"]):
+            problem = check_entry(file, f"model.loras[{index}]", entry, origin)
             if problem:
                 problems.append(problem)
     if "modules" in model:
-        modules = model["modules"]
-        if not isinstance(modules, list):
-            problems.append(Problem(file, "model.modules", f"must be a list, got {type(modules).__name__}"))
-        else:
-            for index, item in enumerate(modules):
-                key = f"model.modules[{index}]"
-                if isinstance(item, str):
-                    continue  # a module id, checked after merging
-                if not isinstance(item, list) or not item:
-                    problems.append(
-                        Problem(file, key, "must be a non-empty list of URLs/paths (variants of one module) or a definition id")
-                    )
-                    continue
-                for entry_index, entry in enumerate(item):
-                    problem = check_entry(file, f"{key}[{entry_index}]", entry, origin)
+        problems.extend(_check_modules(file, model["modules"], origin))
+    return problems
+
+
+def _check_file_list(file: str, key: str, value: Any, origin: Origin) -> list[Problem]:
+    """A list of URLs/paths, or a string: the id of the definition whose same key is used."""
+    if isinstance(value, str):
+        if not value.strip():
+            return [Problem(file, key, "is an empty string: give a list of files or a definition id")]
+        return []  # a reference to another definition, checked after merging
+    if not isinstance(value, list):
+        return [Problem(file, key, f"must be a list of URLs/paths or a definition id, got {type(value).__name__}")]
+    return [p for index, entry in enumerate(value) if (p := check_entry(file, f"{key}[{index}]", entry, origin))]
+
+
+def _check_modules(file: str, modules: Any, origin: Origin) -> list[Problem]:
+    if isinstance(modules, str):
+        return [] if modules.strip() else [Problem(file, "model.modules", "is an empty string: give a list or a definition id")]
+    if not isinstance(modules, list):
+        return [Problem(file, "model.modules", f"must be a list or a definition id, got {type(modules).__name__}")]
+    problems: list[Problem] = []
+    for index, item in enumerate(modules):
+        key = f"model.modules[{index}]"
+        if isinstance(item, str):
+            continue  # a module id, checked after merging
+        if isinstance(item, dict):
+            # WanGP loads an object's URLs and URLs2 as extra files of both transformers; it
+            # raises "No URLs defined for Module" when either is missing.
+            for sub in ("URLs", "URLs2"):
+                if sub not in item:
+                    problems.append(Problem(file, f"{key}.{sub}", "missing: a module object needs both URLs and URLs2"))
+                elif isinstance(item[sub], list):
+                    problems.extend(_check_file_list(file, f"{key}.{sub}", item[sub], origin))
+                else:
+                    problem = check_entry(file, f"{key}.{sub}", item[sub], origin)  # WanGP: one file
                     if problem:
                         problems.append(problem)
+            continue
+        if not isinstance(item, list) or not item:
+            problems.append(
+                Problem(file, key, "must be a non-empty list of URLs/paths (variants of one module), an object "
+                        "{\"URLs\": [...], \"URLs2\": [...]} or a definition id")
+            )
+            continue
+        problems.extend(_check_file_list(file, key, item, origin))
     return problems
 
 
 def check_merged(file: str, model: dict[str, Any]) -> list[Problem]:
-    """Problems of the merged definition: required keys and the architecture."""
+    """Problems of the merged definition: the two keys WanGP requires.
+
+    Any non-empty string is a valid architecture: what tunehub can do with it beyond
+    listing, resolving and syncing is the architecture table's business, not a problem.
+    """
     problems: list[Problem] = []
     if "name" not in model:
         problems.append(Problem(file, "model.name", 'missing: add "name", the label shown to users'))
+    arch = model.get("architecture")
     if "architecture" not in model:
-        known = ", ".join(ARCHITECTURES)
-        problems.append(Problem(file, "model.architecture", f"missing: add the base architecture id, one of {known}"))
-    else:
-        arch = model["architecture"]
-        if isinstance(arch, str) and arch not in ARCHITECTURES:
-            known = ", ".join(ARCHITECTURES)
-            if is_ltx(arch):
-                problems.append(
-                    Problem(file, "model.architecture", f"'{arch}': LTX Video has no finetune support; use one of {known}")
-                )
-            else:
-                problems.append(Problem(file, "model.architecture", f"unknown architecture '{arch}'; known: {known}"))
+        problems.append(
+            Problem(file, "model.architecture", 'missing: add the base architecture id, for instance "t2v"')
+        )
+    elif isinstance(arch, str) and not arch.strip():
+        problems.append(Problem(file, "model.architecture", 'is empty: give the base architecture id, for instance "t2v"'))
     return problems

@@ -19,17 +19,20 @@ def locate(filename: str, weights_dirs: Sequence[Path]) -> Path | None:
 
 
 def local_path_candidates(source: str, home: Path, weights_dirs: Sequence[Path]) -> list[Path]:
-    """Where a local path entry of a definition may be, most specific first.
+    """Where a local path entry of a definition may be, in WanGP's order.
 
-    An absolute path is itself; a relative path with folders is relative to the home
-    (WanGP writes ``ckpts/x.safetensors`` relative to its own folder); every entry is
-    also looked up by base name in each weights folder, as WanGP does.
+    An absolute path is itself. A relative one is looked for under each weights folder by
+    its path relative to it (``sub/x.safetensors`` -> ``ckpts/sub/x.safetensors``), then by
+    base name in each weights folder, then as given, relative to the home (WanGP's own
+    folder: ``ckpts/x.safetensors`` as written by its --save-quantized).
     """
     path = Path(source).expanduser()
-    candidates: list[Path] = []
     if path.is_absolute():
-        candidates.append(path)
-    elif len(path.parts) > 1:
-        candidates.append(home / path)
+        return [path, *(folder / path.name for folder in weights_dirs)]
+    candidates: list[Path] = []
+    if len(path.parts) > 1:
+        candidates.extend(folder / path for folder in weights_dirs)
     candidates.extend(folder / path.name for folder in weights_dirs)
+    if len(path.parts) > 1:
+        candidates.append(home / path)
     return candidates

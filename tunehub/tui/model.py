@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunehub.hub.urls import is_url, local_name, parse_hub_url
+from tunehub.registry.urls import is_url, local_name, parse_hub_url
 from tunehub.registry.naming import parse_variant_name
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -105,6 +105,7 @@ class DefinitionRow:
     origin: str
     valid: bool
     visible: bool
+    family: str = "unknown"
     state: str = PENDING_STATE
     size_bytes: int | None = None
     # Lower-cased id + name + description: what the filter box matches.
@@ -128,6 +129,7 @@ def row_for(definition: Definition) -> DefinitionRow:
         id=definition.id,
         name=name,
         architecture=str(definition.architecture or "?"),
+        family=str(getattr(definition, "family", "unknown")),
         description=description,
         origin=_origin_name(definition),
         valid=bool(definition.valid),
@@ -189,9 +191,7 @@ def compute_state(
     selected = resolution.all_files()
     if any(index.find(choice.source) is None and not choice.present for choice in selected):
         return "missing", size
-    local_quantized = [
-        s for s in sources if not is_url(s) and parse_variant_name(local_name(s)).quantization is not None
-    ]
+    local_quantized = [s for s in sources if not is_url(s) and parse_variant_name(local_name(s)).quantized]
     if local_quantized:
         return "quantized", size
     if _origin_name(definition) == "local" and sources and all(parse_hub_url(s) for s in sources):
@@ -228,11 +228,14 @@ def filter_rows(
     text: str = "",
     architecture: str | None = None,
     state: str | None = None,
+    family: str | None = None,
 ) -> list[DefinitionRow]:
     """Rows whose id, name or description contain every word of ``text`` (any case)."""
     words = text.lower().split()
     result = []
     for row in rows:
+        if family is not None and row.family != family:
+            continue
         if architecture is not None and row.architecture != architecture:
             continue
         if state is not None and row.state != state:
@@ -264,14 +267,16 @@ def variant_rows(resolution: Resolution, index: WeightsIndex) -> list[VariantRow
     for choice in resolution.all_files():
         for source in choice.candidates or [choice.source]:
             info = parse_variant_name(local_name(source))
-            found = index.find(source)
+            found = index.find(source) if choice.role != "lora" else ((choice.path, 0) if choice.present else None)
             selected = source == choice.source
             rows.append(
                 VariantRow(
                     role=choice.role,
                     file=local_name(source),
                     dtype=info.dtype or "-",
-                    quantization=info.quantization or "16-bit",
+                    # what the file is: 16-bit, int8, nvfp4, gguf q4_k_m ... (dtype has its own column)
+                    quantization=f"LoRA x{choice.multiplier}" if choice.role == "lora"
+                    else f"{info.kind} {info.detail}".strip(),
                     present=found is not None,
                     size_bytes=found[1] if found else None,
                     selected=selected,

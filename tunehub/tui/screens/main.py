@@ -95,6 +95,7 @@ class MainScreen(Screen[None]):
         yield Header(show_clock=False, icon="≋")
         with Horizontal(id="filter-bar"):
             yield Input(placeholder="filter: id, name, description   ( / )", id="filter", compact=True)
+            yield Select([], prompt="any family", id="facet-family", compact=True)
             yield Select([], prompt="any architecture", id="facet-arch", compact=True)
             yield Select([(state, state) for state in STATES], prompt="any state", id="facet-state", compact=True)
         with Horizontal(id="body"):
@@ -171,12 +172,15 @@ class MainScreen(Screen[None]):
         self.set_timer(0.2, self.check_capabilities)
 
     def _refresh_arch_facet(self) -> None:
-        select: Select[str] = self.query_one("#facet-arch", Select)
-        architectures = sorted({row.architecture for row in self.all_rows})
-        current = select.value
-        select.set_options([(arch, arch) for arch in architectures])
-        if current in architectures:
-            select.value = current
+        for facet, values in (
+            ("#facet-arch", sorted({row.architecture for row in self.all_rows})),
+            ("#facet-family", sorted({row.family for row in self.all_rows})),
+        ):
+            select: Select[str] = self.query_one(facet, Select)
+            current = select.value
+            select.set_options([(value, value) for value in values])
+            if current in values:
+                select.value = current
 
     def refill_states(self) -> None:
         self.states_ready = False
@@ -226,11 +230,13 @@ class MainScreen(Screen[None]):
         text = self.query_one("#filter", Input).value
         arch_select: Select[str] = self.query_one("#facet-arch", Select)
         state_select: Select[str] = self.query_one("#facet-state", Select)
+        family_select: Select[str] = self.query_one("#facet-family", Select)
         rows = filter_rows(
             self.all_rows,
             text,
             architecture=None if arch_select.is_blank() else str(arch_select.value),
             state=None if state_select.is_blank() else str(state_select.value),
+            family=None if family_select.is_blank() else str(family_select.value),
         )
         definitions = self.query_one(DefinitionList)
         definitions.set_rows(rows)
