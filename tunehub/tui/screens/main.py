@@ -510,6 +510,13 @@ class MainScreen(Screen[None]):
         definition_id = self._valid_highlighted()
         if definition_id is None or self._unavailable("generate"):
             return
+        from tunehub.registry.architectures import architecture
+
+        arch = self.app.registry.get(definition_id).architecture or ""  # type: ignore[union-attr]
+        row = architecture(arch)
+        if not row.generate:  # the architecture table decides, as `tunehub generate` does
+            self.notify(f"tunehub cannot generate with {arch} ({row.family_label}); it can {row.can()} it", severity="warning")
+            return
         from tunehub.tui.screens.generate import GenerateScreen
 
         self.app.push_screen(GenerateScreen(self.app.registry.get(definition_id)))  # type: ignore[union-attr]
