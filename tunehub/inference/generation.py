@@ -9,6 +9,7 @@ from typing import Any
 
 from tunehub.config import Config
 from tunehub.errors import ConfigError, InferenceError
+from tunehub.inference.phases import LoraRequest, parse_multiplier, phase_plan, switch_step
 from tunehub.inference.pipeline import (
     Inputs,
     Progress,
@@ -25,7 +26,6 @@ from tunehub.inference.settings import (
     reserve_output,
     write_settings,
 )
-from tunehub.inference.phases import LoraRequest, parse_multiplier, phase_plan, switch_step
 from tunehub.inference.video import write_mp4
 
 

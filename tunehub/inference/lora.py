@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from tunehub.errors import ConfigError, InferenceError
+from tunehub.errors import InferenceError
 
 _STRENGTH = re.compile(r"^[\s0-9.,;+-]+$")
 
@@ -245,9 +245,3 @@ def apply_to_transformer(transformer: Any, loras: Sequence[LoraWeights], strengt
                 "(a LoRA for another architecture?)"
             )
     return applied
-
-
-def check_strength(text: str, where: str) -> None:
-    """Early check of a ``--lora`` strength (full parsing needs the run's phases)."""
-    if not _STRENGTH.match(text):
-        raise ConfigError(f"{where}: strength '{text}' is not a number or a WanGP multiplier such as 1;0")

@@ -41,16 +41,6 @@ class PhasePlan:
     phases: int  # phases the LoRA multipliers are written for (1 or 2)
     model_switch_phase: int = 1
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "two_experts": self.two_experts,
-            "boundary_ratio": self.boundary_ratio,
-            "switch_threshold": self.switch_threshold,
-            "guidance_scale": self.guidance_scale,
-            "guidance2_scale": self.guidance_scale_2,
-            "phases": self.phases,
-        }
-
 
 def _number(settings: dict[str, Any], key: str, source: str, default: float) -> float:
     value = settings.get(key, default)
