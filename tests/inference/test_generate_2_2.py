@@ -187,6 +187,19 @@ def test_ti2v_takes_an_optional_start_image(setup: Setup) -> None:
     assert not np.array_equal(_frames(plain), _frames(with_image)), "the start image conditions the 5B model"
 
 
+def test_one_model_with_two_guidance_phases(setup: Setup) -> None:
+    code, plain, _ = setup.generate("tiny_ti2v_2_2")
+    code_p, phased, result = setup.generate(
+        "tiny_ti2v_2_2", "--guidance-phases", "2", "--switch-threshold", "900", "--guidance2", "1"
+    )
+    assert code == code_p == 0
+    experts = result["experts"]
+    assert experts["two_experts"] is False and 0 < experts["switch_step"] < STEPS
+    assert list(experts["steps"]) == ["transformer"], "one model runs both phases"
+    assert experts["guidance2_scale"] == 1
+    assert not np.array_equal(_frames(plain), _frames(phased)), "the second phase's guidance is used"
+
+
 def test_boundary_defaults_to_the_base_repos_ratio(setup: Setup) -> None:
     path = setup.root / "finetunes" / "tiny_t2v_2_2.json"
     definition = json.loads(path.read_text())

@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-loras", action="store_true", help="skip the LoRAs the definition lists (loras)")
     p.add_argument("--guidance2", type=float, metavar="G",
                    help="second guidance scale (guidance2_scale: the low-noise phase of Wan 2.2)")  # fmt: skip
+    p.add_argument("--guidance-phases", type=int, choices=(1, 2), metavar="N",
+                   help="guidance phases (guidance_phases): 2 switches to --guidance2 at --switch-threshold "
+                        "(two-expert models always have 2)")  # fmt: skip
     p.add_argument("--switch-threshold", type=float, metavar="T",
                    help="noise level 0-1000 where the second phase (low-noise expert) starts (switch_threshold)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON; progress as JSON lines on stderr")
@@ -120,6 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         loras=args.lora,
         no_loras=args.no_loras,
         guidance2_scale=args.guidance2,
+        guidance_phases=args.guidance_phases,
         switch_threshold=args.switch_threshold,
     )
     if args.json:
@@ -130,5 +134,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if result.contact_sheet:
             print(f"contact sheet: {result.contact_sheet}", file=sys.stderr)
         if result.experts.get("switch_step") is not None:
-            print(f"low-noise expert from step {result.experts['switch_step'] + 1}", file=sys.stderr)
+            what = "low-noise expert" if result.experts.get("two_experts") else "second guidance phase"
+            print(f"{what} from step {result.experts['switch_step'] + 1}", file=sys.stderr)
     return 0
