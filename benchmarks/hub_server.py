@@ -100,7 +100,7 @@ def curl_rate(url: str) -> float:
     return float(out[0])
 
 
-def hf_rate(endpoint: str, cache: Path, size: int, sha256: str) -> float:
+def hf_rate(endpoint: str, cache: Path, size: int, sha256: str, token: str | bool = False) -> float:
     """Bytes per second of hf_hub_download into a fresh cache (sha256 checked afterwards, not timed)."""
     import huggingface_hub.constants as constants
     from huggingface_hub import hf_hub_download
@@ -108,7 +108,7 @@ def hf_rate(endpoint: str, cache: Path, size: int, sha256: str) -> float:
     constants.HF_HUB_DISABLE_XET = True
     shutil.rmtree(cache, ignore_errors=True)
     started = time.perf_counter()
-    path = hf_hub_download(REPO, FILENAME, endpoint=endpoint, cache_dir=cache, token=False)
+    path = hf_hub_download(REPO, FILENAME, endpoint=endpoint, cache_dir=cache, token=token)
     elapsed = time.perf_counter() - started
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

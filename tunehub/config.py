@@ -17,10 +17,15 @@ from typing import Any
 
 from tunehub.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+
+
+def _toml() -> Any:
+    """tomllib, imported only when a home has a tunehub.toml (keeps `tunehub list` start-up short)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    return tomllib
 
 CONFIG_FILE = "tunehub.toml"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -33,15 +38,19 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "dtype": ((str,), "string"),
     "definition_dirs": ((list,), "list of strings"),
     "weights_dirs": ((list,), "list of strings"),
+    "readonly_weights_dirs": ((list,), "list of strings"),
     "endpoint": ((str,), "string"),
     "link_mode": ((str,), "string"),
     "remote": ((list,), "array of tables ([[remote]])"),
     "daemon": ((dict,), "table ([daemon])"),
     "base_repos": ((dict,), "table ([base_repos])"),
+    "generate": ((dict,), "table ([generate])"),
     "readonly_dirs": ((list,), "list of strings"),
     "lora_dirs": ((dict,), "table ([lora_dirs])"),
     "max_definition_bytes": ((int,), "integer (bytes)"),
 }
+# [generate] keys -> allowed values (defaults for `tunehub generate` options)
+GENERATE_KEYS: dict[str, tuple[str, ...]] = {"attention": ("sdpa", "fp8")}
 LINK_MODES = ("hardlink", "copy", "symlink")
 
 
@@ -58,11 +67,14 @@ class Config:
     dtype: str = "auto"
     extra_definition_dirs: list[Path] = field(default_factory=list)
     weights_dirs: list[Path] = field(default_factory=list)
+    # folders of other tools (ComfyUI, another WanGP): searched for reusable files, never written
+    readonly_weights_dirs: list[Path] = field(default_factory=list)
     endpoint: str = DEFAULT_ENDPOINT
     link_mode: str = "hardlink"
     remotes: list[dict[str, Any]] = field(default_factory=list)
     daemon: dict[str, Any] = field(default_factory=dict)
     base_repos: dict[str, str] = field(default_factory=dict)
+    generate: dict[str, str] = field(default_factory=dict)
     # None: any folder named "defaults" is read-only (WanGP replaces it on every update)
     readonly_dirs: list[Path] | None = None
     # WanGP LoRA folder name ("wan", "wan_i2v", "hunyuan", ...) -> folder; "root" -> the loras/ folder
@@ -137,11 +149,13 @@ class Config:
             "dtype": self.dtype,
             "definition_dirs": [str(p) for p in self.user_definition_dirs],
             "weights_dirs": [str(p) for p in self.weights_dirs],
+            "readonly_weights_dirs": [str(p) for p in self.readonly_weights_dirs],
             "endpoint": self.endpoint,
             "link_mode": self.link_mode,
             "remote": self.remotes,
             "daemon": self.daemon,
             "base_repos": self.base_repos,
+            "generate": self.generate,
             "readonly_dirs": [str(p) for p in self.readonly_dirs] if self.readonly_dirs is not None else "any folder named defaults",
             "lora_dirs": {"root": str(self.loras_root), **{k: str(v) for k, v in self.lora_dirs.items() if k != "root"}},
         }
@@ -192,6 +206,7 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
     raw: dict[str, Any] = {}
     if file.is_file():
         cfg.config_file = file
+        tomllib = _toml()
         try:
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
@@ -228,6 +243,8 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
         cfg.weights_dirs = _path_list(file, "weights_dirs", raw["weights_dirs"], home_path)
     else:
         cfg.weights_dirs = [home_path / "ckpts"]
+    if "readonly_weights_dirs" in raw:
+        cfg.readonly_weights_dirs = _path_list(file, "readonly_weights_dirs", raw["readonly_weights_dirs"], home_path)
     if "endpoint" in raw:
         cfg.endpoint = raw["endpoint"].rstrip("/")
     if "link_mode" in raw:
@@ -247,6 +264,14 @@ def load_config(home: str | os.PathLike[str] | None = None) -> Config:
         if not isinstance(target, str):
             raise ConfigError(f"{file}: [base_repos] key '{arch}' must be a string (repo id or folder)")
     cfg.base_repos = dict(base_repos)
+    for key, value in raw.get("generate", {}).items():
+        if key not in GENERATE_KEYS:
+            raise ConfigError(f"{file}: [generate] unknown key '{key}'; known: {', '.join(GENERATE_KEYS)}")
+        if value not in GENERATE_KEYS[key]:
+            raise ConfigError(
+                f"{file}: [generate] {key} must be one of {', '.join(GENERATE_KEYS[key])}; got {value!r}"
+            )
+        cfg.generate[key] = value
     env_endpoint = os.environ.get("HF_ENDPOINT")
     if env_endpoint:
         cfg.endpoint = env_endpoint.rstrip("/")

@@ -38,10 +38,20 @@ def pull_definition(
     *,
     quantize: bool = True,
     progress: Any = None,
+    clear_removed_mark: bool = True,
     **pull_options: Any,
 ) -> Any:
-    """:func:`tunehub.hub.pull.pull`, then ``auto_quantize`` when wanted and needed."""
+    """:func:`tunehub.hub.pull.pull`, then ``auto_quantize`` when wanted and needed.
+
+    The user's pull of a definition lifts its "removed by you" mark (``tunehub rm``); the
+    daemon's own pulls pass ``clear_removed_mark=False``.
+    """
     from tunehub.hub.pull import pull
+
+    if clear_removed_mark:
+        from tunehub.disk.remove import clear_removed
+
+        clear_removed(cfg, definition_id)
 
     result = pull(cfg, registry, definition_id, progress=progress, **pull_options)
     if not quantize:

@@ -154,6 +154,8 @@ class FaultProxy:
 
     GETs can be answered with 429/503 + Retry-After, bodies can be slowed to a byte rate
     (so that a test can kill a client half-way), and every forwarded body byte is counted.
+    ``flip_once``: file names whose next body gets one byte flipped (in its middle);
+    ``transfers``: (path, bytes, monotonic end time) of each forwarded resolve body.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -167,6 +169,8 @@ class FaultProxy:
         self.bytes_sent = 0
         self.active = 0  # requests being forwarded right now
         self.requests: list[tuple[str, str, dict[str, str], float]] = []
+        self.flip_once: set[str] = set()
+        self.transfers: list[tuple[str, int, float]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -210,10 +214,17 @@ class FaultProxy:
                         return
                     started = time.monotonic()
                     sent = 0
+                    name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
+                    with proxy.lock:
+                        flip_at = int(data_length) // 2 if name in proxy.flip_once else -1
+                        proxy.flip_once.discard(name)
                     while True:
                         chunk = answer.read(256 * 1024)
                         if not chunk:
                             break
+                        if sent <= flip_at < sent + len(chunk):
+                            index = flip_at - sent
+                            chunk = chunk[:index] + bytes([chunk[index] ^ 0x01]) + chunk[index + 1 :]
                         try:
                             self.wfile.write(chunk)
                         except OSError:
@@ -225,6 +236,9 @@ class FaultProxy:
                             ahead = sent / proxy.rate_bytes_per_s - (time.monotonic() - started)
                             if ahead > 0:
                                 time.sleep(ahead)
+                    if "/resolve/" in self.path:
+                        with proxy.lock:
+                            proxy.transfers.append((self.path, sent, time.monotonic()))
                 finally:
                     conn.close()
 

@@ -288,3 +288,34 @@ def test_every_int8_kernel_stays_close(setup: Setup, kernel: str) -> None:
     assert code_a == code_b == code_c == 0
     seed_difference = np.abs(_frames(reference) - _frames(other_seed)).mean()
     assert np.abs(_frames(fast) - _frames(reference)).mean() <= 0.25 * seed_difference
+
+
+def _attention_run(home: Path, capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    code = tunehub_main(["--home", str(home), "generate", "tiny_t2v", "--device", "cpu", "--quantization", "int8",
+                         "--steps", "1", "--out", str(out), "--json", *extra])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    events = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    return json.loads(captured.out), [event for event in events if event.get("status") == "note"]
+
+
+def test_fp8_attention_reaches_the_pipeline_and_falls_back_on_cpu(setup: Setup, capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """--attention fp8 and `[generate] attention = "fp8"` reach the pipeline; on CPU it keeps
+    sdpa, says why in one line, and the video is made; --attention sdpa wins over the file."""
+    note = {"status": "note", "message": "fp8 attention needs a CUDA GPU (device is cpu): using sdpa"}
+    result, notes = _attention_run(setup.root, capsys, tmp_path / "a.mp4", "--attention", "fp8")
+    assert result["attention"] == "sdpa" and notes == [note] and (tmp_path / "a.mp4").is_file()
+    result, notes = _attention_run(setup.root, capsys, tmp_path / "b.mp4")
+    assert result["attention"] == "sdpa" and notes == []
+    home = tmp_path / "home"
+    home.mkdir()
+    toml = (setup.root / "tunehub.toml").read_text(encoding="utf-8")
+    (home / "tunehub.toml").write_text(
+        f'definition_dirs = ["{setup.root / "finetunes"}"]\nweights_dirs = ["{setup.root / "ckpts"}"]\n'
+        f'{toml}\n[generate]\nattention = "fp8"\n', encoding="utf-8",
+    )  # fmt: skip
+    result, notes = _attention_run(home, capsys, tmp_path / "c.mp4")
+    assert notes == [note]
+    result, notes = _attention_run(home, capsys, tmp_path / "d.mp4", "--attention", "sdpa")
+    assert notes == []

@@ -73,3 +73,59 @@ def test_int8mm_with_few_rows_uses_the_exact_path() -> None:
         exact = ours(x)
         ours.prepare("int8mm")
         assert torch.equal(ours(x), exact)
+
+
+_FUSED_GEMM_CHECK = """
+import json, sys, torch
+from tunehub.inference.int8_linear import int8_gemm
+results = []
+for variant, rows, bias in (("pointer", 70, True), ("pointer", 33, False), ("tma", 70, True), ("tma", 33, False)):
+    generator = torch.Generator().manual_seed(rows)
+    a = torch.randint(-127, 128, (rows, 64), dtype=torch.int8, generator=generator)
+    b = torch.randint(-127, 128, (40, 64), dtype=torch.int8, generator=generator)
+    a_scale = torch.rand(rows, 1, generator=generator) + 0.5
+    b_scale = (torch.rand(40, 1, generator=generator) + 0.5).to(torch.bfloat16)
+    bias_values = torch.randn(40, generator=generator).to(torch.bfloat16) if bias else None
+    out = int8_gemm(a, b, a_scale, b_scale, bias_values, torch.bfloat16, config=(32, 32, 32, 2, 4, 2), variant=variant)
+    exact = (a.double() @ b.double().t()) * a_scale.double() * b_scale.double().t()
+    if bias_values is not None:
+        exact = exact + bias_values.double()
+    results.append(dict(shape=list(out.shape), dtype=str(out.dtype), finite=bool(torch.isfinite(out).all()),
+                        error=float((out.double() - exact).norm() / exact.norm())))
+try:
+    int8_gemm(a[:, :48], b[:, :48], a_scale, b_scale, None, torch.bfloat16, config=(32, 32, 32, 2, 4, 2))
+    refused = ""
+except ValueError as exc:
+    refused = str(exc)
+print(json.dumps(dict(results=results, refused=refused)))
+"""
+
+
+def test_fused_int8_gemm_matches_exact_math() -> None:
+    """The fused int8 GEMM's Triton kernels (plain loads; persistent with bulk tensor copies),
+    run by Triton's CPU interpreter (the same kernel source; the variable must be set before
+    triton is imported, hence a process; four programs walk six tiles). int8 x int8
+    products are exact in int32, both row scales and the bias are applied in the epilogue: only
+    the final bf16 rounding differs from float64 math. Row and column counts that are not a
+    multiple of the tile are handled; a K that is not a multiple of BLOCK_K is refused."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="triton is in the test extra; it has no wheel for this platform")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _FUSED_GEMM_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["shape"] for r in report["results"]] == [[70, 40], [33, 40]] * 2
+    for result in report["results"]:
+        assert result["dtype"] == "torch.bfloat16" and result["finite"]
+        assert result["error"] < 0.005  # bf16 output rounding
+    assert "not a multiple of 32" in report["refused"]
+
+
+def test_fused_int8_gemm_is_not_used_off_cuda() -> None:
+    from tunehub.inference.int8_linear import fused_int8_gemm_available
+
+    assert not fused_int8_gemm_available(torch.device("cpu"))

@@ -75,7 +75,7 @@ def test_deletion_plan_keeps_files_another_definition_uses(tui_home: Home) -> No
     assert [p.name for p, _ in plan.delete] == ["gamma_quanto_bf16_int8.safetensors"]
     assert plan.bytes_freed == GAMMA_INT8
     assert {p.name: users for p, users in plan.kept.items()} == {"gamma_bf16.safetensors": ["t2v_gamma_copy"]}
-    assert execute_deletion(plan) == GAMMA_INT8
+    assert execute_deletion(tui_home.config(), plan) == GAMMA_INT8
     assert not (tui_home.ckpts / "gamma_quanto_bf16_int8.safetensors").exists()
     assert (tui_home.ckpts / "gamma_bf16.safetensors").exists()
     # A file outside the weights folders is never deleted.

@@ -11,6 +11,7 @@ from tunehub.cli.common import config_and_registry, print_json
 from tunehub.config import QUANTIZATIONS
 from tunehub.inference.parallel import PARALLEL_MODES  # torch-free at import time
 from tunehub.inference.pipeline import (  # torch-free at import time
+    ATTENTIONS,
     INT8_KERNELS,
     OFFLOAD_MODES,
 )
@@ -47,9 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quantization", choices=QUANTIZATIONS, help="int8, fp8, or bf16 (16-bit)")
     p.add_argument("--dtype", choices=("bf16", "fp16"), help="transformer dtype preference")
     p.add_argument("--int8-kernel", choices=INT8_KERNELS, default="auto",
-                   help="how int8 layers run: auto (fp8 _scaled_mm on fp8 GPUs, else dequant), dequant "
-                        "(optimum-quanto's math, pure torch), fp8, int8mm (torch._int_mm), quanto (optimum-quanto's "
-                        "own QLinear modules)")  # fmt: skip
+                   help="how int8 layers run: auto (int8mm on CUDA with Triton, else fp8 on fp8 GPUs, else "
+                        "dequant), dequant (optimum-quanto's math, pure torch), fp8, int8mm (exact int8 GEMM: "
+                        "fused Triton kernel, or torch._int_mm), quanto (optimum-quanto's own QLinear modules)")  # fmt: skip
+    p.add_argument("--attention", choices=ATTENTIONS, default=None,
+                   help="self-attention: sdpa (default; or [generate] attention in tunehub.toml) or fp8 (FP8 "
+                        "attention through cuDNN on Hopper and newer: faster, less accurate; falls back to sdpa "
+                        "with a note elsewhere; needs tunehub[fp8-attention])")  # fmt: skip
     p.add_argument("--no-vae-tiling", action="store_true", help="decode the whole video at once")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks: faster steps, slower first step")  # fmt: skip
@@ -82,6 +87,8 @@ def _progress_printer(as_json: bool) -> Any:
             end = "\n" if event["completed"] == event["total"] else ""
             print(f"\rstep {event['completed']}/{event['total']}  {event['elapsed']:.1f}s", end=end,
                   file=sys.stderr, flush=True)  # fmt: skip
+        elif event.get("status") == "note":
+            print(f"note: {event.get('message', '')}", file=sys.stderr, flush=True)
         elif event.get("status") == "parallel":
             print(event.get("description", "parallel"), file=sys.stderr, flush=True)
         elif event.get("status") not in ("done", "decoded"):
@@ -125,6 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         guidance2_scale=args.guidance2,
         guidance_phases=args.guidance_phases,
         switch_threshold=args.switch_threshold,
+        attention=args.attention,  # None: [generate] attention in tunehub.toml
     )
     if args.json:
         print_json(result.to_json())

@@ -16,7 +16,7 @@ from tunehub.daemon import SOCKET_NAME
 from tunehub.daemon.unixsock import connect
 from tunehub.errors import DaemonError
 
-__all__ = ["DaemonClient", "socket_path_for", "DaemonNotRunningError"]
+__all__ = ["DaemonClient", "socket_path_for", "DaemonNotRunningError", "cancel_pulls"]
 
 
 class DaemonNotRunningError(DaemonError):
@@ -101,3 +101,20 @@ class DaemonClient:
 
     def cancel_job(self, job_id: int) -> dict[str, Any]:
         return self._request("DELETE", f"/jobs/{int(job_id)}")
+
+
+def cancel_pulls(home: str | os.PathLike[str], definition_id: str) -> list[int]:
+    """Cancel the running daemon's queued or running pulls of one definition (before ``tunehub rm``)."""
+    if not DaemonClient.is_running(home):
+        return []
+    cancelled = []
+    try:
+        client = DaemonClient(home)
+        for job in client.jobs():
+            if job.get("definition_id") == definition_id and job.get("kind") == "pull" \
+                    and job.get("state") in ("queued", "running"):
+                client.cancel_job(int(job["id"]))
+                cancelled.append(int(job["id"]))
+    except (DaemonError, OSError):
+        pass  # the daemon went away: nothing of it to cancel
+    return cancelled

@@ -121,11 +121,20 @@ def _summary(value: Any) -> Any:
 def run_pull(ctx: JobContext) -> Any:
     pull = _capability("tunehub.flows", "pull_definition", "pulling (tunehub.flows)")
     params = ctx.job["params"]
+    if params.get("update"):
+        from tunehub.disk.update import update
+
+        # the old version goes once the new one is verified, unless keep_previous keeps it
+        return update(ctx.cfg, ctx.registry(), [ctx.job["definition_id"]], remove_old=True,
+                      keep_previous=ctx.settings.keep_previous, progress=ctx.progress)
+    extra: dict[str, Any] = {}
+    if ctx.job.get("origin") == "reconcile":
+        extra["clear_removed_mark"] = False  # only the user's own pull lifts "removed by you"
     # Quantization is its own journaled job (one at a time), not part of the download.
     return pull(
         ctx.cfg, ctx.registry(), ctx.job["definition_id"], quantize=False,
         quantization=params.get("quantization"), dtype=params.get("dtype"),
-        all_variants=bool(params.get("all_variants", False)), progress=ctx.progress,
+        all_variants=bool(params.get("all_variants", False)), progress=ctx.progress, **extra,
     )
 
 

@@ -15,6 +15,7 @@ from tunehub.errors import ConfigError
 
 PULL_POLICIES = ("all", "new", "none")
 QUANTIZE_POLICIES = ("auto", "always", "never")
+UPDATE_POLICIES = ("notify", "auto", "off")
 JOB_KINDS = ("pull", "quantize", "publish", "generate")
 DEFAULT_CONCURRENCY = {"pull": 3, "quantize": 1, "publish": 2, "generate": 1}
 
@@ -68,6 +69,9 @@ class DaemonSettings:
     max_attempts: int = 5
     retry_base: float = 30.0
     concurrency: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONCURRENCY))
+    update: str = "notify"  # Hub files changed: notify ("update available"), auto (update), off
+    update_interval: float = 3600.0
+    keep_previous: int = 0
     remotes: list[RemoteSpec] = field(default_factory=list)
 
 
@@ -82,7 +86,7 @@ def settings_from_config(cfg: Config) -> DaemonSettings:
     settings = DaemonSettings()
     known = {
         "pull", "quantize", "publish", "publish_private", "min_free_gb", "rescan",
-        "max_attempts", "retry_base", "concurrency",
+        "max_attempts", "retry_base", "concurrency", "update", "update_interval", "keep_previous",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -132,6 +136,17 @@ def settings_from_config(cfg: Config) -> DaemonSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{_where(cfg, f'[daemon.concurrency] {kind}')} must be an integer >= 1; got {value!r}")
             settings.concurrency[kind] = value
+    if "update" in raw:
+        if raw["update"] not in UPDATE_POLICIES:
+            raise ConfigError(f"{_where(cfg, '[daemon] update')} must be one of {', '.join(UPDATE_POLICIES)}; got {raw['update']!r}")
+        settings.update = raw["update"]
+    if "update_interval" in raw:
+        settings.update_interval = parse_duration(raw["update_interval"], _where(cfg, "[daemon] update_interval"))
+    if "keep_previous" in raw:
+        value = raw["keep_previous"]
+        if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1):
+            raise ConfigError(f"{_where(cfg, '[daemon] keep_previous')} must be 0 or 1; got {value!r}")
+        settings.keep_previous = value
     seen: set[str] = set()
     for index, entry in enumerate(cfg.remotes):
         where = _where(cfg, f"[[remote]] #{index + 1}")

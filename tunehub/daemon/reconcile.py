@@ -3,7 +3,9 @@
 Per definition (visible, valid, not built in), in order:
 
 * **pull** when a chosen file is missing and the policy covers it (``pull = "all"``, or
-  ``"new"`` and the definition appeared after its source was first seen);
+  ``"new"`` and the definition appeared after its source was first seen), or with
+  ``update = "auto"`` when the Hub changed one of its files; never for a definition the
+  user removed (``tunehub rm``) until ``tunehub pull ID``;
 * **quantize** when the quantize policy asks for it (``always``, or ``auto`` and the
   definition's ``auto_quantize``), an int8 file is wanted and the pick is 16-bit;
 * **publish** when ``[daemon] publish`` is set and the definition names local files.
@@ -40,12 +42,15 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     note: str | None = None
     fingerprint: str = ""
+    removed: bool = False  # `tunehub rm`: not pulled again until `tunehub pull ID`
+    updates: list[str] = field(default_factory=list)  # files the Hub changed (tunehub outdated)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # job kind -> params
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "origin": self.origin, "managed": self.managed,
             "valid": self.valid, "visible": self.visible, "needs": self.needs, "files": self.files,
-            "problems": self.problems, "note": self.note,
+            "problems": self.problems, "note": self.note, "removed": self.removed, "updates": self.updates,
         }
 
 
@@ -54,11 +59,11 @@ def fingerprint(data: dict[str, Any]) -> str:
 
 
 def local_entries(model: dict[str, Any]) -> list[str]:
-    """Entries of URLs/URLs2/preload_URLs/modules that are local paths, not URLs."""
+    """Entries of URLs/URLs2/preload_URLs/loras/modules that are local paths, not URLs."""
     from tunehub.registry.urls import is_url
 
     found: list[str] = []
-    for key in _LIST_KEYS:
+    for key in (*_LIST_KEYS, "loras"):  # local LoRAs are published too
         value = model.get(key)
         if isinstance(value, list):
             found.extend(v for v in value if isinstance(v, str) and not is_url(v))
@@ -70,7 +75,8 @@ def local_entries(model: dict[str, Any]) -> list[str]:
     return found
 
 
-def plan_definition(registry: Any, definition: Any, settings: DaemonSettings, is_new: bool, quantization: str) -> Plan:
+def plan_definition(registry: Any, definition: Any, settings: DaemonSettings, is_new: bool, quantization: str,
+                    removed: bool = False, updates: list[str] | None = None) -> Plan:
     from tunehub.registry.urls import is_url
     from tunehub.registry import Origin
 
@@ -99,6 +105,14 @@ def plan_definition(registry: Any, definition: Any, settings: DaemonSettings, is
         return plan
     missing = [c for c in choices if not c.present]
     pull_scope = settings.pull == "all" or (settings.pull == "new" and is_new)
+    if removed:
+        plan.removed = True
+        plan.note = f"removed by you (tunehub pull {definition.id} fetches it again)"
+        return plan
+    plan.updates = list(updates or [])
+    if plan.updates and settings.update == "auto" and not missing:
+        plan.needs.append("pull")
+        plan.params["pull"] = {"update": True}
     if missing:
         if pull_scope and all(is_url(c.source) for c in missing):
             plan.needs.append("pull")

@@ -66,6 +66,10 @@ class Daemon:
         self._reload_requested = False
         self._reconcile_at: float | None = None
         self._downloads_paused: str | None = None
+        self._outdated: dict[str, list[str]] = {}  # id -> files the Hub changed (tunehub.disk.update)
+        self._outdated_versions: dict[str, list[str]] = {}  # id -> "name@sha" of those new versions
+        self._update_check_at = 0.0
+        self._update_checking = threading.Lock()
         self.journal: Journal | None = None
         self.events: EventBus | None = None
         self.watcher: Any = None
@@ -221,6 +225,9 @@ class Daemon:
     def _on_job_finished(self, job: dict[str, Any], outcome: str) -> None:
         # Re-read the definition's files now: the job may have rewritten them, and the
         # next reconcile must not plan on the old content.
+        if job["kind"] == "pull" and outcome == "done" and (job.get("params") or {}).get("update"):
+            self._outdated.pop(job["definition_id"], None)
+            self._outdated_versions.pop(job["definition_id"], None)
         with self._registry_lock:
             definition = self.registry.definitions.get(job["definition_id"])
             if definition is not None:
@@ -260,13 +267,17 @@ class Daemon:
     def reconcile(self) -> dict[str, Plan]:
         assert self.journal is not None and self.events is not None
         seen = self.journal.seen_ids()
+        from tunehub.disk.remove import removed_marks
+
+        removed = removed_marks(self.cfg)
         plans: dict[str, Plan] = {}
         with self._registry_lock:
             registry = self.registry
             for definition in list(registry.definitions.values()):
                 plans[definition.id] = plan_definition(
                     registry, definition, self.settings, is_new=seen.get(definition.id) is False,
-                    quantization=self.cfg.quantization,
+                    quantization=self.cfg.quantization, removed=definition.id in removed,
+                    updates=self._outdated.get(definition.id),
                 )
         blocked: dict[str, tuple[str, str]] = {}
         queued = 0
@@ -277,7 +288,10 @@ class Daemon:
                 continue
             kind = plan.needs[0]
             last = self.journal.last_job(kind, plan.id)
-            if last is not None and last["fingerprint"] == plan.fingerprint:
+            params = dict(plan.params.get(kind, {}))
+            if params.get("update"):  # which versions: a newer commit is a new job
+                params["versions"] = self._outdated_versions.get(plan.id, [])
+            if last is not None and last["fingerprint"] == plan.fingerprint and (last["params"] or {}) == params:
                 if last["state"] in ("failed", "cancelled"):
                     blocked[plan.id] = ("failed", f"{kind} job {last['id']} {last['state']}: {last['last_error'] or ''}".strip())
                     continue
@@ -285,7 +299,8 @@ class Daemon:
                     blocked[plan.id] = ("waiting", f"{kind} job {last['id']} finished but {kind} is still needed; will check again")
                     continue
             job = self.journal.add_job(
-                kind, plan.id, {}, fingerprint=plan.fingerprint, max_attempts=self.settings.max_attempts
+                kind, plan.id, params, fingerprint=plan.fingerprint,
+                max_attempts=self.settings.max_attempts,
             )
             queued += 1
             self.events.publish("job.queued", job=job["id"], kind=kind, definition=plan.id, origin="reconcile")
@@ -294,6 +309,38 @@ class Daemon:
         if queued and self.runner is not None:
             self.runner.wake()
         return plans
+
+    # --- updates (tunehub outdated) ---------------------------------------------------
+    def check_updates(self) -> None:
+        """Ask the Hub which pulled files changed (one request per repo revision); mark them."""
+        from tunehub.disk.update import check_outdated
+
+        if not self._update_checking.acquire(blocking=False):
+            return
+        try:
+            from tunehub.registry import Registry
+
+            registry = Registry.load(self.cfg)  # a snapshot, as jobs take: the watcher may edit the shared one
+            managed = [d.id for d in registry.definitions.values()
+                       if d.valid and d.visible and d.origin.value != "builtin"]
+            report = check_outdated(self.cfg, registry, managed, hash_unknown=False)  # no hashing storm in the background
+            changed = {key: [f for f in files if f.status == "changed"] for key, files in report.by_definition().items()}
+            outdated = {key: sorted({f.path.name for f in files}) for key, files in changed.items() if files}
+            self._outdated_versions = {
+                key: sorted(f"{f.path.name}@{f.remote_sha256 or f.remote_git_sha1}" for f in files)
+                for key, files in changed.items() if files
+            }
+            for key in sorted(set(outdated) - set(self._outdated)):
+                if self.events is not None:
+                    self.events.publish("definition.update_available", definition=key, files=outdated[key])
+            self._outdated = outdated
+            for problem in report.problems:
+                logger.warning(redact(problem), extra={"event": "update.check"})
+        except Exception:
+            logger.exception("update check failed", extra={"event": "update.error"})
+        finally:
+            self._update_checking.release()
+        self.request_reconcile(0.0)
 
     # --- API -------------------------------------------------------------------------
     def api_health(self) -> dict[str, Any]:
@@ -321,6 +368,10 @@ class Daemon:
             state = self._blocked[definition.id][0]
         elif plan is not None and plan.needs:
             state = "pending"
+        elif plan is not None and current and plan.removed:
+            state = "removed"
+        elif plan is not None and current and plan.updates:
+            state = "update available"
         elif plan is not None and any(not f["present"] for f in plan.files):
             state = "missing"
         else:
@@ -336,6 +387,8 @@ class Daemon:
             entry["files"] = plan.files
             if plan.note:
                 entry["note"] = plan.note
+            if plan.updates:
+                entry["update_available"] = plan.updates
         if definition.id in self._blocked:
             entry["error"] = self._blocked[definition.id][1]
         if state == "conflict":
@@ -516,6 +569,9 @@ class Daemon:
                     self.journal.trim_events(KEEP_EVENTS)  # progress events of long transfers add up
                 if now - last_reconcile >= PERIODIC_RECONCILE:
                     self.request_reconcile(0.0)
+                if self.settings.update != "off" and now >= self._update_check_at:
+                    self._update_check_at = now + self.settings.update_interval
+                    threading.Thread(target=self.check_updates, name="update-check", daemon=True).start()
                 if self._reconcile_at is not None and time.monotonic() >= self._reconcile_at:
                     self._reconcile_at = None
                     last_reconcile = time.monotonic()
@@ -566,6 +622,8 @@ class Daemon:
                 result = self.poller.check(spec)
                 if not result.ok:
                     remote_failures.append(f"remote {spec.repo}: {result.error}")
+            if self.settings.update == "auto":
+                self.check_updates()
             attempted: set[int] = set()
             outcomes: dict[int, str] = {}
             for _round in range(50):

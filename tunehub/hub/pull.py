@@ -6,20 +6,21 @@ For each file the resolution picks (``URLs``, ``URLs2``, the module variants, ev
 1. present and recorded as verified (same size, mtime and inode as when it was hashed):
    used as is, not re-hashed;
 2. present but never verified: hashed once against the Hub's sha256 and recorded;
-3. the same sha256 elsewhere (another file recorded as verified, a same-size file in any
-   weights folder, or a blob of the huggingface_hub cache): linked (hardlink, falling back
-   to copy; ``link_mode``) after checking its hash;
+3. the same sha256 elsewhere (a file the hash cache knows, ``tunehub adopt`` included, a
+   file of the same name and size in a ``readonly_weights_dirs`` folder, a same-size file in
+   any weights folder, or a blob of the huggingface_hub cache; :mod:`tunehub.disk.reuse`):
+   linked (hardlink, falling back to copy; ``link_mode``) after checking its hash;
 4. otherwise downloaded by :mod:`tunehub.hub.download` into the first weights folder.
 
-Verified files are recorded in ``<home>/.tunehub/verified.json`` (a cache: losing it only
-costs a re-hash). Offline mode (``HF_HUB_OFFLINE=1``) sends no request: present files
-succeed, missing ones fail with one message naming them all.
+Verified files are recorded in the hash cache ``<home>/.tunehub/hashes.db``
+(:mod:`tunehub.disk.hashcache`; losing it only costs a re-hash). Offline mode
+(``HF_HUB_OFFLINE=1``) sends no request: present files succeed, missing ones fail with one
+message naming them all.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import threading
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tunehub.config import Config
+from tunehub.disk.hashcache import HashCache
 from tunehub.errors import (
     DiskFullError,
     IntegrityError,
@@ -46,7 +48,7 @@ from tunehub.hub.download import (
     probe,
 )
 from tunehub.registry.urls import hub_resolve_url, is_url, parse_hub_url
-from tunehub.safeio import atomic_write_text, fsync_dir, temp_path_for
+from tunehub.safeio import fsync_dir, temp_path_for
 
 __all__ = ["PullResult", "PulledFile", "VerifiedRecords", "pull", "hf_cache_dir", "hash_file", "place_link"]
 
@@ -104,58 +106,14 @@ class PullResult:
 # --- verified-file records ---------------------------------------------------------
 
 
-class VerifiedRecords:
-    """``path -> {size, mtime_ns, ino, sha256, source}`` for files whose hash was checked."""
-
-    FILE = "verified.json"
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / self.FILE
-        self.lock = threading.Lock()
-        self.entries: dict[str, dict[str, Any]] = {}
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and isinstance(data.get("files"), dict):
-                self.entries = {k: v for k, v in data["files"].items() if isinstance(v, dict)}
-
-    @staticmethod
-    def _stat_key(path: Path) -> dict[str, int] | None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino}
-
-    def lookup(self, path: Path) -> str | None:
-        """The recorded sha256 of ``path`` if the file is unchanged since it was verified."""
-        entry = self.entries.get(str(path.absolute()))
-        current = self._stat_key(path)
-        if entry is None or current is None:
-            return None
-        if any(entry.get(key) != value for key, value in current.items()):
-            return None
-        sha = entry.get("sha256")
-        return sha if isinstance(sha, str) else None
+class VerifiedRecords(HashCache):
+    """The hash cache (:mod:`tunehub.disk.hashcache`) under the names pull and publish use."""
 
     def find_sha256(self, sha256: str) -> Iterable[Path]:
-        for key, entry in list(self.entries.items()):
-            if entry.get("sha256") == sha256:
-                path = Path(key)
-                if self.lookup(path) == sha256:
-                    yield path
+        return self.find(sha256)
 
-    def add(self, path: Path, sha256: str, source: str | None = None) -> None:
-        current = self._stat_key(path)
-        if current is None:
-            return
-        with self.lock:
-            # merge with what another process may have recorded meanwhile
-            on_disk = VerifiedRecords(self.path.parent).entries
-            on_disk.update(self.entries)
-            on_disk[str(path.absolute())] = {**current, "sha256": sha256, "source": source}
-            self.entries = {k: v for k, v in on_disk.items() if os.path.exists(k)}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}, indent=1) + "\n")
+    def add(self, path: Path, sha256: str, source: str | None = None, commit: str | None = None) -> None:
+        self.placed(path, sha256, source, commit)
 
 
 # --- hashing and linking -----------------------------------------------------------
@@ -242,6 +200,9 @@ def _fetch_target(cfg: Config, source: str) -> tuple[str, str | None, bool | Non
     if hub.endpoint.rstrip("/") == PUBLIC_HUB:
         return hub_resolve_url(cfg.endpoint, hub.repo_id, hub.revision, hub.path, hub.repo_type), cfg.endpoint, None
     return source, hub.endpoint, False
+
+
+fetch_target = _fetch_target  # for verify --repair and pull --update (tunehub.disk)
 
 
 def _jobs(cfg: Config, registry: Any, definition_id: str, quantization: str | None, dtype: str | None,
@@ -403,24 +364,23 @@ def _process_url_job(
                 "move or delete the local file to download the published one"
             )
         if expected:
-            digest = hash_file(job.path, hashing(size))
+            digest = records.sha256(job.path, hashing(size))
             if digest != expected:
                 raise IntegrityError(
                     f"{job.path} differs from {job.fetch_url}{context} (sha256 {digest}, expected {expected}); "
                     "move or delete the local file to download the published one"
                 )
-            records.add(job.path, digest, job.source)
+            records.add(job.path, digest, job.source, remote.commit)
         emit({"file": label, "total": size, "completed": size, "status": "present"})
         return PulledFile(job.role, job.source, label, job.path, "verified", size=size, sha256=expected)
 
     # same bytes already somewhere? (only when the content hash is known)
     if expected:
         for candidate in _link_candidates(cfg, records, expected, remote.size, job.path):
-            recorded = records.lookup(candidate) == expected
-            if not recorded and hash_file(candidate, hashing(remote.size)) != expected:
+            if records.sha256(candidate, hashing(remote.size)) != expected:
                 continue
             how = place_link(candidate, job.path, link_mode)
-            records.add(job.path, expected, job.source)
+            records.add(job.path, expected, job.source, remote.commit)
             emit({"file": label, "total": remote.size, "completed": remote.size, "status": "linked"})
             return PulledFile(job.role, job.source, label, job.path, f"linked ({how})", size=remote.size,
                               sha256=expected, linked_from=candidate)
@@ -434,33 +394,13 @@ def _process_url_job(
         label=label,
         context=context,
     )
-    records.add(job.path, result.sha256, job.source)
+    records.add(job.path, result.sha256, job.source, remote.commit)
     return PulledFile(job.role, job.source, label, job.path, "downloaded", size=result.size, sha256=result.sha256,
                       bytes_transferred=result.bytes_transferred)
 
 
 def _link_candidates(cfg: Config, records: VerifiedRecords, sha256: str, size: int, target: Path) -> Iterable[Path]:
-    seen: set[str] = {str(target.absolute())}
+    from tunehub.disk.reuse import reuse_candidates
 
-    def fresh(path: Path) -> bool:
-        key = str(path.absolute())
-        if key in seen:
-            return False
-        seen.add(key)
-        return True
-
-    for path in records.find_sha256(sha256):
-        if fresh(path):
-            yield path
-    for blob in _hf_cache_blobs(sha256):
-        with contextlib.suppress(OSError):
-            if blob.stat().st_size == size and fresh(blob):
-                yield blob
-    for folder in cfg.weights_dirs:
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                if entry.is_file() and not entry.name.startswith(".") and entry.stat().st_size == size:
-                    path = Path(entry.path)
-                    if fresh(path):
-                        yield path
+    return reuse_candidates(cfg, records, sha256, size, target, extra=_hf_cache_blobs(sha256))
 

@@ -44,6 +44,7 @@ class GenerateResult:
     int8_kernels: dict[str, int] = field(default_factory=dict)
     load_seconds: float = 0.0
     denoise_seconds: float = 0.0
+    attention: str = "sdpa"
     contact_sheet: Path | None = None  # clip.png beside the video
     # two experts / two guidance phases: the steps each transformer ran, the switch step
     experts: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +64,7 @@ class GenerateResult:
             "int8_kernels": self.int8_kernels,
             "load_seconds": round(self.load_seconds, 3),
             "denoise_seconds": round(self.denoise_seconds, 3),
+            "attention": self.attention,
             "contact_sheet": str(self.contact_sheet) if self.contact_sheet else None,
             "experts": self.experts,
             "switch_step": self.experts.get("switch_step"),
@@ -189,6 +191,7 @@ def finish(
     load_seconds: float,
     denoise_seconds: float,
     progress: Progress | None,
+    attention: str = "sdpa",
     experts: dict[str, Any] | None = None,
     loras: list[dict[str, Any]] | None = None,
 ) -> GenerateResult:
@@ -232,6 +235,7 @@ def finish(
         int8_kernels=int8_kernels,
         load_seconds=load_seconds,
         denoise_seconds=denoise_seconds,
+        attention=attention,
         contact_sheet=sheet,
         experts=experts,
         loras=loras,
@@ -257,6 +261,7 @@ def generate(
     progress: Progress | None = None,
     gpus: int | str | None = None,
     parallel: str = "auto",
+    attention: str | None = None,
     loras: list[str] | None = None,
     no_loras: bool = False,
     **settings: Any,
@@ -264,7 +269,9 @@ def generate(
     """Generate one video for ``definition_id``.
 
     ``gpus`` (N or "auto") > 1 runs one process per GPU, split by ``parallel``
-    (auto|cfg|context|both): see :mod:`tunehub.inference.parallel`.
+    (auto|cfg|context|both): see :mod:`tunehub.inference.parallel`. ``attention``: ``sdpa`` or
+    ``fp8`` (FP8 self-attention on Hopper+, see :mod:`tunehub.inference.attention`); None takes
+    ``[generate] attention`` from tunehub.toml (default ``sdpa``).
 
     ``settings`` are WanGP keys (``prompt``, ``negative_prompt``, ``resolution`` "WxH",
     ``video_length``, ``num_inference_steps``, ``guidance_scale``, ``flow_shift``,
@@ -279,6 +286,8 @@ def generate(
     The definition's ``loras`` are applied at ``loras_multipliers`` (WanGP's syntax, per
     phase with ``;``) unless ``no_loras``; ``loras`` adds ``FILE[:STRENGTH]`` entries.
     """
+    if attention is None:
+        attention = cfg.generate.get("attention", "sdpa")
     if gpus is not None and str(gpus).strip() != "1":
         from tunehub.inference.parallel import generate_parallel
 
@@ -286,7 +295,7 @@ def generate(
             cfg, registry, definition_id, gpus=gpus, parallel=parallel, image=image, video=video, mask=mask,
             out=out, device=device, offload=offload, quantization=quantization, dtype=dtype,
             int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks, progress=progress,
-            loras=loras, no_loras=no_loras, **settings,
+            attention=attention, loras=loras, no_loras=no_loras, **settings,
         )  # fmt: skip
     prepared = prepare(
         registry, definition_id, quantization, dtype, settings, image, video, mask, out,
@@ -305,6 +314,7 @@ def generate(
         vae_tiling=vae_tiling,
         compile_blocks=compile_blocks,
         progress=progress,
+        attention=attention,
         transformer2_files=[choice.path for choice in prepared.files2],
         with_image=prepared.inputs.image is not None and prepared.spec.image_pipeline is not None,
         prepare_transformers=runtime.prepare_transformers,
@@ -316,7 +326,7 @@ def generate(
     return finish(
         cfg, definition_id, prepared, frames,
         device=built.device, int8_kernels=built.int8_kernels, load_seconds=built.load_seconds,
-        denoise_seconds=time.perf_counter() - started, progress=progress,
+        denoise_seconds=time.perf_counter() - started, progress=progress, attention=built.attention,
         experts=runtime.experts_json(built.expert_steps), loras=runtime.applied,
     )  # fmt: skip
 

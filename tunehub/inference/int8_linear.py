@@ -11,9 +11,12 @@ Kernels (``KERNELS``):
 - ``fp8``: the weight is turned into float8 e4m3 once, with one scale per output row; each
   call quantizes the activations per row to float8 (one compiled kernel on CUDA) and runs
   ``torch._scaled_mm`` with row-wise scales. Needs an fp8-capable GPU (sm 8.9+) for speed.
-- ``int8mm``: activations quantized per row to int8, ``torch._int_mm`` on the int8 weight,
-  int32 accumulators rescaled in float32.
-- ``auto``: ``fp8`` on a CUDA device of compute capability 8.9 or more, else ``dequant``.
+- ``int8mm``: activations quantized per row to int8, the int8 weight used as stored (no
+  second rounding), int32 accumulators rescaled in float32: on CUDA with Triton one fused
+  kernel (:func:`int8_gemm`: product, both row scales and the bias in its epilogue), else
+  ``torch._int_mm`` plus a rescaling kernel.
+- ``auto``: ``int8mm`` on a CUDA GPU with Triton (the fused GEMM), else ``fp8`` on a CUDA
+  device of compute capability 8.9 or more, else ``dequant``.
 
 A layer whose shape a fast kernel cannot take (``_scaled_mm`` wants dimensions that are
 multiples of 16) keeps ``dequant``: correctness first.
@@ -91,6 +94,204 @@ def _epilogue(device: torch.device) -> Callable[..., Any]:
     return _compiled_or_eager("epilogue:cuda", _int8mm_epilogue)
 
 
+# ------------------------------------------------------------------ fused int8 GEMM (Triton)
+#
+# torch._int_mm writes int32 accumulators (4 bytes an element) that a second kernel reads
+# back to rescale: on Wan 14B's shapes that traffic and cuBLAS's int8 path cost more than the
+# fp8 kernel saves. One Triton kernel does the int8 x int8 -> int32 product and the epilogue
+# (activation row scale x weight row scale, + bias, -> 16-bit) before anything leaves the chip.
+
+# Tiles are (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). Measured on an H200 at Wan 14B's shapes (benchmarks/results/gpu_int8_gemm_tiles_h200.txt): the
+# persistent TMA kernel with 256x128x128 tiles runs at cuBLAS fp8's speed (8.76 ms against 8.68 for
+# the three shapes; the plain kernel's best tile 10.5 ms). TMA needs Hopper: older GPUs get the plain one.
+INT8_GEMM_CONFIG: tuple[int, int, int, int, int, int] = (128, 256, 128, 8, 8, 4)
+INT8_GEMM_VARIANT = "pointer"
+INT8_GEMM_HOPPER: tuple[str, tuple[int, int, int, int, int, int]] = ("tma", (256, 128, 128, 8, 8, 3))
+_triton_kernel: list[Any] = []
+
+
+def _int8_gemm_kernel() -> list[Any]:
+    """[the pointer kernel, the TMA persistent kernel], built once (Triton imported lazily)."""
+    if _triton_kernel:
+        return _triton_kernel
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def int8_gemm_rowscaled(
+        a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, M, N, K: tl.constexpr,
+        stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
+        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        # grouped order: GROUP_M row tiles share each weight tile while it sits in L2
+        in_group = GROUP_M * num_pid_n
+        first_m = (pid // in_group) * GROUP_M
+        group_rows = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + ((pid % in_group) % group_rows)
+        pid_n = (pid % in_group) // group_rows
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        # wrapped indices instead of masks in the loop: rows past the end are computed, never stored
+        rows = offs_m % M
+        cols = offs_n % N
+        a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+        b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for _ in range(0, K // BLOCK_K):  # K constexpr: a known trip count
+            acc = tl.dot(tl.load(a_ptrs), tl.load(b_ptrs), acc, out_dtype=tl.int32)
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
+        a_scale = tl.load(a_scale_ptr + rows)
+        b_scale = tl.load(b_scale_ptr + cols)
+        out = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+        c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+        tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+    @triton.jit
+    def int8_gemm_rowscaled_tma(
+        a_desc, b_desc, c_desc, a_scale_ptr, b_scale_ptr, bias_ptr, M, N, K: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
+    ):  # fmt: skip
+        # persistent: one program per multiprocessor walks the tiles; loads and the store go
+        # through the tensor memory accelerator (Hopper's bulk copies), out-of-range rows zero.
+        # A known trip count (the last program redoes the last tile: same values, no branch).
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        in_group = GROUP_M * num_pid_n
+        for step in tl.range(0, TILES_PER_PROGRAM, flatten=True):
+            tile = tl.minimum(tl.program_id(0) + step * NUM_PROGRAMS, num_pid_m * num_pid_n - 1)
+            first_m = (tile // in_group) * GROUP_M
+            group_rows = min(num_pid_m - first_m, GROUP_M)
+            off_m = (first_m + ((tile % in_group) % group_rows)) * BLOCK_M
+            off_n = ((tile % in_group) // group_rows) * BLOCK_N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            for k in range(0, K // BLOCK_K):
+                a = a_desc.load([off_m, k * BLOCK_K])
+                b = b_desc.load([off_n, k * BLOCK_K])
+                acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+            rows = off_m + tl.arange(0, BLOCK_M)
+            cols = off_n + tl.arange(0, BLOCK_N)
+            a_scale = tl.load(a_scale_ptr + rows, mask=rows < M, other=0.0)
+            b_scale = tl.load(b_scale_ptr + cols, mask=cols < N, other=0.0)
+            out = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+            if HAS_BIAS:
+                out += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            c_desc.store([off_m, off_n], out.to(c_desc.dtype))
+
+    _triton_kernel.extend([int8_gemm_rowscaled, int8_gemm_rowscaled_tma])
+    return _triton_kernel
+
+
+def _gemm_config_from_env() -> tuple[str, tuple[int, int, int, int, int, int]] | None:
+    """``TUNEHUB_INT8_GEMM=pointer:128,256,128,8,8,4`` (or ``tma:...``): a tile to try without
+    editing code (benchmarks/gpu_kernels.py measures them)."""
+    value = os.environ.get("TUNEHUB_INT8_GEMM", "")
+    if ":" not in value:
+        return None
+    variant, _, numbers = value.partition(":")
+    config = tuple(int(n) for n in numbers.split(","))
+    if variant not in ("pointer", "tma") or len(config) != 6:
+        raise ValueError(f"TUNEHUB_INT8_GEMM={value!r}: expected pointer|tma:BM,BN,BK,GROUP,WARPS,STAGES")
+    return variant, config  # type: ignore[return-value]
+
+
+def int8_gemm(
+    a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor, bias: torch.Tensor | None,
+    out_dtype: torch.dtype, config: tuple[int, int, int, int, int, int] | None = None, variant: str | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """``(a @ b.T) * a_scale * b_scale.T + bias`` in ``out_dtype``, one Triton kernel: ``a``
+    int8 [M, K], ``b`` int8 [N, K] (the weight as stored), ``a_scale`` float32 [M, 1],
+    ``b_scale`` [N, 1], ``bias`` [N] or None. K must be a multiple of the tile's BLOCK_K.
+    ``variant``: ``pointer`` (plain loads) or ``tma`` (persistent, bulk tensor copies: Hopper+;
+    compiled once per weight shape and row count)."""
+    import triton
+
+    if config is None and variant is None:
+        variant, config = _gemm_config_from_env() or _default_gemm(a.device)
+    variant = variant or "pointer"
+    block_m, block_n, block_k, group_m, warps, stages = config or INT8_GEMM_CONFIG
+    M, K = a.shape
+    N = b.shape[0]
+    if K % block_k:
+        raise ValueError(f"int8_gemm: K={K} is not a multiple of {block_k}")
+    out = torch.empty(M, N, dtype=out_dtype, device=a.device)
+    a_scale = a_scale.reshape(-1).float().contiguous()
+    b_scale = b_scale.reshape(-1).float().contiguous()
+    pointer_kernel, tma_kernel = _int8_gemm_kernel()
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    common = dict(HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+                  num_warps=warps, num_stages=stages)  # fmt: skip
+    bias_arg = bias if bias is not None else b_scale
+    if variant == "tma":
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        programs = min(tiles, _multiprocessors(a.device))
+        tma_kernel[(programs,)](
+            TensorDescriptor.from_tensor(a, [block_m, block_k]), TensorDescriptor.from_tensor(b, [block_n, block_k]),
+            TensorDescriptor.from_tensor(out, [block_m, block_n]), a_scale, b_scale, bias_arg, M, N, K,
+            NUM_PROGRAMS=programs, TILES_PER_PROGRAM=triton.cdiv(tiles, programs), **common,
+        )  # fmt: skip
+        return out
+    pointer_kernel[(tiles,)](
+        a, b, out, a_scale, b_scale, bias_arg, M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), **common,
+    )  # fmt: skip
+    return out
+
+
+def _default_gemm(device: torch.device) -> tuple[str, tuple[int, int, int, int, int, int]]:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0):
+        return INT8_GEMM_HOPPER
+    return INT8_GEMM_VARIANT, INT8_GEMM_CONFIG
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter on CPU: a few programs, so the persistent loop is exercised
+
+
+@torch.library.custom_op("tunehub::int8_gemm", mutates_args=())
+def _int8_gemm_op(
+    a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor, bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    return int8_gemm(a, b, a_scale, b_scale, bias, out_dtype)
+
+
+@_int8_gemm_op.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor, bias: torch.Tensor | None,
+      out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)
+
+
+_fused_ok: dict[str, bool] = {}
+
+
+def fused_int8_gemm_available(device: torch.device) -> bool:
+    """Triton importable and ``device`` a CUDA GPU (checked once per device kind); the
+    ``TUNEHUB_INT8_GEMM=int_mm`` environment variable forces torch._int_mm."""
+    if device.type != "cuda" or os.environ.get("TUNEHUB_INT8_GEMM") == "int_mm":
+        return False
+    key = str(device)
+    if key not in _fused_ok:
+        try:
+            import triton  # noqa: F401
+
+            _fused_ok[key] = torch.cuda.get_device_capability(device) >= (8, 0)
+        except ImportError:
+            _fused_ok[key] = False
+    return _fused_ok[key]
+
+
 _scaled_mm_takes_bias: dict[str, bool] = {}
 
 
@@ -125,6 +326,10 @@ def choose_kernel(kernel: str, device: torch.device | str) -> str:
         raise ValueError(f"unknown int8 kernel '{kernel}'; choose one of {', '.join(KERNELS)}")
     if kernel != "auto":
         return kernel
+    # int8mm keeps the weight as stored (rel.err 0.021 on Wan 1.3B against fp8's 0.053, same
+    # compiled speed on an H200): the default wherever its fused Triton GEMM runs
+    if fused_int8_gemm_available(torch.device(device)):
+        return "int8mm"
     return "fp8" if fp8_supported(device) else "dequant"
 
 
@@ -232,6 +437,8 @@ class Int8Linear(nn.Module):
             )
             if self.bias is not None and not fused_bias:
                 out = out + self.bias
+        elif fused_int8_gemm_available(rows.device) and self.in_features % 128 == 0:  # both tiles' BLOCK_K
+            out = _int8_gemm_op(quantized, self.weight_data, act_scale, self.weight_scale, self.bias, self.dtype)
         else:
             accumulated = torch._int_mm(quantized, self.weight_data.t())
             out = _epilogue(rows.device)(accumulated, act_scale, self.weight_scale, self.dtype)

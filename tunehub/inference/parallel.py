@@ -800,21 +800,24 @@ class _Job:
     init_method: str
     workdir: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    attention: str = "sdpa"
 
 
 def load_transformer_only(cfg: Any, architecture: str, files: Sequence[Path], dtype: str, device: str,
-                          int8_kernel: str = "auto", compile_blocks: bool = False) -> Any:  # fmt: skip
+                          int8_kernel: str = "auto", compile_blocks: bool = False,
+                          attention: str = "sdpa") -> Any:  # fmt: skip
     """The transformer part of :func:`~tunehub.inference.pipeline.build_pipeline` alone
     (:func:`~tunehub.inference.pipeline.load_finetune_transformer`, then the int8 kernel
     and compilation as there): what ranks other than 0 hold (no text encoder, no VAE)."""
     from tunehub.inference.int8_linear import int8_layers, set_int8_kernel
-    from tunehub.inference.pipeline import fetch_base_repo, load_finetune_transformer
+    from tunehub.inference.pipeline import choose_attention, fetch_base_repo, load_finetune_transformer
     from tunehub.inference.transformer import compile_transformer_blocks
 
     base_folder = fetch_base_repo(cfg, architecture)
     transformer, _ = load_finetune_transformer(base_folder, architecture, list(files), dtype, device, int8_kernel)
     if int8_kernel != "quanto" and any(True for _ in int8_layers(transformer)):
         set_int8_kernel(transformer, int8_kernel, device)
+    choose_attention(transformer, attention, device)  # before enable_context_parallel: it sets the processors' config
     if compile_blocks:
         compile_transformer_blocks(transformer)
     return transformer
@@ -847,7 +850,8 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
     ctx = init_rank(rank, job.plan, job.init_method)
     if rank != 0:
         transformer = load_transformer_only(
-            job.cfg, job.architecture, job.files, job.dtype, ctx.device, job.int8_kernel, job.compile_blocks
+            job.cfg, job.architecture, job.files, job.dtype, ctx.device, job.int8_kernel, job.compile_blocks,
+            job.attention,
         )
         enable_context_parallel(transformer, ctx)
         serve(transformer, ctx)
@@ -863,6 +867,7 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
         vae_tiling=job.vae_tiling,
         compile_blocks=job.compile_blocks,
         progress=channel.progress,
+        attention=job.attention,
     )
     enable_context_parallel(built.pipe.transformer, ctx)
     set_flow_shift(built.pipe, job.values.flow_shift)
@@ -878,6 +883,7 @@ def _generate_rank(rank: int, world: int, channel: Channel, job: _Job) -> dict[s
         "frames_file": str(path),
         "device": built.device,
         "int8_kernels": built.int8_kernels,
+        "attention": built.attention,
         "load_seconds": built.load_seconds,
         "denoise_seconds": denoise_seconds,
         "transformer_calls": leader.calls,
@@ -938,6 +944,7 @@ def generate_parallel(
     vae_tiling: bool = True,
     compile_blocks: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    attention: str = "sdpa",
     loras: list[str] | None = None,
     no_loras: bool = False,
     **settings: Any,
@@ -966,7 +973,8 @@ def generate_parallel(
         raise ConfigError(f"--gpus needs --device cuda or cpu, got {device!r}")
     world = resolve_world(gpus, device_type)
     common = dict(image=image, video=video, mask=mask, out=out, quantization=quantization, dtype=dtype,
-                  int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks)  # fmt: skip
+                  int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks,
+                  attention=attention)  # fmt: skip
 
     prepared = prepare(
         registry, definition_id, quantization, dtype, settings, image, video, mask, out,
@@ -1016,6 +1024,7 @@ def generate_parallel(
         plan=plan,
         init_method=(workdir / "rendezvous").as_uri(),
         workdir=workdir,
+        attention=attention,
     )
 
     def on_message(rank: int, payload: Any) -> None:
@@ -1033,4 +1042,5 @@ def generate_parallel(
         cfg, definition_id, prepared, frames,
         device=f"{outcome['device'].split(':')[0]} x{plan.world}", int8_kernels=outcome["int8_kernels"],
         load_seconds=outcome["load_seconds"], denoise_seconds=outcome["denoise_seconds"], progress=progress,
+        attention=outcome.get("attention", "sdpa"),
     )  # fmt: skip

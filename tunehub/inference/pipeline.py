@@ -32,6 +32,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 OFFLOAD_MODES = ("none", "model", "group")
 INT8_KERNELS = ("auto", "dequant", "fp8", "int8mm", "quanto")  # int8_linear.KERNELS + optimum-quanto's QLinear
+ATTENTIONS = ("sdpa", "fp8")  # tunehub.inference.attention.ATTENTIONS (torch-free here)
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
@@ -205,6 +206,8 @@ class BuiltPipeline:
     transformer_files: list[Path]
     int8_kernels: dict[str, int] = field(default_factory=dict)
     load_seconds: float = 0.0
+    attention: str = "sdpa"  # the self-attention in use (fp8 falls back to sdpa with a note)
+    notes: list[str] = field(default_factory=list)
     transformer2_files: list[Path] = field(default_factory=list)  # the low-noise expert (URLs2)
     # called with the index of the step about to run (LoRA strengths that change per step)
     before_step: list[Callable[[int], None]] = field(default_factory=list)
@@ -269,6 +272,7 @@ def build_pipeline(
     vae_tiling: bool = True,
     compile_blocks: bool = False,
     progress: Progress | None = None,
+    attention: str = "sdpa",
     transformer2_files: list[Path] | None = None,
     with_image: bool = False,
     prepare_transformers: Callable[[Any, Any], None] | None = None,
@@ -291,6 +295,8 @@ def build_pipeline(
         raise ConfigError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
     if int8_kernel not in INT8_KERNELS:
         raise ConfigError(f"int8 kernel must be one of {', '.join(INT8_KERNELS)}, got {int8_kernel!r}")
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
     device = default_device() if device in (None, "", "auto") else device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InferenceError("--device cuda asked but no CUDA device is available; use --device cpu")
@@ -348,6 +354,10 @@ def build_pipeline(
             counts = {}
         for kernel, count in counts.items():
             kernels[kernel] = kernels.get(kernel, 0) + count
+    used_attention, notes = "sdpa", list[str]()
+    for model in transformers:  # both experts get the same attention
+        used_attention, model_notes = choose_attention(model, attention, device, progress)
+        notes += [note for note in model_notes if note not in notes]
     if compile_blocks:
         from tunehub.inference.transformer import compile_transformer_blocks
 
@@ -364,8 +374,23 @@ def build_pipeline(
         transformer_files=list(transformer_files),
         int8_kernels=kernels,
         load_seconds=time.perf_counter() - started,
+        attention=used_attention,
+        notes=notes,
         transformer2_files=list(transformer2_files or []),
     )
+
+
+def choose_attention(transformer: Any, attention: str, device: str, progress: Progress | None = None) -> tuple[str, list[str]]:
+    """Install ``attention`` in the transformer (before compiling it); where ``fp8`` cannot
+    run, ``sdpa`` stays and a one-line note goes to ``progress``. (attention used, notes)"""
+    if attention == "sdpa":
+        return "sdpa", []
+    from tunehub.inference.attention import set_attention
+
+    used, note = set_attention(transformer, attention, device)
+    if note and progress:
+        progress({"status": "note", "message": note})
+    return used, [note] if note else []
 
 
 def _ftfy_fallback(pipeline_class: Any) -> None:

@@ -55,7 +55,14 @@ class _RawFile:
 @dataclass
 class _Merged:
     definition: Definition
-    key_files: dict[str, str] = field(default_factory=dict)  # model key -> file that last set it
+    entries: list[_RawFile] = field(default_factory=list)
+
+    def file_setting(self, model_key: str) -> str:
+        """The file that last set ``model.<model_key>`` (where a problem with it is reported)."""
+        for raw in reversed(self.entries):
+            if raw.data is not None and isinstance(raw.data.get("model"), dict) and model_key in raw.data["model"]:
+                return str(raw.path)
+        return str(self.definition.path)
 
 
 def _read_file(path: Path, folder_index: int, origin: Origin, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -> _RawFile:
@@ -153,42 +160,43 @@ class Registry:
     def _merge(self, definition_id: str) -> None:
         """Merge every file with this id key by key, as WanGP does: settings, then model keys."""
         entries = self._raw[definition_id]
-        if any(self._is_full_definition(raw) for raw in entries):
+        if len(entries) > 1 and any(self._is_full_definition(raw) for raw in entries):
             # tunehub's built-ins fill gaps: a whole definition of the same id in any other
             # folder (WanGP's own t2v.json, say) replaces them; a partial file merges over them.
             entries = [raw for raw in entries if self.folders[raw.folder_index].origin is not Origin.BUILTIN]
         data: dict[str, Any] = {}
         model: dict[str, Any] = {}
-        key_files: dict[str, str] = {}
         problems: list[Problem] = []
+        has_model = readable = False
         for raw in entries:
-            problems.extend(raw.problems)
-            if raw.data is None:
+            if raw.problems:
+                problems.extend(raw.problems)
+            file_data = raw.data
+            if file_data is None:
                 continue
-            for key, value in raw.data.items():
-                if key != "model":
-                    data[key] = value
-            file_model = raw.data.get("model")
-            if isinstance(file_model, dict):
-                model.update(file_model)
-                for key in file_model:
-                    key_files[key] = str(raw.path)
-        has_model = any(raw.data is not None and "model" in raw.data for raw in entries)
+            readable = True
+            data.update(file_data)  # settings, in the file's order ("model" is set below)
+            if "model" in file_data:
+                has_model = True
+                if isinstance(file_data["model"], dict):
+                    model.update(file_data["model"])
         if has_model:
             data["model"] = model
+        else:
+            data.pop("model", None)
         last = entries[-1]
+        folder = self.folders[last.folder_index]
         definition = Definition(
             id=definition_id,
             data=data,
             files=[raw.path for raw in entries],
-            origin=self.folders[last.folder_index].origin,
+            origin=folder.origin,
             problems=problems,
-            readonly=self.folders[last.folder_index].readonly,
+            readonly=folder.readonly,
         )
-        readable = any(raw.data is not None for raw in entries)
         if has_model and readable and not any(p.key == "model" for p in problems):
             definition.problems.extend(check_merged(str(last.path), model))
-        self._merged[definition_id] = _Merged(definition, key_files)
+        self._merged[definition_id] = _Merged(definition, entries)
 
     def _is_full_definition(self, raw: _RawFile) -> bool:
         if self.folders[raw.folder_index].origin is Origin.BUILTIN or raw.data is None:
@@ -222,19 +230,19 @@ class Registry:
         """String references (URLs*, preload_URLs, loras, modules ...) must exist and not cycle."""
         for merged in self._merged.values():
             definition = merged.definition
-            definition.problems = [p for p in definition.problems if p.kind != "reference"]
+            if definition.problems:
+                definition.problems = [p for p in definition.problems if p.kind != "reference"]
             model = definition.model
-            if not any(isinstance(value, str) for value in model.values()) and not isinstance(
-                model.get("modules"), list
-            ):
+            keys = [k for k in (*url_keys(model), *REFERENCE_KEYS, "modules") if isinstance(model.get(k), str)]
+            modules = model.get("modules")
+            if not keys and not isinstance(modules, list):
                 continue  # nothing to follow (the common case: a fast path for large folders)
-            for key in (*url_keys(model), *REFERENCE_KEYS, "modules"):
+            for key in keys:
                 if isinstance(model.get(key), str):
                     try:
                         self._follow(definition.id, key)
                     except (UnknownDefinitionError, ReferenceCycleError) as exc:
                         self._reference_problem(merged, key, f"model.{key}", str(exc))
-            modules = model.get("modules")
             if isinstance(modules, list):
                 for index, item in enumerate(modules):
                     if isinstance(item, str):
@@ -245,7 +253,7 @@ class Registry:
 
     @staticmethod
     def _reference_problem(merged: _Merged, model_key: str, key: str, message: str) -> None:
-        file = merged.key_files.get(model_key, str(merged.definition.path))
+        file = merged.file_setting(model_key)
         merged.definition.problems.append(Problem(file, key, message, kind="reference"))
 
     # --- queries -------------------------------------------------------------------

@@ -8,8 +8,6 @@ already imported, else ``nvidia-smi``; the answer is computed once per process.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from functools import lru_cache
 
@@ -27,6 +25,9 @@ def _probe() -> tuple[float, str] | None:
         except Exception:  # noqa: BLE001 - a broken CUDA setup is "no GPU" here
             return None
         return None
+    import shutil
+    import subprocess
+
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunehub.registry.architectures import architecture
+
 
 class Origin(str, enum.Enum):
     """Where a definition file comes from; decides what its paths may do."""
@@ -70,8 +72,6 @@ class Definition:
     @property
     def family(self) -> str:
         """The architecture's family (``wan2.1``, ``ltx``, ... or ``unknown``)."""
-        from tunehub.registry.architectures import architecture
-
         arch = self.architecture
         return architecture(arch).family if arch else "unknown"
 

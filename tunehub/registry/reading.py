@@ -39,10 +39,13 @@ def definition_entries(folder: Path) -> list[Path]:
     :func:`read_definition`, so a broken entry is one problem line, not a silent skip.
     """
     try:
-        names = os.listdir(folder)
+        # iterdir builds each child path from the folder's parsed parts: far cheaper than
+        # folder / name for the 10,000 files of a large folder
+        entries = [path for path in folder.iterdir() if path.name.endswith(".json") and not path.name.startswith(".")]
     except OSError:
         return []
-    return sorted(folder / name for name in names if name.endswith(".json") and not name.startswith("."))
+    entries.sort(key=lambda path: path.name)
+    return entries
 
 
 def _nesting_depth(value: Any, limit: int) -> int:
@@ -82,7 +85,9 @@ def _decode(raw: bytes, max_bytes: int) -> Any:
         raise _Unusable("(json)", json_syntax_problem("", exc).message) from None
     except RecursionError:
         raise _Unusable("(json)", _too_deep()) from None
-    if _nesting_depth(data, MAX_NESTING) > MAX_NESTING:
+    # Only data with more than MAX_NESTING brackets can nest that deep: counting them (in C)
+    # spares the walk for every ordinary definition (a few dozen brackets at most).
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting_depth(data, MAX_NESTING) > MAX_NESTING:
         raise _Unusable("(json)", _too_deep())
     return data
 
@@ -127,13 +132,14 @@ def read_definition(path: Path, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -
     def problem(message: str, key: str = "(file)") -> tuple[None, Problem]:
         return None, Problem(file, key, message)
 
-    broken_link = _link_problem(path)
-    if broken_link:
-        return problem(broken_link)
     try:
         # O_NONBLOCK: a FIFO named *.json must not block the loader in open()
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
+        # what a broken link is, asked only when open() failed (one syscall less per good file)
+        broken_link = _link_problem(path)
+        if broken_link:
+            return problem(broken_link)
         if exc.errno == errno.ELOOP:
             return problem("is a symbolic link loop; remove or fix it")
         if exc.errno == errno.EISDIR:
@@ -149,12 +155,16 @@ def read_definition(path: Path, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -
             return problem(_too_big(info.st_size, max_bytes))
         chunks = []
         remaining = max_bytes + 1  # the file may grow after fstat: never read past the cap
+        want = min(remaining, info.st_size + 1)  # one read for the whole file, as a rule
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 16))
+            chunk = os.read(fd, want)
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
+            if len(chunk) < want:  # a short read of a regular file: its end
+                break
+            want = min(remaining, 1 << 16)
         raw = b"".join(chunks)
     except OSError as exc:
         return problem(f"cannot be read: {exc.strerror}")

@@ -17,9 +17,14 @@ _URLS_N = re.compile(r"URLs[2-9]\d*")
 
 def url_keys(model: dict[str, Any]) -> list[str]:
     """The file-list keys of a model subtree: URLs, URLs2, URLs3 ..., preload_URLs, text_encoder_URLs."""
-    extra = sorted((k for k in model if _URLS_N.fullmatch(k) and k != "URLs2"), key=lambda k: int(k[4:]))
+    extra = [k for k in model if k.startswith("URLs") and k not in ("URLs", "URLs2") and _URLS_N.fullmatch(k)]
+    if not extra:  # the common case, kept cheap: this runs for every file of a large folder
+        return list(URL_KEYS)
+    extra.sort(key=lambda k: int(k[4:]))
     return [*URL_KEYS[:2], *extra, *URL_KEYS[2:]]
 
+
+_FILE_LIST_KEYS = frozenset(URL_KEYS)
 _NUMBER = (int, float)
 # model key -> (check, expected-type words)
 _MODEL_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -109,17 +114,19 @@ def check_file_structure(file: str, data: Any, origin: Origin) -> list[Problem]:
     elif not isinstance(model, dict):
         problems.append(Problem(file, "model", f"must be an object, got {type(model).__name__}"))
         model = None
-    for key, (check, words) in _SETTING_TYPES.items():
-        if key in data and not check(data[key]):
-            problems.append(Problem(file, key, f"must be {words}, got {json.dumps(data[key])[:60]}"))
+    # Loops over the file's own keys (a handful), not over the tables: this runs for every file.
+    for key, value in data.items():
+        rule = _SETTING_TYPES.get(key)
+        if rule is not None and not rule[0](value):
+            problems.append(Problem(file, key, f"must be {rule[1]}, got {json.dumps(value)[:60]}"))
     if not model:
         return problems
-    for key, (check, words) in _MODEL_TYPES.items():
-        if key in model and not check(model[key]):
-            problems.append(Problem(file, f"model.{key}", f"must be {words}, got {json.dumps(model[key])[:60]}"))
-    for key in url_keys(model):
-        if key in model:
-            problems.extend(_check_file_list(file, f"model.{key}", model[key], origin))
+    for key, value in model.items():
+        rule = _MODEL_TYPES.get(key)
+        if rule is not None and not rule[0](value):
+            problems.append(Problem(file, f"model.{key}", f"must be {rule[1]}, got {json.dumps(value)[:60]}"))
+        elif key in _FILE_LIST_KEYS or (key.startswith("URLs") and _URLS_N.fullmatch(key)):
+            problems.extend(_check_file_list(file, f"model.{key}", value, origin))
     if "loras" in model and isinstance(model["loras"], list):
         for index, entry in enumerate(model["loras"]):
             problem = check_entry(file, f"model.loras[{index}]", entry, origin)
@@ -138,6 +145,8 @@ def _check_file_list(file: str, key: str, value: Any, origin: Origin) -> list[Pr
         return []  # a reference to another definition, checked after merging
     if not isinstance(value, list):
         return [Problem(file, key, f"must be a list of URLs/paths or a definition id, got {type(value).__name__}")]
+    if all(isinstance(e, str) and e.startswith(("https://", "http://")) for e in value):
+        return []  # the common case: every entry an http(s) URL
     return [p for index, entry in enumerate(value) if (p := check_entry(file, f"{key}[{index}]", entry, origin))]
 
 

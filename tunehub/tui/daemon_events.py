@@ -85,7 +85,7 @@ def refresh_updates(app: TunehubApp, screen: MainScreen) -> None:
     pending = {
         entry["id"]
         for entry in status.get("definitions", [])
-        if entry.get("state") == "pending" and entry.get("needs")
+        if (entry.get("state") == "pending" and entry.get("needs")) or entry.get("update_available")
     }
     if pending != app.updates:
         app.updates = pending

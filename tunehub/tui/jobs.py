@@ -33,7 +33,7 @@ class Capability:
 CAPABILITIES = {
     cap.kind: cap
     for cap in (
-        Capability("pull", "Pull", "tunehub.hub.pull", "pull"),
+        Capability("pull", "Pull", "tunehub.flows", "pull_definition"),
         Capability("quantize", "Quantize", "tunehub.quant.flow", "quantize_definition"),
         Capability("publish", "Publish", "tunehub.hub.publish", "publish"),
         Capability("generate", "Generate", "tunehub.inference", "generate"),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunehub.disk.remove import RemovalPlan, execute_removal, plan_removal
 from tunehub.registry.urls import is_url, local_name, parse_hub_url
 from tunehub.registry.naming import parse_variant_name
 
@@ -286,82 +287,18 @@ def variant_rows(resolution: Resolution, index: WeightsIndex) -> list[VariantRow
     return rows
 
 
-@dataclass
-class DeletionPlan:
-    """What deleting a definition's local weights removes, and what it keeps and why."""
-
-    definition_id: str
-    delete: list[tuple[Path, int]] = field(default_factory=list)
-    # path -> ids of the other definitions that still list the file
-    kept: dict[Path, list[str]] = field(default_factory=dict)
-
-    @property
-    def bytes_freed(self) -> int:
-        return sum(size for _, size in self.delete)
+# The delete action is `tunehub rm`'s: same plan, same warning, same "removed by you" mark.
+DeletionPlan = RemovalPlan
 
 
-def _definition_sources(registry: Registry, definition_id: str) -> set[str]:
-    """Every file a definition lists, all variants: ``candidates`` is the whole list a
-    choice was picked from, so one resolution covers every preference."""
-    try:
-        resolution = registry.resolve(definition_id)
-    except Exception:  # noqa: BLE001 - an unresolvable definition lists nothing
-        return set()
-    return set(_sources(resolution))
+def plan_deletion(cfg: Config, registry: Registry, definition_id: str) -> RemovalPlan:
+    """What deleting a definition's local weights removes, keeps and why (:mod:`tunehub.disk.remove`)."""
+    return plan_removal(cfg, registry, definition_id)
 
 
-def plan_deletion(cfg: Config, registry: Registry, definition_id: str) -> DeletionPlan:
-    """Files of ``definition_id`` found in the weights folders; files that another
-    definition also lists are kept (deleting them would break that one)."""
-    index = WeightsIndex(cfg.weights_dirs, cfg.home)
-    plan = DeletionPlan(definition_id)
-    mine: dict[Path, int] = {}
-    for source in _definition_sources(registry, definition_id):
-        found = index.find(source)
-        if found is None:
-            continue
-        path, size = found
-        # Only files inside a weights folder: never a user's file elsewhere on disk.
-        if not any(_is_inside(path, folder) for folder in cfg.weights_dirs):
-            continue
-        mine[path] = size
-    if not mine:
-        return plan
-    users: dict[Path, list[str]] = {path: [] for path in mine}
-    names = {path.name: path for path in mine}
-    for other_id, other in list(registry.definitions.items()):
-        if other_id == definition_id or not other.valid:
-            continue
-        for source in _definition_sources(registry, other_id):
-            path = names.get(local_name(source))
-            if path is not None and other_id not in users[path]:
-                users[path].append(other_id)
-    for path, size in sorted(mine.items()):
-        if users[path]:
-            plan.kept[path] = users[path]
-        else:
-            plan.delete.append((path, size))
-    return plan
-
-
-def _is_inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def execute_deletion(plan: DeletionPlan) -> int:
-    """Delete the planned files; returns the bytes actually freed."""
-    freed = 0
-    for path, size in plan.delete:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        freed += size
-    return freed
+def execute_deletion(cfg: Config, plan: RemovalPlan) -> int:
+    """Delete the planned files (marking the definition removed); returns the bytes actually freed."""
+    return execute_removal(cfg, plan)
 
 
 def settings_summary(settings: dict[str, Any]) -> list[tuple[str, str]]:

@@ -222,9 +222,10 @@ def test_expired_upload_url_is_refused(server: HubServer) -> None:
     repo = store.get_repo("model", repo_id)
     assert repo is not None
     expires = int(time.time()) - 10
-    signature = HubApp(store).upload_signature(repo, oid, len(data), expires)
+    token_id = store.list_tokens("alice")[0].id
+    signature = HubApp(store).upload_signature(repo, oid, len(data), expires, token_id)
     store.close()
-    url = f"{server.url}/api/lfs-upload/models/{repo_id}/{oid}?size={len(data)}&exp={expires}&sig={signature}"
+    url = f"{server.url}/api/lfs-upload/models/{repo_id}/{oid}?size={len(data)}&exp={expires}&tid={token_id}&sig={signature}"
     answer = httpx.put(url, content=data)
     assert answer.status_code == 403 and "expired" in answer.json()["error"]
 

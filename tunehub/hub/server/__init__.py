@@ -13,9 +13,12 @@ Use (a LAN mirror, or a private Hub for a studio)::
 Modules: ``validation`` (names, paths, upload-mode rules) and ``storage`` (SQLite +
 content-addressed blobs) need only the standard library; ``importer`` builds on storage;
 ``app`` (the endpoints) and ``serve`` import starlette/uvicorn (the ``server`` extra)
-and are only imported by ``tunehub hub serve``.
+and are only imported by ``tunehub hub serve``. With ``--upstream URL`` the server is also a
+verified pull-through mirror of another Hub: ``mirror`` (the backend), ``mirror_store`` (its
+tables), ``hubconfig`` (``ROOT/hub.toml``); ``metrics`` serves ``/metrics``.
 
 What it does not do: Xet (clients must set HF_HUB_DISABLE_XET=1; a Xet token request is
-answered with a 400 saying so), pull requests, gated repos, Spaces runtimes, git
+answered with a 400 saying so), pull requests, gated repos of its own (gated upstream repos
+are mirrored for granted tokens), Spaces runtimes, git
 over HTTP (clone/push). Revisions are branches, tags and full commit shas.
 """

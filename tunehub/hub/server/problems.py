@@ -6,11 +6,12 @@ from __future__ import annotations
 class ApiProblem(Exception):
     """An answer other than success: HTTP status, Hub error code and a message for the user."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}  # extra answer headers, e.g. Retry-After
 
 
 def repo_not_found(repo_id: str) -> ApiProblem:

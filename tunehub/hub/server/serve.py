@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tunehub.errors import ServerError
+from tunehub.hub.server.limits import DEFAULTS, Limits, fit_to_open_files
 from tunehub.hub.server.storage import HubStore
+
+if TYPE_CHECKING:
+    from tunehub.hub.server.mirror import MirrorSettings
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -45,17 +50,33 @@ def serve(
     access_log: bool = False,
     log_level: str = "warning",
     out: TextIO | None = None,
+    mirror_settings: MirrorSettings | None = None,
+    public_url: str | None = None,
+    limits: Limits = DEFAULTS,
 ) -> int:
     """Serve ``root`` until a signal; return the exit status (0 after a clean stop)."""
     import uvicorn
 
-    from tunehub.hub.server.app import ServerSettings, create_app
+    from tunehub.hub.server.app import ServerSettings, create_app, normalise_public_url
+    from tunehub.hub.server.connections import protocol_class
 
     out = out or sys.stdout
-    store = HubStore(root)
+    os.umask(0o077)  # whatever this process creates under the root is the server account's alone
+    limits, note = fit_to_open_files(limits)
+    public_url = normalise_public_url(public_url) if public_url else None
+    store = HubStore(root, busy_timeout=limits.request_timeout)
     lock = store.lock_for_serving()
     cleaned = store.clean_leftovers()
-    settings = ServerSettings()
+    # The server adds blobs too: from here on a later start's clean-up (of another server on a
+    # copy, or after a crash) must see it as a live writer.
+    lease = store.writer_lease()
+    settings = ServerSettings(
+        public_url=public_url,
+        request_timeout=limits.request_timeout,
+        login_failures=limits.login_failures,
+        retry_after=limits.retry_after,
+        storage_threads=limits.storage_threads,
+    )
     if page_size:
         settings.page_size = page_size
         settings.commits_page_size = min(settings.commits_page_size, page_size)
@@ -67,7 +88,15 @@ def serve(
         access_logger.addHandler(handler)
         access_logger.setLevel(logging.INFO)
         access_logger.propagate = False
-    app = create_app(store, settings)
+    mirror = None
+    if mirror_settings is not None:
+        from tunehub.hub.server.mirror import Mirror
+
+        mirror = Mirror(store, mirror_settings)
+        mirror.start_background()
+    from tunehub.hub.server.metrics import MetricsApp
+
+    app = MetricsApp(create_app(store, settings, mirror), mirror)
     sock = bind_socket(host, port)
     url = endpoint_url(host, sock.getsockname()[1])
 
@@ -81,18 +110,33 @@ def serve(
 
     config = uvicorn.Config(
         app,
+        http=protocol_class(limits),
+        ws="none",
         log_level=log_level,
         access_log=False,  # request lines carry upload signatures: keep them out of logs
         lifespan="off",
-        timeout_keep_alive=30,
+        timeout_keep_alive=limits.keep_alive,
         timeout_graceful_shutdown=5,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         server_header=False,
     )
     server = _Server(config)
-    logging.getLogger("tunehub.hub.server").setLevel(logging.INFO)
+    server_log = logging.getLogger("tunehub.hub.server")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    server_log.addHandler(handler)
+    server_log.setLevel(getattr(logging, log_level.upper(), logging.WARNING))
+    server_log.propagate = False
+    if note:
+        print(note, file=sys.stderr)
     if cleaned["tmp"] or cleaned["blobs"]:
         print(
             f"cleaned {cleaned['tmp']} interrupted upload(s) and {cleaned['blobs']} unreferenced blob(s)",
+            file=sys.stderr,
+        )
+    if cleaned["writers"]:
+        print(
+            "another writer (a `tunehub hub import`?) is using this root: unreferenced blobs are left for a later start",
             file=sys.stderr,
         )
     print(f"Serving {store.root} at {url}", file=sys.stderr)
@@ -100,12 +144,19 @@ def serve(
     if host in ("0.0.0.0", "::", ""):
         port_bound = sock.getsockname()[1]
         print(f"Listening on all interfaces: other machines use http://<this machine's address>:{port_bound}", file=sys.stderr)
+    if mirror is not None:
+        assert mirror_settings is not None
+        token_note = "with the hub's upstream token" if mirror_settings.token else "public repos only (no upstream token)"
+        print(f"Mirroring {mirror.upstream.url} ({token_note}; branches re-checked every {mirror_settings.ttl:g}s)", file=sys.stderr)
     print(f"HF_ENDPOINT={url}", file=out, flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if mirror is not None:
+            mirror.close()
         store.close()
+        lease.close()
         lock.close()
     print("Hub server stopped", file=sys.stderr)
     return 0

@@ -6,12 +6,18 @@ Layout under the root folder::
     secret.key              HMAC key that signs LFS upload URLs
     blobs/sha256/ab/<sha>   file contents, named by their sha256: the same bytes are stored once
     tmp/                    uploads in progress; emptied at every start
+    writers.lock            held (shared) by every process that adds blobs: the server, `hub import`
+    serve.lock              held by the one server on this root
 
 A commit is one SQLite transaction that inserts the commit, its full file list and
 moves the branch; blobs are renamed into place (fsynced) before that transaction, so
 a kill at any moment leaves either the previous head or the new one. Blobs no commit
 references (an upload interrupted before its commit, a deleted repo) are collected at
-start once they are an hour old.
+server start, only when no other writer holds ``writers.lock``: a blob that a running
+import has linked but not yet committed looks exactly like garbage, whatever its age.
+
+The root is created 0700 and every file in it 0600 (blobs hard-linked by ``import
+--link`` keep their source's mode; the root's 0700 keeps other accounts out of them).
 """
 
 from __future__ import annotations
@@ -48,7 +54,6 @@ from tunehub.hub.server.validation import (
 from tunehub.safeio import fsync_dir
 
 SCHEMA_VERSION = 1
-ORPHAN_BLOB_AGE_S = 3600.0
 HASH_CHUNK = 8 * 1024 * 1024
 
 _SCHEMA = """
@@ -89,6 +94,7 @@ class Principal:
     user: str
     role: str  # "read" | "write"
     token_name: str
+    token_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,40 @@ def _owner_alive(temp_name: str) -> bool:
     return True
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def _private_dir(path: Path) -> None:
+    """mkdir -p with mode 0700 for what it creates (the umask may only narrow it)."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+
+
+def _open_private(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+    """Open (creating 0600 if new) and return the file descriptor."""
+    return os.open(path, flags, PRIVATE_FILE_MODE)
+
+
+try:
+    import fcntl as _fcntl
+
+    _LOCK_SH, _LOCK_EX, _LOCK_NB = _fcntl.LOCK_SH, _fcntl.LOCK_EX, _fcntl.LOCK_NB
+except ImportError:  # pragma: no cover - Windows: no locks
+    _fcntl = None  # type: ignore[assignment]
+    _LOCK_SH, _LOCK_EX, _LOCK_NB = 1, 2, 4
+
+
+def _flock(handle: Any, mode: int) -> bool:
+    """flock ``handle``; False when a non-blocking request would have to wait. No-op without fcntl."""
+    if _fcntl is None:  # pragma: no cover
+        return True
+    try:
+        _fcntl.flock(handle.fileno(), mode)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -193,7 +233,8 @@ class BlobWriter:
     def __init__(self, store: HubStore) -> None:
         self._store = store
         self.tmp_path = store.tmp_dir / f"upload-{os.getpid()}-{secrets.token_hex(8)}"
-        self._handle: BinaryIO | None = open(self.tmp_path, "wb")
+        fd = _open_private(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        self._handle: BinaryIO | None = os.fdopen(fd, "wb")
         self._sha256 = hashlib.sha256()
         self.size = 0
 
@@ -226,7 +267,7 @@ class BlobWriter:
         os.fsync(self._handle.fileno())
         self._handle.close()
         self._handle = None
-        final.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(final.parent)
         os.replace(self.tmp_path, final)
         fsync_dir(final.parent)
         return oid
@@ -248,16 +289,27 @@ class BlobWriter:
 class HubStore:
     """The server's state under ``root``. Safe to use from several threads and processes."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.root = Path(root).resolve()
+        # How long a write waits for another process's write transaction before giving up.
+        self.busy_timeout = busy_timeout
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.blob_dir.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            _private_dir(self.root)
+            self._make_root_private()
+            _private_dir(self.blob_dir)
+            _private_dir(self.tmp_dir)
+            if not self.db_path.exists():
+                os.close(_open_private(self.db_path))  # SQLite gives its -wal and -shm files the same mode
         except OSError as exc:
             raise ServerError(f"Cannot create the Hub server root {self.root}: {exc}") from exc
         self._local = threading.local()
         self._init_schema()
+
+    def _make_root_private(self) -> None:
+        """Private repos live in here: other local accounts must not even list it (roots made before were 0755)."""
+        info = self.root.stat()
+        if hasattr(os, "getuid") and info.st_mode & 0o077 and info.st_uid == os.getuid():
+            os.chmod(self.root, PRIVATE_DIR_MODE)
 
     # --- paths and connections ---------------------------------------------------
 
@@ -288,7 +340,9 @@ class HubStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(
+                    self.db_path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -328,18 +382,12 @@ class HubStore:
     def lock_for_serving(self) -> Any:
         """Hold an exclusive lock on the root while serving: two servers on one root would
         clean each other's uploads. Returns the open lock file (keep it open)."""
-        handle = open(self.root / "serve.lock", "a+")
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no lock
-            return handle
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        handle = os.fdopen(_open_private(self.root / "serve.lock"), "r+")
+        if not _flock(handle, _LOCK_EX | _LOCK_NB):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise ServerError(f"{self.root} is already being served by {holder}; stop it first.") from exc
+            raise ServerError(f"{self.root} is already being served by {holder}; stop it first.")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -354,8 +402,38 @@ class HubStore:
 
     # --- start-up housekeeping -----------------------------------------------------
 
+    @property
+    def writers_lock_path(self) -> Path:
+        return self.root / "writers.lock"
+
+    def writer_lease(self) -> Any:
+        """Hold this (keep the returned file open) while adding blobs that are not committed yet.
+
+        A shared lock on ``writers.lock``: any number of writers at once (the server, several
+        imports); the start-up clean-up collects unreferenced blobs only when it can take the
+        lock exclusively, i.e. when no writer is alive. Waits while a clean-up is running.
+        """
+        handle = os.fdopen(_open_private(self.writers_lock_path), "r+")
+        try:
+            _flock(handle, _LOCK_SH)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
     def clean_leftovers(self) -> dict[str, int]:
-        """Remove interrupted uploads and old blobs nothing references. Run at server start."""
+        """Remove interrupted uploads, and blobs nothing references when no writer is alive. Run at server start.
+
+        Returns counts: ``tmp`` and ``blobs`` removed, ``writers`` 1 if a live writer (say a
+        `tunehub hub import`) held the store, so that blobs were left for a later start.
+        """
+        with os.fdopen(_open_private(self.writers_lock_path), "r+") as lock:
+            alone = _flock(lock, _LOCK_EX | _LOCK_NB)
+            removed_tmp = self._clean_tmp()
+            removed_blobs = self._collect_unreferenced_blobs() if alone else 0
+        return {"tmp": removed_tmp, "blobs": removed_blobs, "writers": 0 if alone else 1}
+
+    def _clean_tmp(self) -> int:
         removed_tmp = 0
         for entry in self.tmp_dir.iterdir():
             if _owner_alive(entry.name):
@@ -366,19 +444,16 @@ class HubStore:
                 else:
                     entry.unlink()
                 removed_tmp += 1
+        return removed_tmp
+
+    def _collect_unreferenced_blobs(self) -> int:
         conn = self._connect()
         removed_blobs = 0
-        now = time.time()
         for prefix_dir in self.blob_dir.iterdir():
             if not prefix_dir.is_dir():
                 continue
             for blob in prefix_dir.iterdir():
                 oid = blob.name
-                try:
-                    if now - blob.stat().st_mtime < ORPHAN_BLOB_AGE_S:
-                        continue
-                except OSError:
-                    continue
                 referenced = conn.execute(
                     "SELECT 1 FROM commit_files WHERE sha256=? UNION ALL SELECT 1 FROM repo_lfs WHERE oid=? LIMIT 1",
                     (oid, oid),
@@ -387,7 +462,7 @@ class HubStore:
                     with contextlib.suppress(OSError):
                         blob.unlink()
                         removed_blobs += 1
-        return {"tmp": removed_tmp, "blobs": removed_blobs}
+        return removed_blobs
 
     def signing_key(self) -> bytes:
         """The HMAC key for upload URLs, created once (0600) and kept across restarts."""
@@ -398,7 +473,7 @@ class HubStore:
             pass
         key = secrets.token_bytes(32)
         tmp = self.tmp_dir / f"secret-{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(fd, "wb") as handle:
             handle.write(base64.b64encode(key))
             handle.flush()
@@ -450,10 +525,58 @@ class HubStore:
     def authenticate(self, token: str) -> Principal | None:
         row = (
             self._connect()
-            .execute("SELECT user, role, name FROM tokens WHERE token_hash=? AND revoked=0", (hash_token(token),))
+            .execute("SELECT user, role, name, id FROM tokens WHERE token_hash=? AND revoked=0", (hash_token(token),))
             .fetchone()
         )
-        return Principal(row[0], row[1], row[2]) if row else None
+        return Principal(row[0], row[1], row[2], row[3]) if row else None
+
+    def active_token(self, token_id: int) -> Principal | None:
+        """The holder of token ``token_id`` if it is still valid (not revoked, user not removed)."""
+        row = (
+            self._connect()
+            .execute("SELECT user, role, name, id FROM tokens WHERE id=? AND revoked=0", (token_id,))
+            .fetchone()
+        )
+        return Principal(row[0], row[1], row[2], row[3]) if row else None
+
+    def remove_user(self, name: str, *, with_repos: bool = False) -> int:
+        """Delete a user: their tokens (so they stop working at once), memberships and, if asked, repos.
+
+        Refuses while repos in their namespace remain, unless ``with_repos``; returns how many
+        repos were deleted.
+        """
+        check_user_name(name)
+        conn = self._connect()
+        if not conn.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
+            raise ServerError(f"No user {name!r} (see `tunehub hub token list`).")
+        owned = [
+            self._repo_from_row(row)
+            for row in conn.execute(
+                "SELECT id, type, namespace, name, private, created FROM repos WHERE namespace=? ORDER BY name", (name,)
+            )
+        ]
+        if owned and not with_repos:
+            shown = ", ".join(repo.repo_id for repo in owned[:5]) + (" ..." if len(owned) > 5 else "")
+            raise ServerError(
+                f"{name} still owns {len(owned)} repo(s): {shown}. Delete them first, or pass --with-repos."
+            )
+        for repo in owned:
+            self.delete_repo(repo)
+        with self._write() as conn:
+            conn.execute("DELETE FROM tokens WHERE user=?", (name,))
+            conn.execute("DELETE FROM org_members WHERE user=?", (name,))
+            conn.execute("DELETE FROM users WHERE name=?", (name,))
+        return len(owned)
+
+    def remove_org_member(self, org: str, member: str) -> None:
+        check_user_name(org)
+        check_user_name(member)
+        with self._write() as conn:
+            if not conn.execute("SELECT 1 FROM orgs WHERE name=?", (org,)).fetchone():
+                raise ServerError(f"No organisation {org!r}.")
+            cursor = conn.execute("DELETE FROM org_members WHERE org=? AND user=?", (org, member))
+            if cursor.rowcount == 0:
+                raise ServerError(f"{member} is not a member of {org}.")
 
     def add_org_member(self, org: str, member: str) -> None:
         check_user_name(org)
@@ -622,6 +745,10 @@ class HubStore:
         )
         return FileEntry(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
 
+    def missing_blobs(self, commit_sha: str) -> list[str]:
+        """Paths of the commit whose content is not in the blob store (should always be empty)."""
+        return [entry.path for entry in self.files(commit_sha) if not self.has_blob(entry.sha256)]
+
     def files_at(self, commit_sha: str, paths: list[str]) -> dict[str, FileEntry]:
         """The entries of ``paths`` that exist in the commit, by path."""
         found: dict[str, FileEntry] = {}
@@ -719,7 +846,7 @@ class HubStore:
                 folders = set()
                 for writer in fresh:
                     final = self.blob_path(writer.sha256)
-                    final.parent.mkdir(parents=True, exist_ok=True)
+                    _private_dir(final.parent)
                     os.replace(writer.tmp_path, final)
                     folders.add(final.parent)
                 list(pool.map(fsync_dir, sorted(folders)))
@@ -756,8 +883,8 @@ class HubStore:
         try:
             os.link(real, tmp)
         except OSError:  # another filesystem, or links not allowed: copy instead
-            return self.put_file(source)
-        final.parent.mkdir(parents=True, exist_ok=True)
+            return self.put_file(real)
+        _private_dir(final.parent)
         os.replace(tmp, final)
         fsync_dir(final.parent)
         return oid, size

@@ -107,6 +107,22 @@ def check_branch_name(name: str) -> str:
     return name
 
 
+MAX_REVISION_LENGTH = 255
+
+
+def check_revision(revision: object) -> str:
+    """A revision named in a URL or a body (branch, tag or sha): a string without control characters.
+
+    Whether it exists is the store's question; this keeps NUL, newlines and the like out of
+    queries, answers and headers.
+    """
+    if not isinstance(revision, str) or not revision or len(revision) > MAX_REVISION_LENGTH:
+        raise InvalidInput(f"Invalid revision {str(revision)[:80]!r}: 1 to {MAX_REVISION_LENGTH} characters expected.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in revision):
+        raise InvalidInput(f"Invalid revision {revision[:80]!r}: control characters are not allowed.")
+    return revision
+
+
 def check_sha256(oid: object) -> str:
     if not isinstance(oid, str) or not _HEX64_RE.match(oid):
         raise InvalidInput(f"Invalid sha256 oid {str(oid)[:80]!r}: 64 lowercase hex digits expected.")

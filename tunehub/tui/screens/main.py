@@ -533,24 +533,16 @@ class MainScreen(Screen[None]):
         self.post_message(DeletionPlanned(plan))
 
     def on_deletion_planned(self, message: DeletionPlanned) -> None:
+        from tunehub.disk.remove import removal_lines
         from tunehub.tui.screens.dialogs import ConfirmScreen
 
         plan = message.plan
-        home = self.app.cfg.home
-        kept_lines = [
-            f"  keeps {_short(path, home)} (used by {', '.join(users[:3])}{'…' if len(users) > 3 else ''})"
-            for path, users in plan.kept.items()
-        ]
+        lines = removal_lines(plan, self.app.cfg.home)  # the warning `tunehub rm` prints
         if not plan.delete:
-            text = f"{plan.definition_id}: no local weights to delete."
-            if kept_lines:
-                text += "\n" + "\n".join(kept_lines)
-            self.notify(text, severity="warning")
+            self.notify("\n".join([f"{plan.definition_id}: no local weights to delete.", *lines]), severity="warning")
             return
-        lines = [f"  {_short(path, home)}  {format_size(size)}" for path, size in plan.delete]
-        body = "\n".join(
-            [f"Delete these files ({format_size(plan.bytes_freed)} freed)?", *lines, *kept_lines]
-        )
+        body = "\n".join([f"Delete these files ({format_size(plan.bytes_freed)} freed)?", *lines,
+                          f"It will not be fetched again until you pull {plan.definition_id}."])
 
         def confirmed(yes: bool | None) -> None:
             if yes:
@@ -560,7 +552,10 @@ class MainScreen(Screen[None]):
 
     @work(thread=True, group="delete")
     def _delete(self, plan: Any) -> None:
-        freed = execute_deletion(plan)
+        from tunehub.daemon.client import cancel_pulls
+
+        cancel_pulls(self.app.cfg.home, plan.definition_id)  # as `tunehub rm` does
+        freed = execute_deletion(self.app.cfg, plan)
         self.app.post_message(
             JobFinished("delete", "delete", plan.definition_id, True, f"deleted {format_size(freed)} of weights")
         )
@@ -609,10 +604,3 @@ class MainScreen(Screen[None]):
                 continue
             result.append(SystemCommand(title, help_text, getattr(self, f"action_{action}")))
         return result
-
-
-def _short(path: Path, home: Path) -> str:
-    try:
-        return str(path.relative_to(home))
-    except ValueError:
-        return str(path)

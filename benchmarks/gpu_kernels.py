@@ -1,0 +1,188 @@
+"""The kernels under tunehub's int8 path and fp8 attention, alone, at Wan 14B's shapes (one
+forward at 832x480x81: 32,760 tokens, 40 heads of 128, dim 5120, ffn 13824).
+
+Attention: torch's bf16 SDPA (the kernel torch picks: cuDNN on an H100/H200) vs tunehub's
+fp8 attention (cuDNN frontend FP8 SDPA; q/k/v smoothing and quantization eager and
+compiled), with rel.err against a float32 reference on the same inputs: random q/k/v,
+sharper attention (q x 2) and q/k/v with a common offset (where the mean smoothing pays).
+
+Linears: bf16 matmul, fp8 ``_scaled_mm`` with row scales, ``torch._int_mm`` + compiled
+rescale, and the fused Triton int8 GEMM (each tile config given), from int8 activations
+and weights, output bf16; rel.err against float64 math on the same int8 values.
+
+    python benchmarks/gpu_kernels.py [--configs 128,256,128,8,8,3;128,128,128,8,4,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+import torch  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def median_ms(function: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> float:
+    for _ in range(warmup):
+        function()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        function()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def rel(output: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((output.double() - reference.double()).norm() / reference.double().norm())
+
+
+def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> None:
+    from tunehub.inference.attention import fp8_attention, quantize_qkv, unavailable_reason
+
+    reason = unavailable_reason("cuda", dim)
+    flops = 4 * tokens * tokens * dim * heads
+    log(f"\n== self-attention 1 x {tokens} x {heads} x {dim} ({flops / 1e12:.1f} TFLOP); fp8: {reason or 'available'}")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    compiled_fp8 = torch.compile(fp8_attention)
+    for case in ("random", "sharper (q x 2)", "offset (k, v + 1)"):
+        generator = torch.Generator(device="cuda").manual_seed(1)
+        q, k, v = (torch.randn(1, tokens, heads, dim, device="cuda", generator=generator, dtype=torch.bfloat16)
+                   for _ in range(3))  # fmt: skip
+        if case.startswith("sharper"):
+            q = q * 2
+        if case.startswith("offset"):
+            k, v = k + 1, v + 1
+        reference = sdpa(*(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
+
+        def bf16() -> torch.Tensor:
+            return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+        ms = median_ms(bf16)
+        log(f"{case:<18} sdpa bf16           {ms:7.2f} ms {flops / ms / 1e9:6.0f} TFLOP/s  rel.err {rel(bf16(), reference):.4f}")
+        if reason:
+            continue
+        for label, function in (("fp8 eager", fp8_attention), ("fp8 compiled", compiled_fp8)):
+            out = function(q, k, v)
+            fp8_ms = median_ms(lambda: function(q, k, v))
+            log(f"{case:<18} {label:<19} {fp8_ms:7.2f} ms {flops / fp8_ms / 1e9:6.0f} TFLOP/s  rel.err "
+                f"{rel(out, reference):.4f}  ({ms / fp8_ms:.2f}x sdpa bf16)")  # fmt: skip
+        if case == "random":
+            from tunehub.inference.attention import cudnn_fp8_sdpa
+
+            q8, k8, v8, dq, dk, dv, _ = quantize_qkv(q, k, v)
+            descales = torch.stack([dq, dk, dv, torch.full_like(dq, 1 / 256)])
+            scales = torch.stack([torch.full_like(dq, 256.0), dv.reciprocal() * 0.5])
+            kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scales, 1 / math.sqrt(dim)))
+            log(f"{case:<18} fp8 kernel alone    {kernel_ms:7.2f} ms {flops / kernel_ms / 1e9:6.0f} TFLOP/s")
+        if sweep and not case.startswith("offset"):
+            for p_scale in (1.0, 16.0, 256.0, 448.0, 4096.0, 65536.0):
+                for headroom in (0.5, 8.0):
+                    out = fp8_attention(q, k, v, p_scale=p_scale, o_headroom=headroom)
+                    log(f"{case:<18} fp8 P scale {p_scale:>7.0f}, output scale x{headroom:<4} rel.err "
+                        f"{rel(out, reference):.4f}  max|out| {float(out.abs().max()):.3f}")  # fmt: skip
+        del q, k, v, reference
+        torch.cuda.empty_cache()
+
+
+def gemm_bench(tokens: int, shapes: list[tuple[int, int]], configs: list[tuple[str, tuple[int, ...]]]) -> dict[str, float]:
+    """Milliseconds per path summed over ``shapes`` (inf where one failed)."""
+    from tunehub.inference.int8_linear import _int8mm_epilogue, _quantize_rows_int8, int8_gemm
+
+    totals: dict[str, float] = {}
+
+    epilogue = torch.compile(_int8mm_epilogue)
+    for n, k in shapes:
+        flops = 2 * tokens * n * k
+        log(f"\n== linear {tokens} x {k} -> {n} ({flops / 1e12:.2f} TFLOP)")
+        generator = torch.Generator(device="cuda").manual_seed(2)
+        x = torch.randn(tokens, k, device="cuda", generator=generator, dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", generator=generator, dtype=torch.bfloat16) * k**-0.5
+        bias = torch.randn(n, device="cuda", generator=generator, dtype=torch.bfloat16) * 0.02
+        xq, xs = _quantize_rows_int8(x)
+        wq, ws = _quantize_rows_int8(w)
+        ws = ws.to(torch.bfloat16)
+        exact = (xq.double() @ wq.double().t()) * xs.double() * ws.double().t() + bias.double()
+        rows: list[tuple[str, Callable[[], torch.Tensor]]] = [
+            ("bf16 matmul + bias", lambda: torch.nn.functional.linear(x, w, bias)),
+            ("int_mm + compiled rescale", lambda: epilogue(torch._int_mm(xq, wq.t()), xs, ws, torch.bfloat16) + bias),
+        ]
+        if torch.cuda.get_device_capability() >= (8, 9):
+            x8, x8s = (xq.float() * 1).to(torch.float8_e4m3fn), xs  # same values: |int8| <= 127 < 448
+            w8 = wq.float().to(torch.float8_e4m3fn)
+            rows.append(("fp8 _scaled_mm (int8 values)", lambda: torch._scaled_mm(
+                x8, w8.t(), scale_a=x8s, scale_b=ws.float().reshape(1, -1), bias=bias, out_dtype=torch.bfloat16)))  # fmt: skip
+        for variant, config in configs:
+            rows.append((f"triton int8 {variant}:{','.join(map(str, config))}",
+                         lambda v=variant, c=config: int8_gemm(xq, wq, xs, ws, bias, torch.bfloat16, c, v)))  # fmt: skip
+        for label, function in rows:
+            try:
+                out = function()
+                ms = median_ms(function)
+            except Exception as exc:  # a tile that does not fit: report, go on
+                log(f"{label:<44} failed: {type(exc).__name__}: {str(exc)[:120]}")
+                totals[label] = float("inf")
+                continue
+            totals[label] = totals.get(label, 0.0) + ms
+            error = rel(out, exact) if not label.startswith("bf16") else rel(out, x.double() @ w.double().t() + bias.double())
+            log(f"{label:<44} {ms:7.3f} ms {flops / ms / 1e9:6.0f} TFLOP/s  rel.err {error:.4f}")
+        del x, w, xq, wq, exact
+        torch.cuda.empty_cache()
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=32760)
+    parser.add_argument("--configs", default="pointer:128,256,128,8,8,4;pointer:256,128,128,8,8,3;tma:128,256,128,8,8,3;"
+                        "tma:128,256,128,8,8,4;tma:256,128,128,8,8,3;tma:128,128,128,8,4,4",
+                        help="Triton int8 GEMM tiles, variant:BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,warps,stages;...")
+    parser.add_argument("--best-out", type=Path, default=None,
+                        help="write the fastest Triton tile over the three shapes (TUNEHUB_INT8_GEMM syntax)")
+    parser.add_argument("--skip-attention", action="store_true")
+    parser.add_argument("--skip-gemm", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="fp8 attention's P and output scales swept")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        log("no CUDA device")
+        return 2
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("triton", "nvidia-cudnn-frontend"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "-"
+    log(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; cuDNN {torch.backends.cudnn.version()}; "
+        f"{versions}")  # fmt: skip
+    configs = [(c.split(":")[0], tuple(int(v) for v in c.split(":")[1].split(","))) for c in args.configs.split(";") if c]
+    if not args.skip_attention:
+        attention_bench(args.tokens, 40, 128, args.sweep)
+    if not args.skip_gemm:
+        totals = gemm_bench(args.tokens, [(5120, 5120), (13824, 5120), (5120, 13824)], configs)
+        log("\n== summed over the three shapes")
+        for label, ms in sorted(totals.items(), key=lambda item: item[1]):
+            log(f"{label:<44} {ms:7.3f} ms")
+        triton_rows = {k: v for k, v in totals.items() if k.startswith("triton int8 ")}
+        if args.best_out and triton_rows:
+            best = min(triton_rows, key=triton_rows.__getitem__)
+            args.best_out.write_text(best.removeprefix("triton int8 "))
+            log(f"fastest Triton tile: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
