@@ -37,10 +37,9 @@ NEEDS_IMAGE = {"i2v", "i2v_720p", "hunyuan_i2v"}
 
 
 class Setup:
-    def __init__(self, root: Path, server: Any, repos: dict[str, str], image: Path) -> None:
+    def __init__(self, root: Path, server: Any, image: Path) -> None:
         self.root = root
         self.server = server
-        self.repos = repos
         self.image = image
 
     def generate(self, arch: str, *extra: str, quantization: str = "bf16") -> tuple[int, Path]:
@@ -90,7 +89,7 @@ def setup(tiny_models: TinyModels, hub_server_session: Any, tmp_path_factory: py
                              "--layers", "vace_blocks.*", "--quiet"]) == 0  # fmt: skip
         for arch in ARCHS:
             assert tunehub_main(["--home", str(root), "quantize", f"tiny_{arch}", "--quiet"]) == 0
-        yield Setup(root, server, repos, image)
+        yield Setup(root, server, image)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
