@@ -11,6 +11,7 @@ huggingface_hub does: ``RepositoryNotFoundError`` is an ``OSError``)::
     │   ├── ReferenceCycleError
     │   └── UnsupportedArchitectureError     tunehub cannot generate/quantize this architecture
     ├── ConcurrentEditError(RuntimeError)    the file changed since it was read
+    ├── Interrupted                          stopped on request (Ctrl-C, a cancelled job); partials kept
     ├── HubError(OSError)                    talking to a Hub or an http(s) server
     │   ├── HubAuthError                     401/403: log in or accept the terms
     │   ├── HubNotFoundError                 404: names the URL
@@ -60,6 +61,10 @@ class UnsupportedArchitectureError(DefinitionError):
 
 class ConcurrentEditError(TunehubError, RuntimeError):
     """A file changed on disk since it was read; re-read and retry."""
+
+
+class Interrupted(TunehubError):
+    """Stopped on request (Ctrl-C, a cancelled job); partial downloads and their records are kept."""
 
 
 class HubError(TunehubError, OSError):

@@ -18,7 +18,8 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +41,7 @@ __all__ = [
     "dump_json_like",
     "CONFLICT_SUFFIX",
     "exchange_paths",
+    "remove_dead_temp_files",
 ]
 
 CONFLICT_SUFFIX = ".tunehub-conflict"  # tunehub's version of a file whose concurrent user save was kept
@@ -109,6 +111,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 _RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "riscv64": 276, "ppc64le": 357, "s390x": 347}
 _exchange_unavailable = False
+_IN_PLACE_GRACE_S = 0.05
 
 
 def exchange_paths(a: Path, b: Path) -> bool:
@@ -169,10 +172,20 @@ def _replace_if_unchanged(path: Path, data: bytes, read_digest: str) -> None:
             os.replace(tmp, path)  # no swap on this system: the check above is all there is
             fsync_dir(path.parent)
             return
-        displaced = _sha256_of(tmp)
-        if displaced == read_digest:
-            fsync_dir(path.parent)
-            return
+        displaced_fd = os.open(tmp, os.O_RDONLY)
+        try:
+            before = os.fstat(displaced_fd)
+            displaced = _sha256_of(tmp)
+            if displaced == read_digest:
+                # An editor that saves in place may have opened the old file just before the
+                # swap and write into it now: give such a write a moment, then look again.
+                time.sleep(_IN_PLACE_GRACE_S)
+                after = os.fstat(displaced_fd)
+                if (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size):
+                    fsync_dir(path.parent)
+                    return
+        finally:
+            os.close(displaced_fd)
         # A save landed between the check and the swap: put it back. If yet another save
         # replaced ours meanwhile, it is newer than the one displaced: keep that one.
         ours = hashlib.sha256(data).hexdigest()
@@ -185,6 +198,39 @@ def _replace_if_unchanged(path: Path, data: bytes, read_digest: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_dead_temp_files(folders: Iterable[Path]) -> list[Path]:
+    """Remove temp files (:func:`temp_path_for`) whose writing process is gone; returns them.
+
+    A crash mid-write leaves them behind; a live writer's (this process's too) are left alone.
+    """
+    removed = []
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if TEMP_MARKER not in name:
+                continue
+            pid_text = name.split(TEMP_MARKER, 1)[1].split("-", 1)[0]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue
+            with contextlib.suppress(OSError):
+                (Path(folder) / name).unlink()
+                removed.append(Path(folder) / name)
+    return removed
 
 
 def write_conflict_copy(path: Path, data: bytes) -> Path:

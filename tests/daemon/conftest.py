@@ -166,7 +166,8 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if self.command != "HEAD":  # a HEAD answer has no body: one would break keep-alive
+                        self.wfile.write(payload)
                     return
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}

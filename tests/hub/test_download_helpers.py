@@ -25,6 +25,8 @@ class Faults:
     drop_after: list[int] = field(default_factory=list)  # next GET bodies cut after N bytes
     alter: bool = False  # flip a byte in every body
     delay_per_mb: float = 0.0  # seconds of sleep per MiB sent
+    stall_after: list[int] = field(default_factory=list)  # next GET bodies go silent after N bytes
+    trickle_after: list[int] = field(default_factory=list)  # next GET bodies send 1 byte / 0.3 s after N bytes
 
 
 class RangeServer:
@@ -36,6 +38,7 @@ class RangeServer:
         self.lock = threading.Lock()
         self.bytes_sent = 0
         self.requests: list[tuple[str, str, dict[str, str], float]] = []
+        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +69,8 @@ class RangeServer:
                 with server.lock:
                     status = server.faults.fail_statuses.pop(0) if server.faults.fail_statuses else None
                     drop = server.faults.drop_after.pop(0) if server.faults.drop_after else None
+                    stall = server.faults.stall_after.pop(0) if server.faults.stall_after else None
+                    trickle = server.faults.trickle_after.pop(0) if server.faults.trickle_after else None
                 target = server.redirects.get(self.path)
                 if target is not None:
                     self.send_response(302)
@@ -105,6 +110,9 @@ class RangeServer:
                 self.send_header("ETag", f'"{server.etags[self.path]}"')
                 self.end_headers()
                 limit = len(body) if drop is None else min(drop, len(body))
+                slow_from = stall if stall is not None else trickle
+                if slow_from is not None:
+                    limit = min(limit, slow_from)
                 step = 256 * 1024
                 sent = 0
                 while sent < limit:
@@ -118,6 +126,20 @@ class RangeServer:
                         server.bytes_sent += len(piece)
                     if server.faults.delay_per_mb:
                         time.sleep(server.faults.delay_per_mb * len(piece) / (1 << 20))
+                if slow_from is not None:
+                    self.wfile.flush()
+                    deadline = time.monotonic() + 60
+                    while sent < len(body) and time.monotonic() < deadline and not server.closing.is_set():
+                        if trickle is not None:
+                            try:
+                                self.wfile.write(body[sent : sent + 1])
+                                self.wfile.flush()
+                            except OSError:
+                                return
+                            sent += 1
+                        server.closing.wait(0.3)
+                    self.close_connection = True
+                    return
                 if drop is not None:
                     self.close_connection = True
                     self.wfile.flush()
@@ -138,6 +160,7 @@ class RangeServer:
         return [r for r in self.requests if r[0] == "GET"]
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

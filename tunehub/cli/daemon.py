@@ -17,6 +17,10 @@ from tunehub.cli.common import config_from_args, print_json
 from tunehub.errors import DaemonError
 
 
+STATUS_LIMIT = 25  # definition lines `tunehub status` prints before it summarises
+_QUIET_STATES = ("ready", "missing", "checking", "pending", "hidden")  # listed only with --all on a large home
+
+
 def register(subparsers: Any) -> None:
     daemon = subparsers.add_parser(
         "daemon", help="run the sync service in the foreground (watch, poll, reconcile)",
@@ -25,10 +29,14 @@ def register(subparsers: Any) -> None:
     )
     daemon.add_argument("--once", action="store_true", help="one complete pass, then exit (0 = all in its desired state)")
     daemon.add_argument("--quiet", action="store_true", help="log to daemon.log only, not to stderr")
+    daemon.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="stderr lines: readable text (default on a terminal) or JSON (default otherwise)")
     daemon.set_defaults(func=_daemon)
 
     status = subparsers.add_parser("status", help="what the running daemon sees: definitions, jobs, remotes")
     status.add_argument("--json", action="store_true", help="the full status as JSON")
+    status.add_argument("--all", action="store_true",
+                        help=f"list every definition (default: a summary when there are more than {STATUS_LIMIT})")
     status.set_defaults(func=_status)
 
     jobs = subparsers.add_parser("jobs", help="the daemon's jobs (from the journal); submit or cancel one")
@@ -48,7 +56,7 @@ def register(subparsers: Any) -> None:
 def _daemon(args: argparse.Namespace) -> int:
     from tunehub.daemon.service import Daemon
 
-    daemon = Daemon(getattr(args, "home", None), log_to_stderr=not args.quiet)
+    daemon = Daemon(getattr(args, "home", None), log_to_stderr=not args.quiet, log_format=args.log_format)
     if args.once:
         return daemon.run_once()
     return daemon.run()
@@ -96,9 +104,17 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  {status['downloads_paused']}")
     counts = ", ".join(f"{n} {state}" for state, n in sorted(status["counts"].items()))
     print(f"definitions: {len(status['definitions'])} ({counts})")
-    for entry in status["definitions"]:
-        if entry["origin"] == "builtin" and entry["state"] in ("ready", "missing", "checking"):
-            continue
+    listed = [e for e in status["definitions"]
+              if not (e["origin"] == "builtin" and e["state"] in ("ready", "missing", "checking"))]
+    left_out: dict[str, int] = {}
+    if not args.all and len(listed) > STATUS_LIMIT:
+        # A large home: what needs attention, then a count of the rest
+        attention = [e for e in listed if e["state"] not in _QUIET_STATES][:STATUS_LIMIT]
+        for entry in listed:
+            if entry not in attention:
+                left_out[entry["state"]] = left_out.get(entry["state"], 0) + 1
+        listed = attention
+    for entry in listed:
         line = f"  {entry['state']:<9} {entry['id']}"
         if entry.get("needs"):
             line += f"  needs {', '.join(entry['needs'])}"
@@ -109,6 +125,9 @@ def _status(args: argparse.Namespace) -> int:
         print(line)
         for problem in entry["problems"][:3]:
             print(f"            {problem}")
+    if left_out:
+        rest = ", ".join(f"{n} {state}" for state, n in sorted(left_out.items()))
+        print(f"  ... and {sum(left_out.values())} more ({rest}); `tunehub status --all` lists every one")
     for remote in status["remotes"]:
         line = f"remote {remote['repo']}: {remote['state']}, checked {_ago(remote['last_check'])}"
         if remote.get("failures"):

@@ -14,6 +14,7 @@ import importlib
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tunehub import __version__
 from tunehub.errors import TunehubError
@@ -31,6 +32,42 @@ COMMAND_GROUPS = (
     "hub",
     "demo",
 )
+
+
+# Packages that only an extra installs, and the extra a command needs them from.
+OPTIONAL_PACKAGES = {
+    "torch": "quant", "optimum": "quant",
+    "diffusers": "inference", "transformers": "inference", "sentencepiece": "inference", "ftfy": "inference",
+    "imageio": "inference", "imageio_ffmpeg": "inference", "accelerate": "inference",
+    "textual": "tui", "starlette": "server", "uvicorn": "server",
+}
+COMMAND_EXTRAS = {"quantize": "quant", "generate": "inference", "tui": "tui", "hub": "server", "demo": "all"}
+
+
+def missing_extra_message(command: str | None, exc: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install, for a package that a core install lacks (else None)."""
+    package = (exc.name or "").split(".")[0]
+    if package not in OPTIONAL_PACKAGES:
+        return None
+    extra = COMMAND_EXTRAS.get(command or "", OPTIONAL_PACKAGES[package])
+    what = f"tunehub {command}" if command else "this command"
+    return f"{what} needs {package}, which is not installed: pip install 'tunehub[{extra}]'"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a mistyped command (Python < 3.14 has no suggest_on_error)."""
+
+    def error(self, message: str) -> NoReturn:
+        import difflib
+        import re
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2))
+            close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.5)
+            if close:
+                message = f"unknown command '{match.group(1)}'; did you mean '{close[0]}'?"
+        super().error(message)
 
 
 # Commands whose group is known without importing every group: `tunehub list` then imports only
@@ -53,7 +90,7 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(groups: Sequence[str] = COMMAND_GROUPS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tunehub",
         description="Registry, Hub sync, int8 quantization and generation for video-diffusion finetunes.",
     )
@@ -100,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TunehubError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(getattr(args, "command", None), exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("bf16", "fp16"), help="transformer dtype preference")
     p.add_argument("--all-variants", action="store_true", help="every variant listed, not only the chosen one")
     p.add_argument("--connections", type=int, default=4, metavar="N", help="parallel ranges per file (default 4)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds without data (or under 1 KiB/s) before a connection is retried (default 30)")
     p.add_argument("--no-quantize", action="store_true", help="do not run auto_quantize after the pull")
     p.add_argument("--no-loras", action="store_true", help="skip the definition's LoRAs (fetched into loras/<family>/)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bars)")
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from tunehub.hub.progress import ProgressDisplay
+    from tunehub.errors import Interrupted
     from tunehub.flows import pull_definition
 
     cfg, registry = config_and_registry(args)
@@ -48,19 +51,25 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not args.id:
         raise ConfigError("pull needs a definition ID (or --update --all)")
     display = ProgressDisplay(enabled=None if not args.json else False)
-    with display:
-        result = pull_definition(
-            cfg,
-            registry,
-            args.id,
-            quantization=args.quantization,
-            dtype=args.dtype,
-            all_variants=args.all_variants,
-            progress=None if args.json else display,
-            connections=max(1, args.connections),
-            quantize=not args.no_quantize,
-            loras=not args.no_loras,
-        )
+    try:
+        with display:
+            result = pull_definition(
+                cfg,
+                registry,
+                args.id,
+                quantization=args.quantization,
+                dtype=args.dtype,
+                all_variants=args.all_variants,
+                progress=None if args.json else display,
+                connections=max(1, args.connections),
+                quantize=not args.no_quantize,
+                loras=not args.no_loras,
+                timeout=max(1.0, args.timeout),
+            )
+    except (KeyboardInterrupt, Interrupted):
+        # the transfers stopped at once; their partials and records stay for the next run
+        print("interrupted; run the same command to resume", file=sys.stderr)
+        return 130
     if args.json:
         print_json(result.to_json())
         return 0

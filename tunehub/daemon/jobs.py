@@ -76,6 +76,7 @@ class JobContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = ""
     on_progress: Callable[[dict[str, Any]], None] | None = None
+    registry_source: Callable[[], Any] | None = None  # the daemon's registry, kept current file by file
 
     def progress(self, event: dict[str, Any]) -> None:
         if self.cancel.is_set():
@@ -84,6 +85,8 @@ class JobContext:
             self.on_progress(event)
 
     def registry(self) -> Any:
+        if self.registry_source is not None:
+            return self.registry_source()  # a snapshot: no folder is read again for a job
         from tunehub.registry import Registry
 
         return Registry.load(self.cfg)
@@ -199,7 +202,9 @@ class JobRunner:
         get_config: Callable[[], tuple[Config, DaemonSettings]],
         on_finished: Callable[[dict[str, Any], str], None],
         downloads_allowed: Callable[[], bool] = lambda: True,
+        registry_source: Callable[[], Any] | None = None,
     ) -> None:
+        self.registry_source = registry_source
         self.journal = journal
         self.events = events
         self.get_config = get_config
@@ -289,7 +294,8 @@ class JobRunner:
             self.journal.set_progress(job["id"], clean)
             self.events.publish("job.progress", job=job["id"], kind=job["kind"], definition=job["definition_id"], **clean)
 
-        ctx = JobContext(job=job, cfg=cfg, settings=settings, on_progress=on_progress)
+        ctx = JobContext(job=job, cfg=cfg, settings=settings, on_progress=on_progress,
+                         registry_source=self.registry_source)
         with self._lock:
             self._running[job["id"]] = ctx
         self.events.publish(

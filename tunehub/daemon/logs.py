@@ -72,7 +72,26 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False, default=str))
 
 
-def setup_logging(state_dir: Path, *, level: str = "info", to_stderr: bool = True) -> logging.Logger:
+class ReadableFormatter(logging.Formatter):
+    """``HH:MM:SS level message key=value ...`` for a person at a terminal, redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        text = f"{stamp} {record.levelname.lower():<7} {record.getMessage()}"
+        fields = getattr(record, "fields", None) or {}
+        shown = {k: v for k, v in fields.items() if k not in ("event_id", "trace") and v not in (None, "", [], {})}
+        if shown:
+            text += "  " + " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)}"
+                                    for k, v in shown.items())
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return redact(text)
+
+
+def setup_logging(
+    state_dir: Path, *, level: str = "info", to_stderr: bool = True, stderr_format: str | None = None
+) -> logging.Logger:
+    """daemon.log is JSON lines; stderr is readable text on a terminal, JSON otherwise (or as ``stderr_format``)."""
     _known_tokens()
     try:
         from huggingface_hub import get_token
@@ -94,7 +113,8 @@ def setup_logging(state_dir: Path, *, level: str = "info", to_stderr: bool = Tru
     logger.addHandler(file_handler)
     if to_stderr:
         stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(JsonFormatter())
+        readable = stderr_format == "text" or (stderr_format is None and sys.stderr.isatty())
+        stream.setFormatter(ReadableFormatter() if readable else JsonFormatter())
         logger.addHandler(stream)
     return logger
 

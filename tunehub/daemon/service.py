@@ -48,12 +48,15 @@ _EVENT_LEVELS = {
 
 
 class Daemon:
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, log_to_stderr: bool = True) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, *, log_to_stderr: bool = True, log_format: str | None = None
+    ) -> None:
         self.cfg: Config = load_config(home)
         self.settings: DaemonSettings = settings_from_config(self.cfg)
         self.home = self.cfg.home
         self.state_dir = self.cfg.state_dir
         self.log_to_stderr = log_to_stderr
+        self.log_format = log_format  # stderr: "text", "json", or None (text on a terminal)
         self.lock = HomeLock(self.state_dir / LOCK_NAME)
         self.started = time.time()
         self.state = "starting"
@@ -81,7 +84,7 @@ class Daemon:
     def _setup(self) -> None:
         self.lock.acquire()
         os.chmod(self.state_dir, 0o700)
-        setup_logging(self.state_dir, to_stderr=self.log_to_stderr)
+        setup_logging(self.state_dir, to_stderr=self.log_to_stderr, stderr_format=self.log_format)
         if "huggingface.co" not in self.cfg.endpoint:
             os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # plain LFS against other Hub servers
         self.journal = Journal(self.state_dir / JOURNAL_NAME)
@@ -100,34 +103,19 @@ class Daemon:
         from tunehub.daemon.poller import RemotePoller
 
         self.runner = JobRunner(
-            self.journal, self.events, lambda: (self.cfg, self.settings), self._on_job_finished, self._downloads_allowed
+            self.journal, self.events, lambda: (self.cfg, self.settings), self._on_job_finished, self._downloads_allowed,
+            registry_source=self._registry_snapshot,
         )
         self.poller = RemotePoller(self.cfg, self.settings.remotes, self.journal, self.events, self._on_remote_change)
 
     def _remove_dead_temp_files(self) -> None:
         """Temp files of atomic writes whose writer died (a crash mid-write) are garbage."""
-        from tunehub.safeio import TEMP_MARKER
+        from tunehub.safeio import remove_dead_temp_files
 
-        removed = []
         folders = [*self.cfg.weights_dirs, *self.cfg.user_definition_dirs, self.cfg.remote_dir]
         if self.cfg.remote_dir.is_dir():
             folders.extend(p for p in self.cfg.remote_dir.iterdir() if p.is_dir())
-        for folder in folders:
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue
-            for name in names:
-                if TEMP_MARKER not in name:
-                    continue
-                pid_text = name.split(TEMP_MARKER, 1)[1].split("-", 1)[0]
-                if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-                    continue
-                try:
-                    (folder / name).unlink()
-                    removed.append(str(folder / name))
-                except OSError:
-                    pass
+        removed = [str(path) for path in remove_dead_temp_files(folders)]
         if removed and self.events is not None:
             self.events.publish("cleanup.removed", files=removed[:50], count=len(removed), reason="temp files of a writer that died")
 
@@ -140,6 +128,11 @@ class Daemon:
         for definition in registry.definitions.values():
             if not definition.valid and definition.origin.value != "builtin":
                 self._report_invalid(definition)
+
+    def _registry_snapshot(self) -> Any:
+        """What a job works on: the registry as the watcher keeps it, copied (reloads go on meanwhile)."""
+        with self._registry_lock:
+            return self.registry.snapshot()
 
     def _watched_folders(self) -> list[Any]:
         from tunehub.daemon.watcher import WatchedFolder
@@ -223,6 +216,16 @@ class Daemon:
         self.request_reconcile()
 
     def _on_job_finished(self, job: dict[str, Any], outcome: str) -> None:
+        if job["kind"] == "pull" and self.journal is not None:
+            # A pull that ran out of space waits for it (retried without using attempts): say so in
+            # /status, as the min_free_gb pause does; the next pull that completes clears it.
+            latest = self.journal.get_job(job["id"]) or {}
+            error = latest.get("last_error") or ""
+            if outcome == "queued" and error.startswith("DiskFullError"):
+                self._downloads_paused = f"downloads paused: {error.split(': ', 1)[1]} (retried every 30 s)"
+            elif outcome == "done" and self._downloads_paused and self._downloads_paused.endswith("(retried every 30 s)"):
+                self._downloads_paused = None
+
         # Re-read the definition's files now: the job may have rewritten them, and the
         # next reconcile must not plan on the old content.
         if job["kind"] == "pull" and outcome == "done" and (job.get("params") or {}).get("update"):
@@ -237,8 +240,7 @@ class Daemon:
 
     def _downloads_allowed(self) -> bool:
         if self.settings.min_free_gb <= 0:
-            self._downloads_paused = None
-            return True
+            return True  # a disk-full pull's message stays until a pull completes (_on_job_finished)
         folder = self.cfg.download_dir
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
@@ -318,9 +320,7 @@ class Daemon:
         if not self._update_checking.acquire(blocking=False):
             return
         try:
-            from tunehub.registry import Registry
-
-            registry = Registry.load(self.cfg)  # a snapshot, as jobs take: the watcher may edit the shared one
+            registry = self._registry_snapshot()  # a snapshot, as jobs take: the watcher may edit the shared one
             managed = [d.id for d in registry.definitions.values()
                        if d.valid and d.visible and d.origin.value != "builtin"]
             report = check_outdated(self.cfg, registry, managed, hash_unknown=False)  # no hashing storm in the background
@@ -441,6 +441,7 @@ class Daemon:
             },
             "capabilities": capability_status(),
             "downloads_paused": self._downloads_paused,
+            "registry_loads": _registry_loads(),
             "counts": counts,
             "definitions": definitions,
             "jobs": jobs,
@@ -681,11 +682,7 @@ class Daemon:
         return 1 if problems else 0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+def _registry_loads() -> int:
+    from tunehub.registry import Registry
+
+    return Registry.loads

@@ -71,16 +71,23 @@ class ProgressDisplay:
                 self.totals[name] = total
             self.completed[name] = completed
             if self.progress is None:
-                if self.last_status.get(name) != status and status in _FINAL | {"downloading", "resuming", "hashing", "uploading"}:
+                if status == "retrying" or (
+                    self.last_status.get(name) != status
+                    and status in _FINAL | {"downloading", "resuming", "hashing", "uploading"}
+                ):
                     size = f" ({total / 1e6:.1f} MB)" if isinstance(total, int) else ""
-                    print(f"{name}: {status}{size}", file=self.stream, flush=True)
+                    why = f": {event['error']}" if event.get("error") else ""
+                    print(f"{name}: {status}{size}{why}", file=self.stream, flush=True)
                 self.last_status[name] = status
                 return
             task = self.tasks.get(name)
             if task is None:
                 task = self.progress.add_task(name, total=total, status=status)
                 self.tasks[name] = task
-            self.progress.update(task, total=total, completed=completed, status=status)
+            shown = f"{status}: {event['error']}" if status == "retrying" and event.get("error") else status
+            self.progress.update(task, total=total, completed=completed, status=shown)
+            if status == "retrying":
+                self.progress.console.print(f"{name}: {shown}")
             self.progress.update(
                 self.total_task,
                 total=sum(self.totals.values()) or None,

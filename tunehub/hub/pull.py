@@ -35,6 +35,7 @@ from tunehub.disk.hashcache import HashCache
 from tunehub.errors import (
     DiskFullError,
     IntegrityError,
+    Interrupted,
     OfflineError,
     TunehubError,
 )
@@ -48,7 +49,7 @@ from tunehub.hub.download import (
     probe,
 )
 from tunehub.registry.urls import hub_resolve_url, is_url, parse_hub_url
-from tunehub.safeio import fsync_dir, temp_path_for
+from tunehub.safeio import fsync_dir, remove_dead_temp_files, temp_path_for
 
 __all__ = ["PullResult", "PulledFile", "VerifiedRecords", "pull", "hf_cache_dir", "hash_file", "place_link"]
 
@@ -247,24 +248,33 @@ def pull(
     parallel_files: int = 2,
     link_mode: str | None = None,
     loras: bool = True,
+    cancel: threading.Event | None = None,
+    timeout: float = 30.0,
 ) -> PullResult:
     """Fetch every file ``registry.resolve(id, ...)`` names into the first weights folder.
 
     ``progress(event)`` receives ``{file, total, completed, status}`` (status: checking,
     hashing, downloading, resuming, verifying, linked, present, done, failed), from one
     thread at a time. Raises the first error after every other file has been tried.
+    ``cancel`` (or Ctrl-C, KeyboardInterrupt in the calling thread) stops every transfer
+    within a fraction of a second; partials and their records are kept for the next run.
+    ``timeout``: seconds without data (or under 1 KiB/s) before a connection is retried.
     Quantizing afterwards (``auto_quantize``) is :func:`tunehub.flows.pull_definition`'s part.
     """
     definition_id = id
     link_mode = link_mode or cfg.link_mode
     emit_lock = threading.Lock()
+    stop = cancel if cancel is not None else threading.Event()
 
     def emit(event: dict[str, Any]) -> None:
+        if stop.is_set():
+            raise Interrupted(f"pull of '{definition_id}' stopped; partial downloads are kept")
         if progress is not None:
             with emit_lock:
                 progress(event)
 
     jobs, resolution = _jobs(cfg, registry, definition_id, quantization, dtype, all_variants, loras)
+    remove_dead_temp_files(cfg.weights_dirs)  # a killed earlier run's half-written links and copies
     records = VerifiedRecords(cfg.state_dir)
     offline = offline_mode()
     result = PullResult(id=definition_id)
@@ -303,7 +313,7 @@ def pull(
     for job in url_jobs:
         emit({"file": job.filename, "total": None, "completed": 0, "status": "checking"})
         job.remote = probe(job.fetch_url or job.source, endpoint=job.endpoint, token=job.token,
-                           context=f"{context} for {job.filename}")
+                           context=f"{context} for {job.filename}", timeout=timeout)
     to_download = [job for job in url_jobs if not job.present]
     needed = 0
     for job in to_download:
@@ -317,26 +327,39 @@ def pull(
         if needed > free:
             raise DiskFullError(
                 f"not enough free space in {folder} to pull '{definition_id}': "
-                f"{needed / 1e9:.2f} GB to fetch, {free / 1e9:.2f} GB free"
+                f"{_size(needed)} to fetch, {_size(free)} free"
             )
 
     errors: list[BaseException] = []
 
     def process(job: _Job) -> None:
         try:
-            results[job.filename] = _process_url_job(cfg, job, records, link_mode, emit, connections, context)
+            results[job.filename] = _process_url_job(cfg, job, records, link_mode, emit, connections, context,
+                                                     stop, timeout)
         except BaseException as exc:  # reported after the other files are done
-            emit({"file": job.filename, "total": job.remote.size if job.remote else None, "completed": 0,
-                  "status": "failed"})
+            if not stop.is_set() and progress is not None:
+                with emit_lock:
+                    progress({"file": job.filename, "total": job.remote.size if job.remote else None, "completed": 0,
+                              "status": "failed", "error": str(exc)})
             errors.append(exc)
 
     if url_jobs:
         with ThreadPoolExecutor(max_workers=max(1, parallel_files), thread_name_prefix="tunehub-pull") as pool:
-            list(pool.map(process, url_jobs))
+            try:
+                list(pool.map(process, url_jobs))
+            except BaseException:
+                stop.set()  # Ctrl-C: the transfers stop now instead of finishing their files
+                raise
     result.files = [results[job.filename] for job in jobs if job.filename in results]
+    if stop.is_set():
+        raise Interrupted(f"pull of '{definition_id}' stopped; partial downloads are kept: run the same command to resume")
     if errors:
         raise errors[0]
     return result
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 100_000_000 else f"{count / 1e6:.1f} MB"
 
 
 def _process_url_job(
@@ -347,6 +370,8 @@ def _process_url_job(
     emit: Callable[[dict[str, Any]], None],
     connections: int,
     context: str,
+    cancel: threading.Event | None = None,
+    timeout: float = 30.0,
 ) -> PulledFile:
     remote = job.remote
     assert remote is not None
@@ -393,6 +418,8 @@ def _process_url_job(
         connections=connections,
         label=label,
         context=context,
+        cancel=cancel,
+        timeout=timeout,
     )
     records.add(job.path, result.sha256, job.source, remote.commit)
     return PulledFile(job.role, job.source, label, job.path, "downloaded", size=result.size, sha256=result.sha256,

@@ -866,9 +866,13 @@ def _quantize(
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)
     free = shutil.disk_usage(output.parent).free
-    if free < plan.output_size + 64 * _MiB:
+    headroom = 64 * _MiB  # the filesystem's own needs while the file is written
+    if free < plan.output_size + headroom:
         raise DiskFullError(
-            f"{output.parent}: {free / 1e9:.2f} GB free, the quantized file needs {plan.output_size / 1e9:.2f} GB"
+            f"{output.parent}: not enough free space to quantize: the quantized file needs "
+            f"{plan.output_size / 1e9:.2f} GB plus {headroom / 1e9:.2f} GB of headroom "
+            f"({(plan.output_size + headroom) / 1e9:.2f} GB), {free / 1e9:.2f} GB free; free "
+            f"{(plan.output_size + headroom - free) / 1e9:.2f} GB and run it again"
         )
 
     in_pool = _BufferPool(in_budget, tuning.pin, stats)

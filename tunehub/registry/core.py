@@ -76,6 +76,8 @@ def _read_file(path: Path, folder_index: int, origin: Origin, max_bytes: int = D
 class Registry:
     """Every definition the configuration loads, merged by id, with its problems."""
 
+    loads = 0  # full loads in this process (the daemon reports it: per-file reloads should be the rule)
+
     def __init__(self, config: Config, folders: Sequence[DefinitionFolder]) -> None:
         self.config = config
         self.folders = list(folders)
@@ -108,6 +110,7 @@ class Registry:
     @classmethod
     def load(cls, config: Config, folders: Sequence[DefinitionFolder] | None = None) -> Registry:
         registry = cls(config, folders if folders is not None else cls.default_folders(config))
+        Registry.loads += 1
         for index, folder in enumerate(registry.folders):
             for path in registry._scan(folder.path):
                 raw = _read_file(path, index, folder.origin, config.max_definition_bytes)
@@ -127,6 +130,13 @@ class Registry:
             if folder.path.resolve() == parent:
                 return index
         return None
+
+    def snapshot(self) -> Registry:
+        """A copy that later reload_file/remove_file calls on this one leave as it is (no file is read)."""
+        copy = Registry(self.config, self.folders)
+        copy._raw = {key: list(files) for key, files in self._raw.items()}
+        copy._merged = dict(self._merged)
+        return copy
 
     def reload_file(self, path: str | os.PathLike[str]) -> str | None:
         """Re-read one definition file after it changed on disk; returns its id (None if not watched)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from textual import work
@@ -19,6 +20,11 @@ from textual.screen import Screen
 
 from tunehub.tui.jobs import CAPABILITIES, run_local
 from tunehub.tui.messages import JobFinished, JobUpdate
+
+
+def first_line(text: Any) -> str:
+    """The first non-empty line of an error: what a one-line status shows."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), str(text))
 
 if TYPE_CHECKING:  # pragma: no cover
     from tunehub.config import Config
@@ -57,6 +63,7 @@ class TunehubApp(App[None]):
         self.updates: set[str] = set()  # ids the daemon reports an update for
         self.jobs: dict[str, dict[str, Any]] = {}
         self._job_numbers = itertools.count(1)
+        self.stopping = threading.Event()  # set on quit: running pulls stop now, keeping their partials
 
     def get_default_screen(self) -> Screen[Any]:
         from tunehub.tui.screens.main import MainScreen
@@ -103,9 +110,10 @@ class TunehubApp(App[None]):
 
         report({"status": "started"})
         try:
-            summary, result = run_local(kind, self.cfg, self.registry, definition_id, params, report)  # type: ignore[arg-type]
+            summary, result = run_local(kind, self.cfg, self.registry, definition_id, params, report,  # type: ignore[arg-type]
+                                        cancel=self.stopping)
         except Exception as exc:  # noqa: BLE001 - shown to the user, the app keeps running
-            self.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {exc}"))
+            self.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {first_line(exc)}"))
             return
         self.post_message(JobFinished(key, kind, definition_id, True, summary, result))
 
@@ -120,8 +128,44 @@ class TunehubApp(App[None]):
         job_id = job.get("id") if isinstance(job, dict) else answer
         self.jobs[key]["daemon_job"] = job_id
         self.post_message(JobUpdate(key, kind, definition_id, {"status": f"queued as daemon job {job_id}"}))
+        # The job's events may have arrived before its id did (a quick job is done by now):
+        # ask the daemon where it is rather than wait for events already gone by.
+        self.sync_daemon_jobs([key])
+
+    def sync_daemon_jobs(self, keys: Iterable[str] | None = None) -> None:
+        """Bring the lines of daemon jobs in step with the daemon's journal (``tunehub jobs``)."""
+        if self.daemon_client is None:
+            return
+        wanted = {k: job for k, job in self.jobs.items() if job.get("daemon_job") is not None
+                  and (keys is None or k in keys) and job.get("state") == "running"}
+        if not wanted:
+            return
+        try:
+            daemon_jobs = {str(job.get("id")): job for job in self.daemon_client.jobs()}
+        except Exception:  # noqa: BLE001 - the follower reports a lost daemon
+            return
+        for key, job in wanted.items():
+            entry = daemon_jobs.get(str(job["daemon_job"]))
+            if entry is None:
+                continue
+            state = entry.get("state")
+            kind, definition_id = job["kind"], job["id"]
+            if state == "done":
+                result = entry.get("result")
+                value = SimpleNamespace(**result) if isinstance(result, dict) else result
+                self.post_message(JobFinished(key, kind, definition_id, True,
+                                              f"{kind} done (daemon job {job['daemon_job']})", value))
+            elif state in ("failed", "cancelled"):
+                error = first_line(entry.get("last_error") or state)
+                self.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}"))
+
+    async def action_quit(self) -> None:
+        """Quit at once: a pull running here stops (its partial is kept for the next pull)."""
+        self.stopping.set()
+        self.exit()
 
     def job_key_for_daemon(self, job_id: Any) -> str | None:
+        """The line of a job this app submitted (None for other clients' jobs, or before its id is known)."""
         for key, job in self.jobs.items():
             if job.get("daemon_job") is not None and str(job.get("daemon_job")) == str(job_id):
                 return key
@@ -145,6 +189,8 @@ class TunehubApp(App[None]):
     def on_job_finished(self, message: JobFinished) -> None:
         job = self.jobs.get(message.key)
         if job is not None:
+            if job.get("state") in ("done", "failed"):
+                return  # already told (by an event and by a sync): once is enough
             job["state"] = "done" if message.ok else "failed"
             job["summary"] = message.summary
         self.notify(message.summary, severity="information" if message.ok else "error", timeout=6)

@@ -53,7 +53,9 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
             value = SimpleNamespace(**result) if isinstance(result, dict) else result
             app.post_message(JobFinished(key, kind, definition_id, True, summary, value))
         elif suffix in FAILED or state in FAILED:
-            error = event.get("error") or job.get("error") or state
+            from tunehub.tui.app import first_line
+
+            error = first_line(event.get("error") or job.get("error") or state)
             app.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}"))
         else:
             progress = {k: event[k] for k in ("completed", "total", "status", "file", "message", "description") if k in event}
@@ -116,6 +118,7 @@ def follow(app: TunehubApp, screen: MainScreen, worker: Worker[Any]) -> None:
         failures = 0
         if answer.get("missed"):
             app.call_from_thread(screen.refill_states)
+            app.sync_daemon_jobs()  # events were lost: read the jobs' states instead
         for event in answer.get("events", []):
             since = max(since, int(event.get("id", since)))
             handle_event(app, screen, event)

@@ -107,8 +107,11 @@ def run_local(
     definition_id: str,
     params: dict[str, Any],
     report: Report,
+    cancel: Any = None,
 ) -> tuple[str, Any]:
-    """Run one action in this process; returns (summary, result). Errors propagate."""
+    """Run one action in this process; returns (summary, result). Errors propagate.
+
+    ``cancel`` (a threading.Event) stops a pull at once when set (the app is quitting)."""
 
     def progress(*args: Any, **kwargs: Any) -> None:
         report(progress_event(*args, **kwargs))
@@ -122,6 +125,7 @@ def run_local(
             quantization=params.get("quantization"),
             dtype=params.get("dtype"),
             progress=progress,
+            **({"cancel": cancel} if cancel is not None else {}),
         )
     elif kind == "quantize":
         result = function(cfg, registry, definition_id, dtype=params.get("dtype"), progress=progress)

@@ -349,6 +349,7 @@ class MainScreen(Screen[None]):
         self.post_message(RegistryLoaded(app.registry, rows))
 
     def action_reload(self) -> None:
+        self.app.run_worker(self.app.sync_daemon_jobs, thread=True, group="jobs-sync")
         self.app.registry = None
         self._just_changed_ids = set()
         self.load_registry()
@@ -403,10 +404,20 @@ class MainScreen(Screen[None]):
     def on_job_update(self, message: JobUpdate) -> None:
         title = f"{message.kind} {message.definition_id}"
         self.query_one(JobsPanel).update_job(message.key, title, message.event)
+        self._drop_stray_line(message.key)
+
+    def _drop_stray_line(self, key: str) -> None:
+        """Events of our daemon job that came before its id made a line of their own: one line per job."""
+        daemon_job = self.app.jobs.get(key, {}).get("daemon_job")
+        if daemon_job is not None:
+            stray = self.query_one(JobsPanel).line(f"daemon-{daemon_job}")
+            if stray is not None:
+                stray.remove()
 
     def on_job_finished(self, message: JobFinished) -> None:
         title = f"{message.kind} {message.definition_id}"
         self.query_one(JobsPanel).finish_job(message.key, title, message.ok, message.summary)
+        self._drop_stray_line(message.key)
         sheet = sheet_of(message.result) if message.kind == "generate" and message.ok else None
         if sheet is not None:
             # the job's line opens it again (click); `v` shows the latest

@@ -35,6 +35,8 @@ class JobLine(Horizontal):
 
     def update_progress(self, event: dict[str, Any]) -> None:
         self._event = {**self._event, **event}
+        if self._outcome is not None:
+            return  # finished: a late progress event must not bring the bar back
         if not self._ready():
             return
         bar = self.query_one(ProgressBar)
@@ -57,6 +59,9 @@ class JobLine(Horizontal):
             bar.update(progress=bar.total)
         elif ok:
             bar.update(total=1, progress=1)
+        else:
+            bar.update(total=1, progress=0)  # an indeterminate bar would keep moving
+            bar.display = False  # and the error gets the whole width
         self.set_class(not ok, "-failed")
         self.set_class(ok, "-done")
         self.query_one(".job-status", Label).update(summary)
