@@ -17,6 +17,7 @@ its own row (left out with a note when missing).
     python benchmarks/gpu_generate.py --models 14B --attention sdpa,fp8
     python benchmarks/gpu_generate.py --models 1.3B --kernels auto,fp8,int8mm,dequant,quanto
     python benchmarks/gpu_generate.py --tiny [--compile]   # small shapes on CPU: checks it runs
+    python benchmarks/gpu_generate.py --models 5B,2.2-14B --lora-rank 64   # Wan 2.2, LoRA adapter cost
 """
 
 from __future__ import annotations
@@ -51,9 +52,14 @@ GIB = 1024**3
 MODELS: dict[str, dict[str, Any]] = {
     "14B": shipped_transformer_config("t2v"),
     "1.3B": shipped_transformer_config("t2v_1.3B"),
+    # Wan 2.2 A14B: the high- and the low-noise expert (same shape), one forward each; the 5B
+    "2.2-14B-high": shipped_transformer_config("t2v_2_2"),
+    "2.2-14B-low": shipped_transformer_config("t2v_2_2"),
+    "5B": shipped_transformer_config("ti2v_2_2"),
     "tiny": {**shipped_transformer_config("t2v"), "num_attention_heads": 2, "attention_head_dim": 32, "num_layers": 2,
              "ffn_dim": 128, "text_dim": 64, "freq_dim": 32},  # fmt: skip
 }
+MODEL_GROUPS = {"2.2-14B": ["2.2-14B-high", "2.2-14B-low"]}  # --models 2.2-14B: both experts
 ANCHORS = {"14B": {"bf16": (3.15, 53.5), "quanto": (3.36, 16.8)}, "1.3B": {"bf16": (0.57, 5.3), "quanto": (0.62, 2.9)}}
 
 
@@ -82,7 +88,8 @@ def peak_gib(device: torch.device) -> float | None:
 def make_inputs(config: dict[str, Any], frames: int, height: int, width: int, device: torch.device) -> dict[str, Any]:
     generator = torch.Generator(device="cpu").manual_seed(0)
     latent_frames = (frames - 1) // 4 + 1
-    shape = (1, config["in_channels"], latent_frames, height // 8, width // 8)
+    stride = 16 if config["in_channels"] == 48 else 8  # Wan 2.2 5B's own VAE compresses 16x
+    shape = (1, config["in_channels"], latent_frames, height // stride, width // stride)
     return dict(
         hidden_states=torch.randn(shape, generator=generator).to(device, torch.bfloat16),
         timestep=torch.tensor([500], device=device),
@@ -209,7 +216,7 @@ def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir
     config = MODELS[size]
     rows: list[dict[str, Any]] = []
     inputs = make_inputs(config, args.frames, args.height, args.width, device)
-    tokens = inputs["hidden_states"].shape[2] * (args.height // 16) * (args.width // 16)
+    tokens = inputs["hidden_states"].shape[2] * (inputs["hidden_states"].shape[3] // 2) * (inputs["hidden_states"].shape[4] // 2)
     log(f"\n== Wan {size}: {config['num_layers']} layers, {config['num_attention_heads']} heads, "
         f"ffn {config['ffn_dim']}; {args.width}x{args.height}x{args.frames} = {tokens} tokens")  # fmt: skip
 
@@ -270,7 +277,35 @@ def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir
             rows += model_rows
             del model
             reset_peak(device)
+    if args.lora_rank:
+        rows += time_lora_adapters(size, config, int8_file, inputs, reference, args, device)
     int8_file.unlink(missing_ok=True)
+    return rows
+
+
+def time_lora_adapters(
+    size: str, config: dict[str, Any], int8_file: Path, inputs: dict[str, Any], reference: torch.Tensor,
+    args: argparse.Namespace, device: torch.device,
+) -> list[dict[str, Any]]:
+    """The cost of a LoRA on an int8 file: a random rank-r LoRA on every block linear, applied
+    as tunehub's unfused adapters (the int8 weights stay int8), first kernel, eager and
+    compiled. (On 16-bit weights tunehub fuses a LoRA: no cost per step.)"""
+    from tunehub.inference.lora import LoraWeights, apply_to_transformer
+
+    kernel = args.kernels[0]
+    model = load_transformer(config["_class_name"], config, [int8_file], "bf16", device, int8_kernel=kernel)
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    modules = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear) and name.startswith("blocks."):
+            a = torch.randn(args.lora_rank, module.in_features, generator=generator) * module.in_features**-0.5
+            b = torch.randn(module.out_features, args.lora_rank, generator=generator) * 1e-3
+            modules[name] = (a, b, None)
+    applied = apply_to_transformer(model, [LoraWeights(Path("random_lora"), modules)], [[1.0]])
+    label = f"tunehub int8 [{kernel}] + LoRA r{args.lora_rank} ({applied.adapters} adapters)"
+    rows, _ = eager_and_compiled(size, label, model, inputs, device, args, reference, kernel=kernel)
+    del model
+    reset_peak(device)
     return rows
 
 
@@ -502,7 +537,10 @@ def report(rows: list[dict[str, Any]], device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model and shapes on CPU: checks the script runs")
-    parser.add_argument("--models", default="14B,1.3B", help="comma-separated: 14B, 1.3B")
+    parser.add_argument("--models", default="14B,1.3B",
+                        help="comma-separated: 14B, 1.3B, 2.2-14B (both Wan 2.2 experts), 5B (Wan 2.2 ti2v)")
+    parser.add_argument("--lora-rank", type=int, default=0, metavar="R",
+                        help="also time a rank-R LoRA as unfused adapters on the int8 model (0: off)")
     parser.add_argument("--kernels", default="auto,fp8,int8mm",
                         help="tunehub int8 kernels to time (each eager and compiled): auto, fp8, int8mm, dequant; "
                              "quanto adds the diffusers + optimum-quanto row")  # fmt: skip
@@ -555,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.pipeline:
             rows += run_pipeline(args, device, workdir)
         else:
-            for size in [s.strip() for s in args.models.split(",") if s.strip()]:
+            sizes = [s.strip() for s in args.models.split(",") if s.strip()]
+            for size in [part for s in sizes for part in MODEL_GROUPS.get(s, [s])]:
                 rows += run_model(size, args, device, workdir)
     finally:
         if args.workdir is None:

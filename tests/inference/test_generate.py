@@ -26,12 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.fixtures.tiny_models import (
-    ARCHS,
-    TinyModels,
-    base_repo_id,
-    publish_base_repo,
-)
+from tests.fixtures.tiny_models import ARCHS, TinyModels, generation_home
 from tunehub.cli.main import main as tunehub_main
 from tunehub.inference.video import read_video
 
@@ -42,10 +37,9 @@ NEEDS_IMAGE = {"i2v", "i2v_720p", "hunyuan_i2v"}
 
 
 class Setup:
-    def __init__(self, root: Path, server: Any, repos: dict[str, str], image: Path) -> None:
+    def __init__(self, root: Path, server: Any, image: Path) -> None:
         self.root = root
         self.server = server
-        self.repos = repos
         self.image = image
 
     def generate(self, arch: str, *extra: str, quantization: str = "bf16") -> tuple[int, Path]:
@@ -66,16 +60,8 @@ def _frames(path: Path) -> np.ndarray:
 def setup(tiny_models: TinyModels, hub_server_session: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     server = hub_server_session
     root = tmp_path_factory.mktemp("generate_home")
-    (root / "finetunes").mkdir()
-    (root / "ckpts").mkdir()
-    tag = "-" + uuid.uuid4().hex[:6]
-    repos = {arch: publish_base_repo(server, tiny_models.base_repo(arch), base_repo_id(arch, tag=tag)) for arch in ARCHS}
-    toml = [f'endpoint = "{server.url}"', "[base_repos]"] + [f'"{arch}" = "{repo}"' for arch, repo in repos.items()]
-    (root / "tunehub.toml").write_text("\n".join(toml) + "\n", encoding="utf-8")
-    for arch in ARCHS:
-        files = tiny_models.finetune(arch)
-        for path in files.values():
-            shutil.copy2(path, root / "ckpts" / path.name)
+    placed = generation_home(root, server, tiny_models, ARCHS)
+    for arch, files in placed.items():
         model: dict[str, Any] = {"name": f"tiny {arch}", "architecture": arch, "URLs": [files["transformer"].name]}
         if "module" in files:
             model["modules"] = [[files["module"].name]]
@@ -103,7 +89,7 @@ def setup(tiny_models: TinyModels, hub_server_session: Any, tmp_path_factory: py
                              "--layers", "vace_blocks.*", "--quiet"]) == 0  # fmt: skip
         for arch in ARCHS:
             assert tunehub_main(["--home", str(root), "quantize", f"tiny_{arch}", "--quiet"]) == 0
-        yield Setup(root, server, repos, image)
+        yield Setup(root, server, image)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -64,6 +64,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel", choices=PARALLEL_MODES, default="auto",
                    help="how --gpus splits the work: cfg (cond / uncond pass on different GPUs), context "
                         "(the video's tokens split, Ulysses or ring attention; Wan t2v/i2v), both, or auto")  # fmt: skip
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="apply this LoRA too (repeatable); STRENGTH in WanGP's multiplier syntax: 0.8, "
+                        "0.9,0.7 (over the steps), 1;0 (per phase: high-noise;low-noise expert); default 1")  # fmt: skip
+    p.add_argument("--no-loras", action="store_true", help="skip the LoRAs the definition lists (loras)")
+    p.add_argument("--guidance2", type=float, metavar="G",
+                   help="second guidance scale (guidance2_scale: the low-noise phase of Wan 2.2)")  # fmt: skip
+    p.add_argument("--guidance-phases", type=int, choices=(1, 2), metavar="N",
+                   help="guidance phases (guidance_phases): 2 switches to --guidance2 at --switch-threshold "
+                        "(two-expert models always have 2)")  # fmt: skip
+    p.add_argument("--switch-threshold", type=float, metavar="T",
+                   help="noise level 0-1000 where the second phase (low-noise expert) starts (switch_threshold)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON; progress as JSON lines on stderr")
     p.add_argument("--cluster", action="store_true",
                    help="render on the Ray cluster of [cluster]: queue the job in this home's running daemon and wait "
@@ -192,6 +203,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=_progress_printer(args.json),
         gpus=args.gpus,
         parallel=args.parallel,
+        loras=args.lora,
+        no_loras=args.no_loras,
+        guidance2_scale=args.guidance2,
+        guidance_phases=args.guidance_phases,
+        switch_threshold=args.switch_threshold,
         attention=args.attention,  # None: [generate] attention in tunehub.toml
     )
     if args.json:
@@ -199,4 +215,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print(result.video)
         print(f"settings: {result.settings_file}", file=sys.stderr)
+        if result.contact_sheet:
+            print(f"contact sheet: {result.contact_sheet}", file=sys.stderr)
+        if result.experts.get("switch_step") is not None:
+            what = "low-noise expert" if result.experts.get("two_experts") else "second guidance phase"
+            print(f"{what} from step {result.experts['switch_step'] + 1}", file=sys.stderr)
     return 0

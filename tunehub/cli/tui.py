@@ -27,5 +27,8 @@ def handle_tui(args: argparse.Namespace) -> int:
         from tunehub.tui.app import TunehubApp
     except ImportError as exc:
         raise ConfigError(f"the TUI needs textual: pip install 'tunehub[tui]' ({exc})") from None
+    from tunehub.tui.screens.contact_sheet import prepare_terminal_images
+
+    prepare_terminal_images()  # asks the terminal about images now, before Textual owns it
     TunehubApp(cfg, watch=not args.no_watch, use_daemon=not args.no_daemon).run()
     return 0

@@ -36,6 +36,11 @@ from pathlib import Path
 from typing import Any
 
 ARCHS = ("t2v", "t2v_1.3B", "i2v", "i2v_720p", "vace_14B", "hunyuan", "hunyuan_i2v")
+# Wan 2.2 (two experts: high-noise transformer + low-noise transformer_2; the 5B with its own
+# 48-channel VAE) and VACE 1.3B.
+ARCHS_2_2 = ("t2v_2_2", "i2v_2_2", "ti2v_2_2", "vace_1.3B")
+ALL_ARCHS = ARCHS + ARCHS_2_2
+TWO_EXPERTS = {"t2v_2_2": 0.875, "i2v_2_2": 0.9}  # architecture -> diffusers' boundary_ratio
 
 
 
@@ -104,6 +109,12 @@ def wan_transformer_config(arch: str) -> dict[str, Any]:
         config.update(in_channels=36, image_dim=16, added_kv_proj_dim=32)
     if arch == "vace_14B":
         config.update(vace_layers=[0, 1], vace_in_channels=96)
+    if arch == "vace_1.3B":
+        config.update(num_layers=1, ffn_dim=32, vace_layers=[0], vace_in_channels=96)
+    if arch == "i2v_2_2":
+        config.update(in_channels=36)  # image latents concatenated; no CLIP image branch in 2.2
+    if arch == "ti2v_2_2":
+        config.update(in_channels=48, out_channels=48, num_layers=1)
     return config
 
 
@@ -132,7 +143,7 @@ def hunyuan_transformer_config(arch: str) -> dict[str, Any]:
 
 
 def transformer_class_name(arch: str) -> str:
-    if arch == "vace_14B":
+    if arch.startswith("vace_"):
         return "WanVACETransformer3DModel"
     if arch.startswith("hunyuan"):
         return "HunyuanVideoTransformer3DModel"
@@ -277,9 +288,17 @@ def _wan_components(arch: str) -> dict[str, Any]:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(1)
-    vae = AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
+    if arch == "ti2v_2_2":
+        # Wan 2.2's own VAE: 48 latent channels, 2x2 patches, 16x spatial compression
+        vae = AutoencoderKLWan(
+            base_dim=8, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+            dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+            scale_factor_spatial=16, scale_factor_temporal=4, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+        )  # fmt: skip
+    else:
+        vae = AutoencoderKLWan(
+            base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
     torch.manual_seed(2)
     tokenizer = make_tokenizer()
     text_encoder = UMT5EncoderModel(
@@ -377,6 +396,10 @@ PIPELINES = {
     "vace_14B": "WanVACEPipeline",
     "hunyuan": "HunyuanVideoPipeline",
     "hunyuan_i2v": "HunyuanVideoImageToVideoPipeline",
+    "t2v_2_2": "WanPipeline",
+    "i2v_2_2": "WanImageToVideoPipeline",
+    "ti2v_2_2": "WanPipeline",
+    "vace_1.3B": "WanVACEPipeline",
 }
 
 
@@ -386,6 +409,12 @@ def build_base_repo(arch: str, folder: Path, seed: int = 0) -> Path:
 
     components = _hunyuan_components(arch) if arch.startswith("hunyuan") else _wan_components(arch)
     components["transformer"] = build_transformer(arch, seed)
+    if arch in TWO_EXPERTS:
+        components.update(transformer_2=build_transformer(arch, seed + 50), boundary_ratio=TWO_EXPERTS[arch])
+    if arch == "i2v_2_2":
+        components.update(image_encoder=None, image_processor=None)
+    if arch == "ti2v_2_2":
+        components["expand_timesteps"] = True
     pipeline = getattr(diffusers, PIPELINES[arch])(**components)
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
@@ -404,16 +433,25 @@ def save_original(state: dict[str, Any], path: Path, dtype: str = "bf16") -> Pat
 
 def write_finetune(arch: str, folder: Path, dtype: str = "bf16", seed: int = 100) -> dict[str, Path]:
     """A tiny finetune in the original layout: ``{"transformer": path}`` plus ``"module"``
-    (the VACE module) for ``vace_14B``. Named as WanGP names 16-bit files."""
+    (the VACE module) for the VACE models, ``"transformer2"`` (the low-noise expert) for
+    the two-expert Wan 2.2 models. Named as WanGP names 16-bit files."""
     model = build_transformer(arch, seed)
     original = to_original_layout(arch, model.state_dict())
     stem = f"tiny_{arch.replace('.', '_')}_finetune"
     files: dict[str, Path] = {}
-    if arch == "vace_14B":
+    if arch.startswith("vace_"):
         module = {k: v for k, v in original.items() if k.startswith(("vace_blocks.", "vace_patch_embedding."))}
         main = {k: v for k, v in original.items() if k not in module}
         files["transformer"] = save_original(main, folder / f"{stem}_m{dtype}.safetensors", dtype)
-        files["module"] = save_original(module, folder / f"tiny_vace_module_m{dtype}.safetensors", dtype)
+        module_name = f"tiny_{arch.replace('.', '_')}_module_m{dtype}.safetensors"
+        if arch == "vace_14B":
+            module_name = f"tiny_vace_module_m{dtype}.safetensors"
+        files["module"] = save_original(module, folder / module_name, dtype)
+    elif arch in TWO_EXPERTS:
+        # high-noise expert in URLs, low-noise expert in URLs2, as WanGP names them
+        low = to_original_layout(arch, build_transformer(arch, seed + 50).state_dict())
+        files["transformer"] = save_original(original, folder / f"tiny_{arch}_high_m{dtype}.safetensors", dtype)
+        files["transformer2"] = save_original(low, folder / f"tiny_{arch}_low_m{dtype}.safetensors", dtype)
     else:
         files["transformer"] = save_original(original, folder / f"{stem}_m{dtype}.safetensors", dtype)
     return files
@@ -475,12 +513,12 @@ class TinyModels:
 
     def base_repo(self, arch: str) -> Path:
         if arch not in self.base_repos:
-            self.base_repos[arch] = build_base_repo(arch, self.root / "base" / arch, seed=ARCHS.index(arch))
+            self.base_repos[arch] = build_base_repo(arch, self.root / "base" / arch, seed=ALL_ARCHS.index(arch))
         return self.base_repos[arch]
 
     def finetune(self, arch: str) -> dict[str, Path]:
         if arch not in self.finetunes:
-            self.finetunes[arch] = write_finetune(arch, self.root / "ckpts", seed=100 + ARCHS.index(arch))
+            self.finetunes[arch] = write_finetune(arch, self.root / "ckpts", seed=100 + ALL_ARCHS.index(arch))
         return self.finetunes[arch]
 
     def finetune_int8(self, arch: str) -> dict[str, Path]:

@@ -44,6 +44,11 @@ class Offloader:
         self.model_moves = 0
         self.block_moves = 0
         self._blocks: dict[int, list[nn.Module]] = {}
+        self.names: dict[int, str] = {}  # id(model) -> pipeline component name
+        # after each switch, the component names whose weights were placed on the device and
+        # not moved back (at most one: two 14B experts never share the GPU)
+        self.resident_log: list[tuple[str, ...]] = []
+        self._resident: set[str] = set()
 
     # --- whole models ------------------------------------------------------------
 
@@ -65,9 +70,15 @@ class Offloader:
             return
         if self.current is not None:
             self._place(self.current, self.cpu)
+            self._resident.discard(self._name(self.current))
         self._place(module, self.device)
+        self._resident.add(self._name(module))
         self.current = module
         self.model_moves += 1
+        self.resident_log.append(tuple(sorted(self._resident)))
+
+    def _name(self, module: nn.Module) -> str:
+        return self.names.get(id(module), type(module).__name__)
 
     # --- blocks ------------------------------------------------------------------
 
@@ -99,6 +110,7 @@ def enable_offload(pipe: Any, device: str, mode: str) -> Offloader:
     for name, component in pipe.components.items():
         if not isinstance(component, nn.Module):
             continue
+        offloader.names.setdefault(id(component), name)
         if mode == "group" and name.startswith("transformer"):
             offloader.stream(component)
         component.register_forward_pre_hook(lambda module, args, _o=offloader: _o.activate(module))

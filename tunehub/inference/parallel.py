@@ -945,6 +945,8 @@ def generate_parallel(
     compile_blocks: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     attention: str = "sdpa",
+    loras: list[str] | None = None,
+    no_loras: bool = False,
     **settings: Any,
 ) -> Any:
     """:func:`tunehub.inference.generate` over ``gpus`` processes (see the module
@@ -974,7 +976,10 @@ def generate_parallel(
                   int8_kernel=int8_kernel, vae_tiling=vae_tiling, compile_blocks=compile_blocks,
                   attention=attention)  # fmt: skip
 
-    prepared = prepare(registry, definition_id, quantization, dtype, settings, image, video, mask, out)
+    prepared = prepare(
+        registry, definition_id, quantization, dtype, settings, image, video, mask, out,
+        loras=loras, no_loras=no_loras,
+    )  # fmt: skip
     resolution, spec, files = prepared.resolution, prepared.spec, prepared.files
     values, inputs = prepared.values, prepared.inputs
     settings = {**settings, "seed": values.seed}  # a random seed is drawn once, here
@@ -996,7 +1001,13 @@ def generate_parallel(
         progress({"status": "parallel", "plan": plan.to_json(), "description": plan.describe()})
     if plan.world == 1:
         return generate(cfg, registry, definition_id, device=device, offload="none", progress=progress,
-                        **common, **settings)  # fmt: skip
+                        loras=loras, no_loras=no_loras, **common, **settings)  # fmt: skip
+    if spec.two_experts or prepared.loras or image is not None and spec.image_pipeline:
+        what = "two-expert models" if spec.two_experts else "LoRAs" if prepared.loras else "ti2v with a start image"
+        raise ConfigError(
+            f"definition '{definition_id}': {what} run on one GPU for now (drop --gpus"
+            + (", or add --no-loras)" if prepared.loras and not spec.two_experts else ")")
+        )
 
     child_cfg = dataclasses.replace(cfg, base_repos={**cfg.base_repos, resolution.architecture: str(base_folder)})
     workdir = Path(tempfile.mkdtemp(prefix="tunehub-parallel-"))

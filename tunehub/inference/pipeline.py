@@ -48,6 +48,8 @@ class ArchSpec:
     needs_image: bool = False
     vace: bool = False
     fps: int = 16
+    two_experts: bool = False  # Wan 2.2 A14B: high-noise `transformer` (URLs) + low-noise `transformer_2` (URLs2)
+    image_pipeline: str | None = None  # takes an optional start image with this pipeline class (ti2v 5B)
 
 
 ARCH_SPECS: dict[str, ArchSpec] = {
@@ -66,6 +68,22 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         ArchSpec(
             "vace_14B", "wan", "WanVACEPipeline", "WanVACETransformer3DModel",
             "Wan-AI/Wan2.1-VACE-14B-diffusers", vace=True,
+        ),  # fmt: skip
+        ArchSpec(
+            "vace_1.3B", "wan", "WanVACEPipeline", "WanVACETransformer3DModel",
+            "Wan-AI/Wan2.1-VACE-1.3B-diffusers", vace=True,
+        ),  # fmt: skip
+        ArchSpec(
+            "t2v_2_2", "wan", "WanPipeline", "WanTransformer3DModel",
+            "Wan-AI/Wan2.2-T2V-A14B-Diffusers", two_experts=True,
+        ),  # fmt: skip
+        ArchSpec(
+            "i2v_2_2", "wan", "WanImageToVideoPipeline", "WanTransformer3DModel",
+            "Wan-AI/Wan2.2-I2V-A14B-Diffusers", needs_image=True, two_experts=True,
+        ),  # fmt: skip
+        ArchSpec(
+            "ti2v_2_2", "wan", "WanPipeline", "WanTransformer3DModel",
+            "Wan-AI/Wan2.2-TI2V-5B-Diffusers", fps=24, image_pipeline="WanImageToVideoPipeline",
         ),  # fmt: skip
         ArchSpec(
             "hunyuan", "hunyuan", "HunyuanVideoPipeline", "HunyuanVideoTransformer3DModel",
@@ -190,6 +208,11 @@ class BuiltPipeline:
     load_seconds: float = 0.0
     attention: str = "sdpa"  # the self-attention in use (fp8 falls back to sdpa with a note)
     notes: list[str] = field(default_factory=list)
+    transformer2_files: list[Path] = field(default_factory=list)  # the low-noise expert (URLs2)
+    # called with the index of the step about to run (LoRA strengths that change per step)
+    before_step: list[Callable[[int], None]] = field(default_factory=list)
+    # filled by denoise(): the steps each transformer ran ("transformer", "transformer_2")
+    expert_steps: dict[str, list[int]] = field(default_factory=dict)
 
 
 def default_device() -> str:
@@ -250,9 +273,17 @@ def build_pipeline(
     compile_blocks: bool = False,
     progress: Progress | None = None,
     attention: str = "sdpa",
+    transformer2_files: list[Path] | None = None,
+    with_image: bool = False,
+    prepare_transformers: Callable[[Any, Any], None] | None = None,
 ) -> BuiltPipeline:
     """A ready diffusers pipeline: base repo components + transformer from ``transformer_files``
-    (original layout: main file first, then modules such as VACE's)."""
+    (original layout: main file first, then modules such as VACE's) and, for the two-expert
+    Wan 2.2 models, the low-noise ``transformer_2`` from ``transformer2_files``.
+
+    ``with_image``: the architecture's image pipeline (ti2v 5B: one model, text or image to
+    video). ``prepare_transformers(pipe, transformers)`` runs once the pipeline exists and
+    before placement, kernels and compilation (LoRAs are applied there)."""
     import diffusers
     import torch
 
@@ -273,10 +304,19 @@ def build_pipeline(
     base_folder = fetch_base_repo(cfg, architecture, progress)
     # Without offload the transformer's tensors go straight to the device; with offload
     # it starts on the CPU, where the hooks expect every model.
+    load_device = device if offload == "none" else "cpu"
     transformer, config_path = load_finetune_transformer(
-        base_folder, architecture, transformer_files, dtype, device if offload == "none" else "cpu",
-        int8_kernel, progress,
+        base_folder, architecture, transformer_files, dtype, load_device, int8_kernel, progress,
     )  # fmt: skip
+    extra: dict[str, Any] = {}
+    if spec.two_experts:
+        if not transformer2_files:
+            raise InferenceError(f"architecture '{architecture}' has two experts: the low-noise transformer (URLs2) is missing")
+        extra["transformer_2"], _ = load_finetune_transformer(
+            base_folder, architecture, transformer2_files, dtype, load_device, int8_kernel, progress,
+        )  # fmt: skip
+    elif transformer2_files:
+        raise InferenceError(f"architecture '{architecture}' has one transformer; the definition lists URLs2")
     torch_dtype = DTYPES[dtype]
     component_dtypes: dict[str, Any] = {"default": torch_dtype}
     if spec.family == "wan":
@@ -284,33 +324,45 @@ def build_pipeline(
         component_dtypes.update(vae=torch.float32, image_encoder=torch.float32)
     if progress:
         progress({"status": "loading components", "base_repo": str(base_folder)})
-    pipeline_class = getattr(diffusers, spec.pipeline)
+    pipeline_class = getattr(diffusers, spec.image_pipeline if with_image and spec.image_pipeline else spec.pipeline)
     _ftfy_fallback(pipeline_class)
     try:
         with warnings.catch_warnings(), _quiet_diffusers_loading():
             # diffusers 0.42 renames torch_dtype to dtype; older ones only know torch_dtype
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = pipeline_class.from_pretrained(
-                str(base_folder), transformer=transformer, torch_dtype=component_dtypes
+                str(base_folder), transformer=transformer, torch_dtype=component_dtypes, **extra
             )
     except (OSError, ValueError, TypeError) as exc:
         raise InferenceError(f"base repo {base_folder} cannot build {spec.pipeline}: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
     if vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
+    transformers = [transformer, *extra.values()]
+    if prepare_transformers is not None:
+        prepare_transformers(pipe, transformers)
     place(pipe, device, offload)
     kernels: dict[str, int] = {}
-    if int8_kernel == "quanto":
-        kernels = {"quanto": sum(1 for m in transformer.modules() if type(m).__name__ == "QLinear")}
-    elif any(True for _ in int8_layers(transformer)):
-        from tunehub.inference.int8_linear import set_int8_kernel
+    for model in transformers:
+        if int8_kernel == "quanto":
+            counts = {"quanto": sum(1 for m in model.modules() if type(m).__name__ == "QLinear")}
+        elif any(True for _ in int8_layers(model)):
+            from tunehub.inference.int8_linear import set_int8_kernel
 
-        kernels = set_int8_kernel(transformer, int8_kernel, device)
-    used_attention, notes = choose_attention(transformer, attention, device, progress)
+            counts = set_int8_kernel(model, int8_kernel, device)
+        else:
+            counts = {}
+        for kernel, count in counts.items():
+            kernels[kernel] = kernels.get(kernel, 0) + count
+    used_attention, notes = "sdpa", list[str]()
+    for model in transformers:  # both experts get the same attention
+        used_attention, model_notes = choose_attention(model, attention, device, progress)
+        notes += [note for note in model_notes if note not in notes]
     if compile_blocks:
         from tunehub.inference.transformer import compile_transformer_blocks
 
-        compile_transformer_blocks(transformer)
+        for model in transformers:
+            compile_transformer_blocks(model)
     return BuiltPipeline(
         pipe=pipe,
         spec=spec,
@@ -324,6 +376,7 @@ def build_pipeline(
         load_seconds=time.perf_counter() - started,
         attention=used_attention,
         notes=notes,
+        transformer2_files=list(transformer2_files or []),
     )
 
 
@@ -398,8 +451,9 @@ def pipeline_frames(built: BuiltPipeline, frames: int) -> int:
     return frames
 
 
-def pipeline_inputs(built: BuiltPipeline, values: Effective, inputs: Inputs) -> dict[str, Any]:
-    """The keyword arguments of the pipeline call for these settings."""
+def pipeline_inputs(built: BuiltPipeline, values: Effective, inputs: Inputs, phases: Any = None) -> dict[str, Any]:
+    """The keyword arguments of the pipeline call for these settings (``phases``: a
+    :class:`tunehub.inference.phases.PhasePlan`, for the second guidance scale)."""
     import torch
 
     from tunehub.inference.video import load_frames, load_image
@@ -418,6 +472,8 @@ def pipeline_inputs(built: BuiltPipeline, values: Effective, inputs: Inputs) -> 
     )
     if spec.family == "wan":
         kwargs.update(negative_prompt=values.negative_prompt or None, guidance_scale=values.guidance_scale)
+        if phases is not None and phases.boundary_ratio is not None:
+            kwargs.update(guidance_scale=phases.guidance_scale, guidance_scale_2=phases.guidance_scale_2)
     else:
         # HunyuanVideo is guidance-distilled: the pipeline's guidance_scale is WanGP's
         # embedded_guidance_scale; WanGP's guidance_scale > 1 means true CFG.
@@ -427,6 +483,8 @@ def pipeline_inputs(built: BuiltPipeline, values: Effective, inputs: Inputs) -> 
     if spec.needs_image:
         if inputs.image is None:
             raise ConfigError(f"architecture '{spec.id}' needs a start image (--image PATH)")
+        kwargs["image"] = load_image(inputs.image, size)
+    elif inputs.image is not None and spec.image_pipeline:
         kwargs["image"] = load_image(inputs.image, size)
     elif inputs.image is not None:
         raise ConfigError(f"architecture '{spec.id}' takes no start image (--image is for i2v models)")
@@ -447,8 +505,29 @@ def denoise(built: BuiltPipeline, kwargs: dict[str, Any], progress: Progress | N
 
     total = int(kwargs.get("num_inference_steps", 0))
     started = time.perf_counter()
+    current = {"step": 0}
+    built.expert_steps = {}
+    hooks = []
+    seen: set[int] = set()
+    for name in ("transformer", "transformer_2"):
+        model = getattr(built.pipe, name, None)
+        if model is None or id(model) in seen:
+            continue
+        seen.add(id(model))
+
+        def record(module: Any, args: Any, _name: str = name) -> None:
+            steps = built.expert_steps.setdefault(_name, [])
+            if not steps or steps[-1] != current["step"]:
+                steps.append(current["step"])
+
+        hooks.append(model.register_forward_pre_hook(record))
+    for hook in built.before_step:
+        hook(0)
 
     def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        current["step"] = step + 1
+        for hook in built.before_step:
+            hook(step + 1)
         if progress:
             progress(
                 {
@@ -467,6 +546,9 @@ def denoise(built: BuiltPipeline, kwargs: dict[str, Any], progress: Progress | N
             raise InferenceError(
                 "out of GPU memory: try --offload group (or model), a smaller --resolution or fewer --frames"
             ) from None
+        finally:
+            for handle in hooks:
+                handle.remove()
     frames = output.frames[0]
     import numpy as np
 

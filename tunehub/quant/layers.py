@@ -18,7 +18,15 @@ from dataclasses import dataclass
 
 from tunehub.errors import QuantizationError
 
-__all__ = ["Layout", "LAYOUTS", "detect_layout", "select_layers", "layer_selector"]
+__all__ = [
+    "FAMILY_LAYOUTS",
+    "Layout",
+    "LAYOUTS",
+    "detect_layout",
+    "layout_for_architecture",
+    "select_layers",
+    "layer_selector",
+]
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout(
         id="wan",
         family="wan",
-        label="Wan 2.1, original layout (blocks.N.self_attn.q, ...)",
+        label="Wan 2.1 / 2.2 (14B experts, 5B), original layout (blocks.N.self_attn.q, ...)",
         marker=r"(vace_)?blocks\.\d+\.(self_attn|cross_attn|ffn\.0)\..*",
         linear_modules=(
             rf"(vace_)?blocks\.\d+\.((self_attn|cross_attn)\.{_WAN_ATTN}|ffn\.(0|2)|before_proj|after_proj)"
@@ -63,7 +71,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout(
         id="wan_diffusers",
         family="wan",
-        label="Wan 2.1, diffusers layout (blocks.N.attn1.to_q, ...)",
+        label="Wan 2.1 / 2.2, diffusers layout (blocks.N.attn1.to_q, ...)",
         marker=r"(vace_)?blocks\.\d+\.(attn1|attn2|ffn\.net)\..*",
         linear_modules=(
             rf"(vace_)?blocks\.\d+\.((attn1|attn2)\.{_WAN_DIFFUSERS_ATTN}|ffn\.net\.(0\.proj|2)|proj_in|proj_out)"
@@ -91,6 +99,24 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 LAYOUTS_BY_ID = {layout.id: layout for layout in LAYOUTS}
+
+# The layer plan per architecture family (the registry's table says which architectures
+# tunehub quantizes: tunehub.registry.architectures, ``quantize``). Wan 2.2 keeps Wan 2.1's
+# block structure: the A14B high- and low-noise experts are t2v-shaped (i2v_2_2 without the
+# CLIP image branch, k_img/v_img), the 5B has 30 blocks of width 3072; so the "wan" plan
+# names exactly their block linears (tests/quant/test_wan_2_2.py checks it against the
+# diffusers models, and byte for byte against optimum-quanto). VACE modules (vace_blocks.N,
+# before_proj / after_proj) are in the same plan.
+FAMILY_LAYOUTS: dict[str, str] = {"wan2.1": "wan", "wan2.2": "wan", "hunyuan": "hunyuan"}
+
+
+def layout_for_architecture(architecture: str) -> Layout | None:
+    """The layer plan for an architecture's original-layout files (None: not quantized by tunehub)."""
+    from tunehub.registry.architectures import architecture as architecture_row
+
+    row = architecture_row(architecture)
+    layout_id = FAMILY_LAYOUTS.get(row.family) if row.quantize else None
+    return LAYOUTS_BY_ID[layout_id] if layout_id else None
 
 
 def detect_layout(keys: Iterable[str]) -> Layout | None:

@@ -226,3 +226,16 @@ class GenerateScreen(Screen[None]):
             lines.append("Settings used:")
             lines.extend(f"  {key}: {value}" for key, value in used.items())
         result.update("\n".join(lines))
+        self._show_contact_sheet(message.result)
+
+    def _show_contact_sheet(self, generated: Any) -> None:
+        """The frames grid of the new video, below the settings used."""
+        from tunehub.tui.screens.contact_sheet import ContactSheetView, sheet_of
+
+        for old in self.query("#generate-sheet"):
+            old.remove()
+        sheet = sheet_of(generated)
+        if sheet is None:
+            return
+        view = ContactSheetView(sheet, str(getattr(generated, "video", "") or ""), id="generate-sheet")
+        self.query_one("#generate-body").mount(view, after=self.query_one("#generate-result"))

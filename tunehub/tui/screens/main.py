@@ -43,6 +43,7 @@ from tunehub.tui.model import (
 )
 from tunehub.tui.widgets.definition_list import DefinitionList
 from tunehub.tui.widgets.detail import DetailPane
+from tunehub.tui.screens.contact_sheet import ContactSheetScreen, sheet_of
 from tunehub.tui.widgets.jobs import JobsPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,6 +70,7 @@ class MainScreen(Screen[None]):
         Binding("s", "toggle_quantization", "int8/16-bit"),
         Binding("d", "toggle_dtype", "bf16/fp16"),
         Binding("r", "reload", "Reload", show=False),
+        Binding("v", "view_sheet", "Last video", show=False),
     ]
 
     app: TunehubApp  # type: ignore[assignment]
@@ -416,6 +418,15 @@ class MainScreen(Screen[None]):
         title = f"{message.kind} {message.definition_id}"
         self.query_one(JobsPanel).finish_job(message.key, title, message.ok, message.summary)
         self._drop_stray_line(message.key)
+        sheet = sheet_of(message.result) if message.kind == "generate" and message.ok else None
+        if sheet is not None:
+            # the job's line opens it again (click); `v` shows the latest
+            line = self.query_one(JobsPanel).line(message.key)
+            if line is not None:
+                line.contact_sheet = sheet
+            self._last_sheet = (sheet, str(getattr(message.result, "video", "") or ""))
+            if self.app.screen is self:
+                self.notify(f"{message.definition_id}: video ready; press v for its contact sheet")
         # Files and definitions changed: re-read what is on disk.
         if message.kind in ("quantize", "publish"):
             path = self._definition_path(message.definition_id)
@@ -423,6 +434,13 @@ class MainScreen(Screen[None]):
                 self.reload_paths({path})
                 return
         self.refill_states()
+
+    def action_view_sheet(self) -> None:
+        last = getattr(self, "_last_sheet", None)
+        if last is None:
+            self.notify("No video generated in this session yet.")
+            return
+        self.app.push_screen(ContactSheetScreen(*last))
 
     def _definition_path(self, definition_id: str) -> Path | None:
         registry = self.app.registry
@@ -502,6 +520,13 @@ class MainScreen(Screen[None]):
     def action_generate(self) -> None:
         definition_id = self._valid_highlighted()
         if definition_id is None or self._unavailable("generate"):
+            return
+        from tunehub.registry.architectures import architecture
+
+        arch = self.app.registry.get(definition_id).architecture or ""  # type: ignore[union-attr]
+        row = architecture(arch)
+        if not row.generate:  # the architecture table decides, as `tunehub generate` does
+            self.notify(f"tunehub cannot generate with {arch} ({row.family_label}); it can {row.can()} it", severity="warning")
             return
         from tunehub.tui.screens.generate import GenerateScreen
 

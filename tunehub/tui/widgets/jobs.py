@@ -17,6 +17,7 @@ class JobLine(Horizontal):
         # Updates can arrive before the children are mounted: keep the latest, apply on mount.
         self._event: dict[str, Any] = {}
         self._outcome: tuple[bool, str] | None = None
+        self.contact_sheet: Any = None  # a finished generation's clip.png: a click shows it
 
     def compose(self) -> ComposeResult:
         yield Label(self.title, classes="job-title", markup=False)
@@ -66,6 +67,13 @@ class JobLine(Horizontal):
         self.set_class(not ok, "-failed")
         self.set_class(ok, "-done")
         self.query_one(".job-status", Label).update(summary)
+
+
+    def on_click(self) -> None:
+        if self.contact_sheet is not None:
+            from tunehub.tui.screens.contact_sheet import ContactSheetScreen
+
+            self.app.push_screen(ContactSheetScreen(self.contact_sheet))
 
 
 class JobsPanel(Vertical):
