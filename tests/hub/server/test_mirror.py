@@ -180,6 +180,11 @@ def test_altered_bytes_never_complete_and_are_refetched(upstream: HubServer, tok
                     assert sha256_of(blob.read_bytes()) == blob.name
             again = get(url, mirror.read_token)
             assert again.status_code == 200 and again.content == content
+            # The client had its last byte once the hash matched; the blob is then synced and put in place.
+            deadline = time.monotonic() + 30
+            while metrics(mirror.url)["tunehub_mirror_inflight_fetches"] != 0:
+                assert time.monotonic() < deadline, "the refetch never finished storing its blob"
+                time.sleep(0.1)
             assert (mirror.root / "blobs" / "sha256" / sha256_of(content)[:2] / sha256_of(content)).is_file()
         assert metrics(mirror.url)["tunehub_mirror_verify_failures_total"] == 2
         assert "does not match its listed hash: discarded" in mirror.log_text()
