@@ -97,5 +97,6 @@ async def test_daemon_generate_job_carries_gpus_and_parallel_and_shows_the_plan(
             {"type": "job.progress", "job": 41, "kind": "generate", "definition": "t2v_alpha",
              "status": "parallel", "description": description},
         )  # fmt: skip
-        await wait_for(pilot, lambda: "parallel: 4 processes (nccl)" in screen_text(app), what="plan line")
+        await wait_for(pilot, lambda: "parallel: 4 processes (nccl)" in str(screen.query_one("#generate-plan").render()),
+                       what="plan line")
         app.daemon_client = None
