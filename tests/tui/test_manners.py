@@ -49,7 +49,7 @@ async def test_preference_line_says_what_each_preference_is(tui_home: Home) -> N
     async with app.run_test(size=(120, 30)) as pilot:
         await settle(pilot)
         assert "weights int8 / compute auto" in screen_text(app)
-        await pilot.press("s", "d")
+        await pilot.press("down", "down", "s", "d")  # t2v_alpha: a resolvable definition
         await pilot.pause()
         text = screen_text(app)
         assert "weights 16-bit / compute fp16" in text
