@@ -227,6 +227,8 @@ class GenerateScreen(Screen[None]):
         self.query_one("#generate-result", Static).update("")
         self.query_one("#generate-plan", Static).update("")
         self.query_one("#generate-status", Static).update("starting…")
+        # On a short terminal the bar and the phase line are below the form: bring them into view.
+        self.call_after_refresh(self.query_one("#generate-status", Static).scroll_visible, animate=False)
         self.job_key = self.app.start_job("generate", self.definition.id, settings)
 
     def on_job_update(self, message: JobUpdate) -> None:
