@@ -8,6 +8,12 @@ from tests.fixtures.homes import Home
 from tests.tui.conftest import make_app, screen_text, settle, wait_for
 
 
+async def open_alpha_form(pilot) -> None:  # type: ignore[no-untyped-def]
+    await settle(pilot)
+    await pilot.press("down", "down", "g")
+    await wait_for(pilot, lambda: "Generate with Alpha Motion" in screen_text(pilot.app), what="form")
+
+
 def footer_line(app) -> str:  # type: ignore[no-untyped-def]
     return screen_text(app).splitlines()[-1]
 
@@ -83,9 +89,7 @@ async def test_missing_files_show_a_dash_not_zero_bytes(tui_home: Home) -> None:
 async def test_form_errors_name_the_form_field(tui_home: Home) -> None:
     app = make_app(tui_home)
     async with app.run_test(size=(120, 30)) as pilot:
-        await settle(pilot)
-        await pilot.press("down", "down", "g")
-        await wait_for(pilot, lambda: "Generate with Alpha Motion" in screen_text(app), what="form")
+        await open_alpha_form(pilot)
         app.screen.query_one("#field-video_length").value = "80"
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: "Frames" in str(app.screen.query_one("#generate-errors").render()),
@@ -109,9 +113,7 @@ async def test_generate_form_offers_device_and_offload(tui_home: Home) -> None:
 
     app = make_app(tui_home)
     async with app.run_test(size=(120, 30)) as pilot:
-        await settle(pilot)
-        await pilot.press("down", "down", "g")
-        await wait_for(pilot, lambda: "Generate with Alpha Motion" in screen_text(app), what="form")
+        await open_alpha_form(pilot)
         text = screen_text(app)
         assert "Device" in text and "Offload" in text
         fields = app.screen.fields
