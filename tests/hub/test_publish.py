@@ -200,3 +200,16 @@ def test_upload_reuses_the_known_sha256_without_reading_the_file_again(tmp_path)
     operation = _operation(CommitOperationAdd, "w.safetensors", path, {str(path): known})
     path.write_bytes(b"changed after hashing")  # a re-read would now give another digest
     assert operation.upload_info.sha256.hex() == known
+
+
+def test_publish_reports_upload_progress_per_byte(home, hub):
+    """An upload shows its bytes as they go (not 0 of the size, then all of it at once)."""
+    big = 6 * 1024 * 1024
+    _local_definition(home, sizes=(big, 300_000))
+    events = []
+    publish(home.config(), home.registry(), "t2v_mine", "alice/mine", progress=events.append)
+    big_events = [e for e in events if e["file"] == FILES[0]]
+    middle = [e["completed"] for e in big_events if e["status"] == "uploading" and 0 < e["completed"] < big]
+    assert len(middle) >= 3, big_events
+    assert middle == sorted(middle)
+    assert big_events[-1]["completed"] == big and big_events[-1]["status"] == "uploaded"

@@ -318,3 +318,37 @@ def test_fp8_attention_reaches_the_pipeline_and_falls_back_on_cpu(setup: Setup, 
     assert notes == [note]
     result, notes = _attention_run(home, capsys, tmp_path / "d.mp4", "--attention", "sdpa")
     assert notes == []
+
+
+def test_daemon_generate_job_reports_phases_and_steps(setup: Setup) -> None:
+    """A generate job in a real daemon publishes the phases and each step, as the CLI prints
+    them (not only "started" and then "done"): what the TUI's form shows while it runs."""
+    import time
+
+    from tests.daemon.conftest import DaemonProcess
+
+    env = dict(os.environ, TUNEHUB_NO_COMPILE="1")
+    daemon = DaemonProcess(setup.root, env=env).start()
+    try:
+        out = setup.root / "videos" / f"daemon-{uuid.uuid4().hex[:6]}.mp4"
+        answer = daemon.client.submit_job("generate", "tiny_t2v", device="cpu", quantization="bf16", out=str(out))
+        job_id = answer.get("job", answer)["id"]
+        seen: list[dict[str, Any]] = []
+        since = 0
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            batch = daemon.client.events(since=since, timeout=2)
+            since = batch["last_id"]
+            seen += [event for event in batch["events"] if event.get("job") == job_id]
+            if any(event["type"] in ("job.done", "job.failed") for event in seen):
+                break
+        types = [event["type"] for event in seen]
+        assert "job.done" in types, f"job did not finish: {seen[-3:]} {daemon.stderr_text()[-2000:]}"
+        statuses = [event.get("status") for event in seen if event["type"] == "job.progress"]
+        assert "loading transformer" in statuses and "loading components" in statuses, statuses
+        steps = [(event["completed"], event["total"]) for event in seen
+                 if event["type"] == "job.progress" and event.get("status") == "denoising"]
+        assert steps and steps[-1] == (STEPS, STEPS), steps
+        assert out.exists()
+    finally:
+        daemon.stop()

@@ -69,20 +69,20 @@ async def test_switching_preferences_re_resolves_everything(tui_home: Home) -> N
     app = make_app(tui_home)
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(pilot)
-        assert "int8 · auto" in screen_text(app)
+        assert "weights int8 / compute auto" in screen_text(app)
         assert _row(app, "t2v_alpha").state == "missing"
         await pilot.press("down", "down")
         assert app.screen.query_one(DefinitionList).highlighted.id == "t2v_alpha"
         await pilot.press("s")
         await settle(pilot)
         text = screen_text(app)
-        assert "16-bit · auto" in text
+        assert "weights 16-bit / compute auto" in text
         assert _row(app, "t2v_alpha").state == "present"
-        assert "Preferences: bf16 / bf16" in text
+        assert "Preferences: weights 16-bit / compute bf16" in text
         await pilot.press("d")
         await settle(pilot)
-        assert "16-bit · fp16" in screen_text(app)
-        assert "Preferences: bf16 / fp16: your preference" in screen_text(app)
+        assert "weights 16-bit / compute fp16" in screen_text(app)
+        assert "Preferences: weights 16-bit / compute fp16: your preference" in screen_text(app)
 
 
 async def test_definition_added_edited_removed_on_disk_appears_live(tui_home: Home) -> None:

@@ -89,6 +89,8 @@ async def test_daemon_generate_job_carries_gpus_and_parallel_and_shows_the_plan(
         assert (kind, definition_id) == ("generate", "t2v_alpha")
         assert (params["gpus"], params["parallel"]) == ("auto", "both")
         await wait_for(pilot, lambda: app.job_key_for_daemon(41) is not None, what="daemon job id")
+        # At 80x24 the form fills the screen: the status line is scrolled into view.
+        await wait_for(pilot, lambda: "queued as daemon job 41" in screen_text(app), what="status line on screen")
         main = next(s for s in app.screen_stack if isinstance(s, MainScreen))
         description = "4 processes (nccl): CFG-parallel x2 (cond / uncond) + context-parallel x2 (ulysses)"
         handle_event(
@@ -97,5 +99,6 @@ async def test_daemon_generate_job_carries_gpus_and_parallel_and_shows_the_plan(
             {"type": "job.progress", "job": 41, "kind": "generate", "definition": "t2v_alpha",
              "status": "parallel", "description": description},
         )  # fmt: skip
-        await wait_for(pilot, lambda: "parallel: 4 processes (nccl)" in screen_text(app), what="plan line")
+        await wait_for(pilot, lambda: "parallel: 4 processes (nccl)" in str(screen.query_one("#generate-plan").render()),
+                       what="plan line")
         app.daemon_client = None

@@ -37,7 +37,9 @@ class LocalRunner:
         from tunehub.daemon.jobs import _capability
 
         generate = _capability("tunehub.inference", "generate", "generation (tunehub.inference)")
-        return generate(ctx.cfg, ctx.registry(), ctx.job["definition_id"], **dict(ctx.job["params"]))
+        # Phases and steps reach the events feed (the TUI's form), as the CLI prints them.
+        params = dict(ctx.job["params"])
+        return generate(ctx.cfg, ctx.registry(), ctx.job["definition_id"], progress=ctx.progress, **params)
 
 
 class RayRunner:

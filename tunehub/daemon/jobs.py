@@ -290,12 +290,17 @@ class JobRunner:
         """Run one claimed job to its end state; returns 'done', 'failed', 'cancelled' or 'queued'."""
         cfg, settings = self.get_config()
         last_progress = [0.0]
+        last_status: list[Any] = [None]
 
         def on_progress(event: dict[str, Any]) -> None:
             now = time.monotonic()
-            if now - last_progress[0] < PROGRESS_EVERY and event.get("status") not in ("done", "verified"):
+            # Throttled, but a new phase and the last step of one always get through.
+            milestone = (event.get("status") in ("done", "verified") or event.get("status") != last_status[0]
+                         or (event.get("total") is not None and event.get("completed") == event.get("total")))
+            if now - last_progress[0] < PROGRESS_EVERY and not milestone:
                 return
             last_progress[0] = now
+            last_status[0] = event.get("status")
             clean = {k: v for k, v in event.items() if isinstance(v, (str, int, float, bool, type(None)))}
             self.journal.set_progress(job["id"], clean)
             self.events.publish("job.progress", job=job["id"], kind=job["kind"], definition=job["definition_id"], **clean)

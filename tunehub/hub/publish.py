@@ -246,6 +246,54 @@ def _remote_files(api: Any, repo: str, revision: str) -> tuple[dict[str, dict[st
     return files, True
 
 
+# Bytes between two upload progress events: fine enough for a bar, few enough for the daemon's feed.
+UPLOAD_PROGRESS_BYTES = 1024 * 1024
+
+
+class _CountingReader:
+    """A file being uploaded that reports how far the upload has read it (its position, so a
+    retry that seeks back is shown going back rather than counted twice)."""
+
+    def __init__(self, file: Any, total: int, report: Any) -> None:
+        self._file = file
+        self._total = total
+        self._report = report
+        self._last = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        position = min(self._file.tell(), self._total)
+        if abs(position - self._last) >= UPLOAD_PROGRESS_BYTES or (position == self._total and position != self._last):
+            self._last = position
+            self._report(position)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(UPLOAD_PROGRESS_BYTES // 16):
+            yield chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+def _counting_operation_class(base: Any, report: Any) -> Any:
+    """``base`` (CommitOperationAdd) whose upload reads are reported as ``report(path_in_repo,
+    bytes_read)``: huggingface_hub opens the file for the LFS upload with ``as_file(with_tqdm=True)``
+    (its own bar, off here), and only there; the hashing reads do not go through it."""
+
+    class CountingAdd(base):  # type: ignore[misc, valid-type]
+        @contextlib.contextmanager
+        def as_file(self, with_tqdm: bool = False) -> Iterator[Any]:
+            with super().as_file() as file:
+                if not with_tqdm or not isinstance(self.path_or_fileobj, (str, Path)):
+                    yield file
+                    return
+                total = Path(self.path_or_fileobj).stat().st_size
+                yield _CountingReader(file, total, lambda done: report(self.path_in_repo, total, done))
+
+    return CountingAdd
+
+
 def _operation(operation_class: Any, path_in_repo: str, payload: bytes | Path, known: dict[str, str]) -> Any:
     """A CommitOperationAdd that reuses the sha256 we already have instead of reading the file again."""
     if isinstance(payload, bytes):
@@ -400,9 +448,13 @@ def publish(
             known = {str(path): sha for _entry, path, _size, sha in locals_}
             try:
                 with _hub_progress_bars_off():  # our own progress is shown; theirs would draw over it
+                    def uploaded_so_far(path_in_repo: str, total: int, done: int) -> None:
+                        emit(path_in_repo.rsplit("/", 1)[-1], total, done, "uploading")
+
+                    adding = _counting_operation_class(CommitOperationAdd, uploaded_so_far)
                     commit = api.create_commit(
                         repo,
-                        [_operation(CommitOperationAdd, p, payload, known) for p, payload in operations],
+                        [_operation(adding, p, payload, known) for p, payload in operations],
                         commit_message=f"tunehub publish {definition_id}",
                         commit_description=f"{len(operations)} file(s) for the finetune definition '{definition_id}'.",
                         revision=revision,

@@ -75,7 +75,8 @@ class TunehubApp(App[None]):
     @property
     def preferences_label(self) -> str:
         quant = "int8" if self.quantization == "int8" else ("fp8" if self.quantization == "fp8" else "16-bit")
-        return f"{quant} · {self.dtype or 'auto'}"
+        # Says which is which: the weights' quantization, then the compute dtype.
+        return f"weights {quant} / compute {self.dtype or 'auto'}"
 
     @property
     def mode_label(self) -> str:

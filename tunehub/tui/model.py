@@ -114,7 +114,8 @@ class DefinitionRow:
 
     @property
     def size_label(self) -> str:
-        return format_size(self.size_bytes)
+        # Nothing on disk is "—", not "0 B" (which reads as an empty file).
+        return "—" if self.size_bytes == 0 else format_size(self.size_bytes)
 
 
 def _origin_name(definition: Definition) -> str:

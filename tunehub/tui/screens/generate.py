@@ -3,6 +3,7 @@ and the output path and settings when done."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
@@ -43,14 +44,38 @@ IMAGE_ARCHITECTURES = ("i2v", "i2v_720p", "hunyuan_i2v")
 GPUS_FIELD = ("gpus", "GPUs (N or auto)", "gpus")
 PARALLEL_FIELD = ("parallel", "Parallel", "select")
 PARALLEL_MODES = ("auto", "cfg", "context", "both")
+# Where the model runs (generate()'s ``device=``: empty is the best one found) and what is
+# kept off the GPU between uses (``offload=``, tunehub.inference.pipeline.OFFLOAD_MODES).
+DEVICE_FIELD = ("device", "Device (cuda, cpu)", "device")
+OFFLOAD_FIELD = ("offload", "Offload", "offload")
+OFFLOAD_MODES = ("none", "model", "group")
 
 
 def form_fields(definition: Definition) -> list[tuple[str, str, str]]:
     fields = list(FIELDS)
     if (definition.architecture or "") in IMAGE_ARCHITECTURES:
         fields.append(IMAGE_FIELD)
-    fields.extend((GPUS_FIELD, PARALLEL_FIELD))
+    fields.extend((DEVICE_FIELD, OFFLOAD_FIELD, GPUS_FIELD, PARALLEL_FIELD))
     return fields
+
+
+def _short_label(label: str) -> str:
+    return label.split(" (")[0]
+
+
+def form_error(message: str, fields: list[tuple[str, str, str]]) -> str:
+    """A failed generation's first line in the form's words: the field's label for the
+    setting it names, without the job prefix, the source or the exception's class name."""
+    text = re.sub(r"^generate failed: ", "", message.strip())
+    text = re.sub(r"^[A-Z][A-Za-z]*(Error|Exception): ", "", text)
+    labels = {key: _short_label(label) for key, label, _ in fields}
+
+    def label_for(match: re.Match[str]) -> str:
+        return labels.get(match.group(1), match.group(1))
+
+    # "t2v_x: setting 'video_length' must ..." -> "Frames must ..."
+    text = re.sub(r"^[^:]*: setting '([a-z_]+)'", label_for, text)
+    return re.sub(r"setting '([a-z_]+)'", label_for, text)
 
 
 def parse_form(values: dict[str, str], fields: list[tuple[str, str, str]]) -> tuple[dict[str, Any], list[str]]:
@@ -61,6 +86,10 @@ def parse_form(values: dict[str, str], fields: list[tuple[str, str, str]]) -> tu
         text = values.get(key, "").strip()
         if kind == "select":
             continue  # checked below, with the GPU count it goes with
+        if kind == "offload":
+            if text and text != "none":
+                settings[key] = text
+            continue
         if not text:
             continue
         if kind == "gpus":
@@ -88,6 +117,15 @@ def parse_form(values: dict[str, str], fields: list[tuple[str, str, str]]) -> tu
         parts = resolution.lower().split("x")
         if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
             errors.append(f"Resolution: '{resolution}' must look like 832x480")
+        elif any(int(part) % 16 for part in parts):
+            errors.append(f"Resolution: '{resolution}' must be multiples of 16 (832x480)")
+    # What generate() would refuse after loading the model: said here, in the form's words.
+    frames = settings.get("video_length")
+    if isinstance(frames, int) and (frames < 1 or (frames - 1) % 4):
+        errors.append(f"Frames: '{frames}' must be 4k+1 (1, 5, ..., 81): the VAE packs 4 frames into one")
+    steps = settings.get("num_inference_steps")
+    if isinstance(steps, int) and steps < 1:
+        errors.append(f"Steps: '{steps}' must be at least 1")
     if any(key == "parallel" for key, _, _ in fields):
         parallel = values.get("parallel", "").strip().lower() or "auto"
         if parallel not in PARALLEL_MODES:
@@ -123,10 +161,11 @@ class GenerateScreen(Screen[None]):
                 settings = self.definition.settings
                 for key, label, kind in self.fields:
                     yield Label(label, classes="form-label")
-                    if kind == "select":
+                    if kind in ("select", "offload"):
+                        modes = OFFLOAD_MODES if kind == "offload" else PARALLEL_MODES
                         yield Select(
-                            [(mode, mode) for mode in PARALLEL_MODES],
-                            value="auto",
+                            [(mode, mode) for mode in modes],
+                            value=modes[0],
                             allow_blank=False,
                             id=f"field-{key}",
                             compact=True,
@@ -137,7 +176,7 @@ class GenerateScreen(Screen[None]):
                         "" if value is None else str(value),
                         id=f"field-{key}",
                         type=kind if kind in ("integer", "number") else "text",
-                        placeholder="1" if kind == "gpus" else "",
+                        placeholder={"gpus": "1", "device": "auto"}.get(kind, ""),
                         compact=True,
                     )
             yield Static("", id="generate-errors", markup=False)
@@ -158,7 +197,7 @@ class GenerateScreen(Screen[None]):
     def values(self) -> dict[str, str]:
         values: dict[str, str] = {}
         for key, _, kind in self.fields:
-            if kind == "select":
+            if kind in ("select", "offload"):
                 value = self.query_one(f"#field-{key}", Select).value
                 values[key] = "" if value is Select.NULL else str(value)
             else:
@@ -188,6 +227,8 @@ class GenerateScreen(Screen[None]):
         self.query_one("#generate-result", Static).update("")
         self.query_one("#generate-plan", Static).update("")
         self.query_one("#generate-status", Static).update("starting…")
+        # On a short terminal the bar and the phase line are below the form: bring them into view.
+        self.call_after_refresh(self.query_one("#generate-status", Static).scroll_visible, animate=False)
         self.job_key = self.app.start_job("generate", self.definition.id, settings)
 
     def on_job_update(self, message: JobUpdate) -> None:
@@ -216,6 +257,9 @@ class GenerateScreen(Screen[None]):
         result = self.query_one("#generate-result", Static)
         if not message.ok:
             status.update(message.summary)
+            # A setting the form holds is named by its label, as the form's own checks do.
+            if re.search(r"setting '[a-z_]+'", message.summary):
+                self.query_one("#generate-errors", Static).update(form_error(message.summary, self.fields))
             return
         bar = self.query_one("#generate-progress", ProgressBar)
         bar.update(total=bar.total or 1, progress=bar.total or 1)

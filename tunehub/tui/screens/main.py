@@ -59,6 +59,8 @@ class MainScreen(Screen[None]):
     """Everything the user browses; actions work on the highlighted definition."""
 
     BINDINGS = [
+        # First, so that a narrow footer (80 columns) still shows it.
+        Binding("q", "app.quit", "Quit"),
         Binding("slash", "focus_filter", "Filter"),
         Binding("escape", "back", "Back", show=False),
         Binding("p", "pull", "Pull"),
@@ -74,6 +76,8 @@ class MainScreen(Screen[None]):
     ]
 
     app: TunehubApp  # type: ignore[assignment]
+    # Escape is ours (action_back): Textual's own minimize would leave the focus in the detail.
+    ESCAPE_TO_MINIMIZE = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -530,6 +534,10 @@ class MainScreen(Screen[None]):
             return
         from tunehub.tui.screens.generate import GenerateScreen
 
+        # Back from the form, the list has focus (the focus is restored as it was left).
+        if self.maximized is not None:
+            self.minimize()
+        self.query_one(DefinitionList).focus()
         self.app.push_screen(GenerateScreen(self.app.registry.get(definition_id)))  # type: ignore[union-attr]
 
     def action_delete(self) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
@@ -19,6 +20,8 @@ class DetailPane(VerticalScroll, can_focus=True):
     """Shows one definition; ``show`` is cheap enough to follow the list cursor."""
 
     BORDER_TITLE = "Definition"
+    # Shown in the footer while the detail view has focus: the way back to the list.
+    BINDINGS = [Binding("escape", "screen.back", "Back")]
     ALLOW_MAXIMIZE = True
 
     def compose(self):  # type: ignore[no-untyped-def]
@@ -56,8 +59,10 @@ class DetailPane(VerticalScroll, can_focus=True):
         if definition.description:
             header.append(f"\n{definition.description}\n")
         if resolution is not None:
+            # "weights 16-bit / compute bf16", not "bf16 / bf16": each value says what it is.
+            weights = resolution.quantization if resolution.quantization in ("int8", "fp8") else "16-bit"
             header.append(
-                f"\nPreferences: {resolution.quantization} / {resolution.dtype}: {resolution.dtype_reason}",
+                f"\nPreferences: weights {weights} / compute {resolution.dtype}: {resolution.dtype_reason}",
                 style="italic",
             )
         self.query_one("#detail-header", Static).update(header)
