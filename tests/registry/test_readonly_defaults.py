@@ -11,23 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.wangp_tree import W21, snapshot, wangp_models, write_tree
+from tests.fixtures.wangp_tree import W21, snapshot, wangp_models
+from tests.fixtures.wangp_tree import load_registry as _registry
 from tunehub.config import load_config
-from tunehub.registry import Registry
 
 SOURCE_URL = W21 + "wan2.1_text2video_1.3B_mbf16.safetensors"
 INT8 = "wan2.1_text2video_1.3B_quanto_mbf16_int8.safetensors"
-
-
-@pytest.fixture
-def wangp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TUNEHUB_GPU_CAPABILITY", "8.9")
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    return write_tree(tmp_path / "Wan2GP")
-
-
-def _registry(root: Path) -> Registry:
-    return Registry.load(load_config(root))
 
 
 def _tiny_source(root: Path) -> None:

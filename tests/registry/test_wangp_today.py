@@ -7,23 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.wangp_tree import DEFAULTS, FINETUNES, wangp_models, wangp_pick, write_tree
+from tests.fixtures.wangp_tree import (
+    DEFAULTS,
+    FINETUNES,
+    wangp_models,
+    wangp_pick,
+    write_tree,
+)
+from tests.fixtures.wangp_tree import load_registry as _registry
 from tunehub.config import load_config
 from tunehub.errors import UnsupportedArchitectureError
-from tunehub.registry import Registry
-from tunehub.registry.architectures import architecture, require_generate, require_quantize
+from tunehub.registry.architectures import (
+    architecture,
+    require_generate,
+    require_quantize,
+)
 from tunehub.registry.naming import parse_variant_name, quantized_filename
-
-
-@pytest.fixture
-def wangp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TUNEHUB_GPU_CAPABILITY", "8.9")
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    return write_tree(tmp_path / "Wan2GP")
-
-
-def _registry(root: Path) -> Registry:
-    return Registry.load(load_config(root))
 
 
 def test_tree_is_large_enough(wangp: Path) -> None:
