@@ -8,7 +8,6 @@ hundred sockets at most) and end by themselves within seconds.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os

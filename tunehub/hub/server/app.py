@@ -1187,7 +1187,6 @@ class HubApp:
         operations: list[object],
         writers: list[BlobWriter],
     ) -> Response:
-        repo_id = repo.repo_id
         async for line in self.iter_lines(ctx):
             item = parse_json(line, "Commit line")
             if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
