@@ -135,6 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if group == "registry":
+            from tunehub.registry.core import paused_gc
+
+            # a one-shot read of every definition: what it builds is alive until the command
+            # returns, so cyclic collections in between would only walk it again and again
+            with paused_gc():
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except TunehubError as exc:
         print(f"error: {exc}", file=sys.stderr)

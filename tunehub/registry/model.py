@@ -90,15 +90,19 @@ class Definition:
 
     def summary(self) -> dict[str, Any]:
         """The object ``tunehub list --json`` prints."""
+        # the properties' rules, on one lookup of the model (this runs for every listed file)
+        model = self.model
+        name, arch, description = model.get("name"), model.get("architecture"), model.get("description")
+        arch = arch if isinstance(arch, str) else None
         return {
             "id": self.id,
-            "name": self.name,
-            "architecture": self.architecture,
-            "family": self.family,
-            "description": self.description,
+            "name": name if isinstance(name, str) else self.id,
+            "architecture": arch,
+            "family": architecture(arch).family if arch else "unknown",
+            "description": description if isinstance(description, str) else "",
             "origin": self.origin.value,
-            "visible": self.visible,
-            "valid": self.valid,
+            "visible": model.get("visible", True) is not False,
+            "valid": not self.problems,
             "errors": [str(problem) for problem in self.problems],
             "files": [str(path) for path in self.files],
         }

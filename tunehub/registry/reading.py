@@ -30,6 +30,8 @@ __all__ = [
 
 DEFAULT_MAX_DEFINITION_BYTES = 1 << 20  # WanGP's largest definition is a few KB
 MAX_NESTING = 64  # WanGP's definitions nest 4 levels; deeper is not a definition
+# O_NONBLOCK: a FIFO named *.json must not block the loader in open()
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 def definition_entries(folder: Path) -> list[Path]:
@@ -76,7 +78,8 @@ def _decode(raw: bytes, max_bytes: int) -> Any:
     if len(raw) > max_bytes:
         raise _Unusable("(file)", _too_big(len(raw), max_bytes))
     try:
-        text = raw.decode("utf-8-sig")
+        # what "utf-8-sig" does, without its Python-level codec wrapper (this runs for every file)
+        text = (raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw).decode("utf-8")
     except UnicodeDecodeError:
         raise _Unusable("(file)", "is not UTF-8 text") from None
     try:
@@ -111,7 +114,7 @@ def _too_deep() -> str:
     return f"lists or objects nest deeper than {MAX_NESTING} levels; this is not a definition (not read)"
 
 
-def _link_problem(path: Path) -> str | None:
+def _link_problem(path: str) -> str | None:
     """What is wrong with a symbolic link, or None if ``path`` is not a broken one."""
     try:
         os.stat(path)
@@ -125,19 +128,18 @@ def _link_problem(path: Path) -> str | None:
     return None
 
 
-def read_definition(path: Path, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -> tuple[Any, Problem | None]:
+def read_definition(path: Path | str, max_bytes: int = DEFAULT_MAX_DEFINITION_BYTES) -> tuple[Any, Problem | None]:
     """The parsed content of one definition file, or (None, the one problem that stops it)."""
-    file = str(path)
+    file = path if isinstance(path, str) else str(path)  # a str: every use below skips pathlib's __fspath__
 
     def problem(message: str, key: str = "(file)") -> tuple[None, Problem]:
         return None, Problem(file, key, message)
 
     try:
-        # O_NONBLOCK: a FIFO named *.json must not block the loader in open()
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(file, _OPEN_FLAGS)
     except OSError as exc:
         # what a broken link is, asked only when open() failed (one syscall less per good file)
-        broken_link = _link_problem(path)
+        broken_link = _link_problem(file)
         if broken_link:
             return problem(broken_link)
         if exc.errno == errno.ELOOP:

@@ -26,16 +26,31 @@ def url_keys(model: dict[str, Any]) -> list[str]:
 
 _FILE_LIST_KEYS = frozenset(URL_KEYS)
 _NUMBER = (int, float)
-# model key -> (check, expected-type words)
-_MODEL_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "name": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
-    "architecture": (lambda v: isinstance(v, str), "a string (an architecture id)"),
-    "description": (lambda v: isinstance(v, str), "a string"),
-    "auto_quantize": (lambda v: isinstance(v, bool), "true or false"),
-    "visible": (lambda v: isinstance(v, bool), "true or false"),
-    "loras": (lambda v: isinstance(v, (list, str)), "a list of URLs/files or a definition id"),
-    "loras_multipliers": (lambda v: isinstance(v, (list, str)), "a list of numbers or a definition id"),
+_Rule = tuple[Callable[[Any], bool], str, frozenset[type]]
+
+
+def _rule(check: Callable[[Any], bool], words: str, passing: tuple[type, ...] = ()) -> _Rule:
+    """(check, expected-type words, the exact types that pass without calling check)."""
+    return check, words, frozenset(passing)
+
+
+# model key -> rule
+_MODEL_TYPES: dict[str, _Rule] = {
+    "name": _rule(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
+    "architecture": _rule(lambda v: isinstance(v, str), "a string (an architecture id)", (str,)),
+    "description": _rule(lambda v: isinstance(v, str), "a string", (str,)),
+    "auto_quantize": _rule(lambda v: isinstance(v, bool), "true or false", (bool,)),
+    "visible": _rule(lambda v: isinstance(v, bool), "true or false", (bool,)),
+    "loras": _rule(lambda v: isinstance(v, (list, str)), "a list of URLs/files or a definition id", (list, str)),
+    "loras_multipliers": _rule(lambda v: isinstance(v, (list, str)), "a list of numbers or a definition id", (list, str)),
 }
+
+
+def _all_http_urls(entries: list[Any]) -> bool:
+    for entry in entries:
+        if not (isinstance(entry, str) and entry.startswith(("https://", "http://"))):
+            return False
+    return True
 
 
 def _is_int(value: Any) -> bool:
@@ -53,17 +68,17 @@ def _is_resolution(value: Any) -> bool:
     return bool(sep) and width.isdigit() and height.isdigit()
 
 
-_SETTING_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "prompt": (lambda v: isinstance(v, str), "a string"),
-    "negative_prompt": (lambda v: isinstance(v, str), "a string"),
-    "resolution": (_is_resolution, 'a string "WIDTHxHEIGHT" such as "832x480"'),
-    "video_length": (_is_int, "an integer (frames)"),
-    "num_inference_steps": (_is_int, "an integer"),
-    "guidance_scale": (_is_number, "a number"),
-    "flow_shift": (_is_number, "a number"),
-    "embedded_guidance_scale": (_is_number, "a number"),
-    "seed": (_is_int, "an integer (-1 for random)"),
-    "batch_size": (_is_int, "an integer"),
+_SETTING_TYPES: dict[str, _Rule] = {
+    "prompt": _rule(lambda v: isinstance(v, str), "a string", (str,)),
+    "negative_prompt": _rule(lambda v: isinstance(v, str), "a string", (str,)),
+    "resolution": _rule(_is_resolution, 'a string "WIDTHxHEIGHT" such as "832x480"'),
+    "video_length": _rule(_is_int, "an integer (frames)", (int,)),
+    "num_inference_steps": _rule(_is_int, "an integer", (int,)),
+    "guidance_scale": _rule(_is_number, "a number", (int, float)),
+    "flow_shift": _rule(_is_number, "a number", (int, float)),
+    "embedded_guidance_scale": _rule(_is_number, "a number", (int, float)),
+    "seed": _rule(_is_int, "an integer (-1 for random)", (int,)),
+    "batch_size": _rule(_is_int, "an integer", (int,)),
 }
 
 
@@ -115,17 +130,24 @@ def check_file_structure(file: str, data: Any, origin: Origin) -> list[Problem]:
         problems.append(Problem(file, "model", f"must be an object, got {type(model).__name__}"))
         model = None
     # Loops over the file's own keys (a handful), not over the tables: this runs for every file.
+    # A value of the rule's exact JSON type passes without calling the rule (JSON gives no
+    # subclasses, and bool is its own type, so True is no integer here either).
+    setting_rule = _SETTING_TYPES.get
     for key, value in data.items():
-        rule = _SETTING_TYPES.get(key)
-        if rule is not None and not rule[0](value):
+        rule = setting_rule(key)
+        if rule is not None and value.__class__ not in rule[2] and not rule[0](value):
             problems.append(Problem(file, key, f"must be {rule[1]}, got {json.dumps(value)[:60]}"))
     if not model:
         return problems
+    model_rule = _MODEL_TYPES.get
     for key, value in model.items():
-        rule = _MODEL_TYPES.get(key)
-        if rule is not None and not rule[0](value):
-            problems.append(Problem(file, f"model.{key}", f"must be {rule[1]}, got {json.dumps(value)[:60]}"))
+        rule = model_rule(key)
+        if rule is not None:
+            if value.__class__ not in rule[2] and not rule[0](value):
+                problems.append(Problem(file, f"model.{key}", f"must be {rule[1]}, got {json.dumps(value)[:60]}"))
         elif key in _FILE_LIST_KEYS or (key.startswith("URLs") and _URLS_N.fullmatch(key)):
+            if value.__class__ is list and _all_http_urls(value):
+                continue  # the common case: every entry an http(s) URL
             problems.extend(_check_file_list(file, f"model.{key}", value, origin))
     if "loras" in model and isinstance(model["loras"], list):
         for index, entry in enumerate(model["loras"]):
@@ -145,7 +167,7 @@ def _check_file_list(file: str, key: str, value: Any, origin: Origin) -> list[Pr
         return []  # a reference to another definition, checked after merging
     if not isinstance(value, list):
         return [Problem(file, key, f"must be a list of URLs/paths or a definition id, got {type(value).__name__}")]
-    if all(isinstance(e, str) and e.startswith(("https://", "http://")) for e in value):
+    if _all_http_urls(value):
         return []  # the common case: every entry an http(s) URL
     return [p for index, entry in enumerate(value) if (p := check_entry(file, f"{key}[{index}]", entry, origin))]
 
