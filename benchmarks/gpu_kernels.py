@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Triton int8 GEMM tiles, variant:BLOCK_M,BLOCK_N,BLOCK_K,GROUP_M,warps,stages;...")
     parser.add_argument("--best-out", type=Path, default=None,
                         help="write the fastest Triton tile over the three shapes (TUNEHUB_INT8_GEMM syntax)")
+    parser.add_argument("--shapes", default="5120x5120,13824x5120,5120x13824",
+                        help="linear shapes OUTxIN, comma-separated (default Wan 14B's; Wan 2.2 5B: "
+                        "3072x3072,14336x3072,3072x14336)")
     parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--skip-gemm", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="fp8 attention's P and output scales swept")
@@ -172,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_attention:
         attention_bench(args.tokens, 40, 128, args.sweep)
     if not args.skip_gemm:
-        totals = gemm_bench(args.tokens, [(5120, 5120), (13824, 5120), (5120, 13824)], configs)
-        log("\n== summed over the three shapes")
+        shapes = [(int(out), int(inp)) for out, inp in (shape.split("x") for shape in args.shapes.split(","))]
+        totals = gemm_bench(args.tokens, shapes, configs)
+        log(f"\n== summed over the {len(shapes)} shapes")
         for label, ms in sorted(totals.items(), key=lambda item: item[1]):
             log(f"{label:<44} {ms:7.3f} ms")
         triton_rows = {k: v for k, v in totals.items() if k.startswith("triton int8 ")}
