@@ -259,6 +259,7 @@ def test_generate_cluster_waits_for_the_video_with_progress_lines(fleet: Fleet, 
 
 def test_a_node_killed_mid_job_every_job_completes_exactly_once(fleet: Fleet, tmp_path: Path) -> None:
     root = fleet.write_home(tmp_path / "controller")
+    key = home_key(root.resolve())
     daemon = fleet.daemon(root)
     try:
         params = {"num_inference_steps": 200, "device": "cpu"}
@@ -270,7 +271,9 @@ def test_a_node_killed_mid_job_every_job_completes_exactly_once(fleet: Fleet, tm
                 # early in its steps: on a loaded machine a job seen late could end before the kill lands
                 early = (progress.get("completed") or 0) <= 0.25 * (progress.get("total") or 0)
                 if job["id"] in ids and progress.get("status") == "denoising" and early:
-                    runs = [r for r in fleet.runs() if r["job"] == job["id"] and r["worker"] == "w1"]
+                    # this home's runs only: earlier tests' homes used the same job ids on these nodes
+                    mine = [r for r in fleet.runs() if r["controller"] == key and r["job"] == job["id"]]
+                    runs = [r for r in mine if r["worker"] == "w1"]
                     if runs:
                         return job
             return None
