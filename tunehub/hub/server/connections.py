@@ -16,6 +16,9 @@ subclass adds:
 - a bounded send buffer per connection, and the connection's flow control handed to the app
   (``scope["state"]["tunehub.flow"]``) so that a download stops reading its blob while the
   socket is not writable;
+- file bodies sent by the kernel (sendfile, from the page cache to the socket): an app whose
+  scope state has ``tunehub.sendfile`` may send a :class:`FileRange` as a body, which costs
+  a fraction of the CPU of reading the bytes into the process and writing them out again;
 - a JSON body on h11's own ``400`` for requests that are not HTTP.
 """
 
@@ -24,7 +27,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import struct
+import sys
 import time
 from typing import Any
 
@@ -46,6 +52,30 @@ except (ImportError, AttributeError):  # pragma: no cover - other platforms coun
 # A connection over a cap gets this long to send its request (and be told to come back later).
 REFUSED_HEADER_WAIT_S = 2.0
 FLOW_STATE_KEY = "tunehub.flow"
+SENDFILE_STATE_KEY = "tunehub.sendfile"
+# Plain TCP on Linux: sendfile from a regular file to the socket, and TCP_INFO's count of the
+# bytes the client has acknowledged (how a send timeout tells a slow reader from a dead one).
+_SENDFILE = sys.platform.startswith("linux") and hasattr(os, "sendfile") and hasattr(socket, "TCP_INFO")
+_TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info (since 4.1)
+
+
+class FileRange:
+    """A response body that is ``count`` bytes of the open file ``fd`` from ``offset``.
+
+    An app may send one as the ``body`` of an ``http.response.body`` message when its scope's
+    state has :data:`SENDFILE_STATE_KEY`; the connection hands the range to the kernel. It has
+    a length, so the send wrappers that count ``len(body)`` (metrics, access log) count it.
+    """
+
+    __slots__ = ("fd", "offset", "count")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class ConnectionBook:
@@ -142,6 +172,9 @@ class LimitedH11Protocol(H11Protocol):
         transport.set_write_buffer_limits(high=limits.send_buffer)
         # Each request's scope["state"] is a copy of this: the app finds the connection's flow control there.
         self.app_state = {**self.app_state, FLOW_STATE_KEY: self.flow}
+        if _SENDFILE and transport.get_extra_info("sslcontext") is None and transport.get_extra_info("socket") is not None:
+            self.app_state[SENDFILE_STATE_KEY] = True
+            self.app = self._with_file_bodies(self.app)
         if self._verdict == "refuse":
             reason = (
                 f"Too many connections (at most {limits.max_connections_per_client} per client address and "
@@ -249,6 +282,85 @@ class LimitedH11Protocol(H11Protocol):
                 pass
         return unsent
 
+    # --- file bodies through sendfile ----------------------------------------------------------
+
+    def _with_file_bodies(self, app: Any) -> Any:
+        """``app`` with its FileRange bodies sent by the kernel and passed on as empty bodies."""
+
+        async def file_body_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            head = scope.get("method") == "HEAD"
+
+            async def file_send(message: dict[str, Any]) -> None:
+                body = message.get("body")
+                if isinstance(body, FileRange):
+                    if not head:
+                        await self._send_file_range(body)
+                    message = {**message, "body": b""}
+                await send(message)
+
+            await app(scope, receive, file_send)
+
+        return file_body_app
+
+    async def _send_file_range(self, body: FileRange) -> None:
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            raise RuntimeError("Expected ASGI message 'http.response.start' before a file body.")
+        if cycle.disconnected or cycle.response_complete or self.transport.is_closing():
+            return  # as uvicorn does for a body after a disconnect
+        if self.flow.write_paused:
+            await self.flow.drain()
+        # h11 counts the range against Content-Length (or frames it as a chunk) without its bytes.
+        for part in self.conn.send_with_data_passthrough(h11.Data(data=body)) or []:
+            if isinstance(part, FileRange):
+                if part.count and not await self._sendfile(part):
+                    return
+            else:
+                self.transport.write(part)
+
+    async def _sendfile(self, part: FileRange) -> bool:
+        """Send ``part`` with loop.sendfile; False (connection dropped) if the client stops taking bytes."""
+        file = open(part.fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 - closed below, fd left open
+        task = self.loop.create_task(self.loop.sendfile(self.transport, file, part.offset, part.count))
+        timeout = self.book.limits.send_timeout
+        try:
+            acked = self._bytes_acked()
+            progress_at = time.monotonic()
+            while True:
+                # Look a few times per timeout: a client is dropped at most timeout/4 late.
+                done, _ = await asyncio.wait({task}, timeout=timeout / 4)
+                if done:
+                    if task.result() == part.count:
+                        return True
+                    log.error("a file sent to %s ended before the bytes its answer declared: connection closed", self._peer)
+                    break
+                now = self._bytes_acked()
+                if now is not None and now != acked:
+                    acked, progress_at = now, time.monotonic()  # a slow reader: it took bytes
+                elif time.monotonic() - progress_at >= timeout:
+                    log.warning("dropped a connection from %s: it read nothing of its answer for %g s", self._peer, timeout)
+                    break
+        except (OSError, RuntimeError):  # the client went away (reset, broken pipe, transport closed)
+            pass
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+            file.close()
+        self.transport.abort()
+        await asyncio.sleep(0)  # connection_lost runs: uvicorn drops what the app sends after this
+        return False
+
+    def _bytes_acked(self) -> int | None:
+        sock = self.transport.get_extra_info("socket")
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < _TCP_INFO_BYTES_ACKED + 8:
+            return None
+        return int(struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)[0])
+
     # --- h11's own refusals ----------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
@@ -269,4 +381,4 @@ def protocol_class(limits: Limits) -> type[LimitedH11Protocol]:
     return type("LimitedH11Protocol", (LimitedH11Protocol,), {"book": ConnectionBook(limits)})
 
 
-__all__ = ["LimitedH11Protocol", "ConnectionBook", "protocol_class", "FLOW_STATE_KEY"]
+__all__ = ["LimitedH11Protocol", "ConnectionBook", "protocol_class", "FLOW_STATE_KEY", "SENDFILE_STATE_KEY", "FileRange"]

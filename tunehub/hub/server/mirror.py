@@ -43,7 +43,8 @@ import anyio
 from starlette.types import Receive, Scope, Send
 
 from tunehub.hub.server import problems
-from tunehub.hub.server.app import DOWNLOAD_CHUNK, BlobResponse, error_response
+from tunehub.hub.server.app import DOWNLOAD_CHUNK, SENDFILE_CHUNK, BlobResponse, error_response
+from tunehub.hub.server.connections import SENDFILE_STATE_KEY, FileRange
 from tunehub.hub.server.mirror_store import MirrorStore, UpstreamFile, is_pending
 from tunehub.hub.server.problems import ApiProblem
 from tunehub.hub.server.storage import FileEntry, HubStore, Principal, Repo
@@ -391,6 +392,7 @@ class FetchResponse:
                     return
 
         watcher = asyncio.ensure_future(watch_disconnect())
+        use_sendfile = bool(scope.get("state", {}).get(SENDFILE_STATE_KEY))
         fd = await anyio.to_thread.run_sync(fetch.open_for_reading)
         try:
             offset = self.start
@@ -408,12 +410,17 @@ class FetchResponse:
                     log.warning("mirror: cut a client's transfer of %s at byte %d: %s",
                                 fetch.entry.path, offset, fetch.problem.message)
                     return
-                until = min(self.end, fetch.readable_end(), offset + DOWNLOAD_CHUNK)
-                chunk = await anyio.to_thread.run_sync(os.pread, fd, until - offset, offset)
-                if not chunk:
-                    return
-                offset += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": offset < self.end})
+                if use_sendfile:
+                    # Everything that has arrived, in one range the kernel sends from the page cache.
+                    until = min(self.end, fetch.readable_end(), offset + SENDFILE_CHUNK)
+                    body: Any = FileRange(fd, offset, until - offset)
+                else:
+                    until = min(self.end, fetch.readable_end(), offset + DOWNLOAD_CHUNK)
+                    body = await anyio.to_thread.run_sync(os.pread, fd, until - offset, offset)
+                    if not body:
+                        return
+                offset += len(body)
+                await send({"type": "http.response.body", "body": body, "more_body": offset < self.end})
         finally:
             watcher.cancel()
             os.close(fd)
