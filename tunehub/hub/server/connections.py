@@ -172,7 +172,12 @@ class LimitedH11Protocol(H11Protocol):
         transport.set_write_buffer_limits(high=limits.send_buffer)
         # Each request's scope["state"] is a copy of this: the app finds the connection's flow control there.
         self.app_state = {**self.app_state, FLOW_STATE_KEY: self.flow}
-        if _SENDFILE and transport.get_extra_info("sslcontext") is None and transport.get_extra_info("socket") is not None:
+        if (
+            limits.sendfile
+            and _SENDFILE
+            and transport.get_extra_info("sslcontext") is None
+            and transport.get_extra_info("socket") is not None
+        ):
             self.app_state[SENDFILE_STATE_KEY] = True
             self.app = self._with_file_bodies(self.app)
         if self._verdict == "refuse":

@@ -4,6 +4,7 @@
     upstream_token_file = "/etc/tunehub/hf-token" # the hub's own upstream token (one line)
     upstream_ttl = "10m"                          # re-check branches upstream at most this often
     public_read = true                            # mirrored public repos readable without a LAN token
+    sendfile = false                              # file bodies read and written by the server, not the kernel
 
 The token itself never goes into this file (nor into logs or messages): only the path.
 """
@@ -28,6 +29,7 @@ KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "upstream_token_file": ((str,), "a path string"),
     "upstream_ttl": ((str, int, float), 'seconds or a duration such as "10m"'),
     "public_read": ((bool,), "true or false"),
+    "sendfile": ((bool,), "true or false"),
 }
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,

@@ -29,6 +29,10 @@ class Limits:
     max_header_bytes: int = 16 * 1024  # request line and headers (h11's limit)
     send_buffer: int = 1024 * 1024  # bytes queued in the process per connection before we wait for the socket
     storage_threads: int = 8  # threads doing database work; requests queue for them
+    # File bodies through the kernel's sendfile (plain TCP on Linux); hub.toml's `sendfile = false`
+    # makes the server read and write them itself (as nginx's `sendfile off`, for filesystems
+    # where sendfile is broken or slow).
+    sendfile: bool = True
 
 
 DEFAULTS = Limits()
