@@ -42,10 +42,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before huggingface_hub is imported
 
-from tests.cluster.conftest import RayCluster, cluster_env  # noqa: E402
-from tests.daemon.conftest import DaemonProcess  # noqa: E402
-from tests.fixtures.hub_server import HubServer  # noqa: E402
-from tunehub.demo.tiny import TinyModels, base_repo_id, publish_base_repo  # noqa: E402
+from tests.cluster.conftest import RayCluster, cluster_env
+from tests.daemon.conftest import DaemonProcess
+from tests.fixtures.hub_server import HubServer
+from tunehub.demo.tiny import TinyModels, base_repo_id, publish_base_repo
 
 ARCH = "t2v_1.3B"
 DEFINITION = "fleet_gpu_1_3b"
@@ -58,10 +58,20 @@ def log(message: str) -> None:
 def real_shaped_repo(work: Path, tiny: TinyModels) -> tuple[Path, Path]:
     """(base repo folder, finetune file): 1.3B-shaped transformer, real-shaped VAE, one-layer 4096-wide UMT5."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from tunehub.demo.tiny import make_tokenizer, save_original, to_original_layout, wan_transformer_config
+    from tunehub.demo.tiny import (
+        make_tokenizer,
+        save_original,
+        to_original_layout,
+        wan_transformer_config,
+    )
     from tunehub.inference.pipeline import shipped_transformer_config
 
     config = {k: v for k, v in shipped_transformer_config(ARCH).items() if not k.startswith("_")}
