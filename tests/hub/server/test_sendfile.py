@@ -94,6 +94,7 @@ def test_file_answers_are_exact_and_keep_the_connection(served: tuple[HubServer,
         written = bytes_written_by_syscalls(server)
         sock.sendall(f"GET {base}w.safetensors HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         status, headers, body = read_answer(sock, pending)
+        assert headers["content-length"] == str(SIZE)
         assert status.startswith(b"HTTP/1.1 200") and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
         expected_bytes += len(body)
         # With sendfile the kernel sent the body from the file; without it, from the server's memory.
@@ -101,7 +102,7 @@ def test_file_answers_are_exact_and_keep_the_connection(served: tuple[HubServer,
         assert by_sendfile >= SIZE if sendfile else by_sendfile < 64 * 1024, by_sendfile
         for start, end in ranges:
             sock.sendall(f"GET {base}w.safetensors HTTP/1.1\r\nHost: x\r\nRange: bytes={start}-{end}\r\n\r\n".encode())
-            status, headers, body = read_answer(sock, pending)
+            status, _, body = read_answer(sock, pending)
             assert status.startswith(b"HTTP/1.1 206"), (start, end, status)
             assert body == data[start : end + 1], (start, end)
             expected_bytes += len(body)
@@ -112,7 +113,7 @@ def test_file_answers_are_exact_and_keep_the_connection(served: tuple[HubServer,
         assert head.startswith(b"HTTP/1.1 200") and rest == b""  # no body after a HEAD's headers
         pending.clear()
         sock.sendall(f"GET {base}config.json HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        status, headers, body = read_answer(sock, pending)
+        status, _, body = read_answer(sock, pending)
         assert status.startswith(b"HTTP/1.1 200") and body == small
         expected_bytes += len(body)
         assert pending == b""

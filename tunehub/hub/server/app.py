@@ -183,7 +183,8 @@ class BlobResponse:
                 while offset < self.end and not disconnected.is_set():
                     count = min(SENDFILE_CHUNK, self.end - offset)
                     offset += count
-                    await send({"type": "http.response.body", "body": FileRange(fd, offset - count, count), "more_body": offset < self.end})
+                    body = FileRange(fd, offset - count, count)
+                    await send({"type": "http.response.body", "body": body, "more_body": offset < self.end})
             finally:
                 watcher.cancel()
                 os.close(fd)
