@@ -7,19 +7,22 @@ __all__ = ["kernel"]
 
 
 @triton.jit
-def _block(acc, l_i, m_i, q, k_ptrs, vt_ptrs, k_descale, start_n, seq_k,
-           BLOCK_N: tl.constexpr, MASK: tl.constexpr, P_SCALE: tl.constexpr):  # fmt: skip
-    k = tl.load(k_ptrs)
-    qk = tl.dot(q, tl.trans(k)) * k_descale  # k_descale: K's block scale times Q's (log2 units)
+def _block(acc, l_i, m_i, q, q_descale, k_base, vt_base, kd_ptr, block, stride_ks, stride_vd, seq_k,
+           BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, P_SCALE: tl.constexpr):  # fmt: skip
+    """One block of keys: logits, the online softmax's running max and sum, P @ V added in."""
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :])
+    k_descale = tl.load(kd_ptr + block) * q_descale  # K's block scale times Q's (log2 units)
+    qk = tl.dot(q, tl.trans(k)) * k_descale
     if MASK:
-        offs_n = start_n + tl.arange(0, BLOCK_N)
         qk = tl.where(offs_n[None, :] < seq_k, qk, float("-inf"))
     m_ij = tl.maximum(m_i, tl.max(qk, 1))
     p = tl.math.exp2(qk - m_ij[:, None])
     alpha = tl.math.exp2(m_i - m_ij)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    vt = tl.load(vt_ptrs)
+    vt = tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :])
     acc = tl.dot((p * P_SCALE).to(vt.dtype), tl.trans(vt), acc)
     return acc, l_i, m_ij
 
@@ -35,7 +38,6 @@ def kernel(Q, K, VT, QD, KD, VD, VM, Out,
     off_b = off_bh // heads
     off_h = off_bh % heads
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
     # Q's block scale folded into the logits before the exponent (it carries softmax scale and log2 e)
@@ -46,21 +48,14 @@ def kernel(Q, K, VT, QD, KD, VD, VM, Out,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    kd_ptr = KD + off_bh * k_blocks
     full_blocks: tl.constexpr = SEQ_K // BLOCK_N  # constexpr: a known trip count (and Triton's interpreter)
     for block in range(0, full_blocks):
-        start_n = block * BLOCK_N
-        k_ptrs = k_base + (start_n + offs_n)[:, None] * stride_ks + offs_d[None, :]
-        vt_ptrs = vt_base + offs_d[:, None] * stride_vd + (start_n + offs_n)[None, :]
-        k_descale = tl.load(KD + off_bh * k_blocks + block) * q_descale
-        acc, l_i, m_i = _block(acc, l_i, m_i, q, k_ptrs, vt_ptrs, k_descale, start_n, SEQ_K,
-                               BLOCK_N, False, P_SCALE)  # fmt: skip
+        acc, l_i, m_i = _block(acc, l_i, m_i, q, q_descale, k_base, vt_base, kd_ptr, block, stride_ks, stride_vd,
+                               SEQ_K, BLOCK_N, HEAD_DIM, False, P_SCALE)  # fmt: skip
     if full_blocks * BLOCK_N < SEQ_K:  # the last, partial block: keys past the end masked out
-        start_n = full_blocks * BLOCK_N
-        k_ptrs = k_base + (start_n + offs_n)[:, None] * stride_ks + offs_d[None, :]
-        vt_ptrs = vt_base + offs_d[:, None] * stride_vd + (start_n + offs_n)[None, :]
-        k_descale = tl.load(KD + off_bh * k_blocks + full_blocks) * q_descale
-        acc, l_i, m_i = _block(acc, l_i, m_i, q, k_ptrs, vt_ptrs, k_descale, start_n, SEQ_K,
-                               BLOCK_N, True, P_SCALE)  # fmt: skip
+        acc, l_i, m_i = _block(acc, l_i, m_i, q, q_descale, k_base, vt_base, kd_ptr, full_blocks, stride_ks,
+                               stride_vd, SEQ_K, BLOCK_N, HEAD_DIM, True, P_SCALE)  # fmt: skip
     v_descale = tl.load(VD + off_bh * HEAD_DIM + offs_d)
     v_mean = tl.load(VM + off_bh * HEAD_DIM + offs_d)
     out = acc * (v_descale[None, :] / (l_i[:, None] * P_SCALE)) + v_mean[None, :]
