@@ -91,8 +91,8 @@ class JobsPanel(Vertical):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        # Jobs whose line has ended: a late event for one (the journal told of its end before
-        # its events were followed) must not mount a new line after the old one was pruned.
+        # Jobs whose line has ended: a late progress event for one (the journal told of its end
+        # before its events were followed) must not mount a new line once the old one is pruned.
         self._ended: set[str] = set()
 
     def start(self, key: str, title: str) -> JobLine:
@@ -118,8 +118,6 @@ class JobsPanel(Vertical):
     def finish_job(self, key: str, title: str, ok: bool, summary: str) -> None:
         line = self.line(key)
         if line is None:
-            if key in self._ended:
-                return  # told again after its line was pruned
             line = self.start(key, title)
         line.finish(ok, summary)
         self._ended.add(key)
