@@ -87,6 +87,7 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
             scales = torch.stack([torch.full_like(dq, 256.0), dv.reciprocal() * 0.5])
             kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scales, 1 / math.sqrt(dim)))
             log(f"{case:<18} fp8 kernel alone    {kernel_ms:7.2f} ms {flops / kernel_ms / 1e9:6.0f} TFLOP/s")
+        flash_rows(case, q, k, v, reference, ms, flops)
         if sweep and not case.startswith("offset"):
             for p_scale in (1.0, 16.0, 256.0, 448.0, 4096.0, 65536.0):
                 for headroom in (0.5, 8.0):
@@ -95,6 +96,38 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
                         f"{rel(out, reference):.4f}  max|out| {float(out.abs().max()):.3f}")  # fmt: skip
         del q, k, v, reference
         torch.cuda.empty_cache()
+
+
+FLASH_CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3))
+
+
+def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor, sdpa_ms: float,
+               flops: float) -> None:  # fmt: skip
+    """tunehub's Triton FP8 flash attention (per-block scales, 16-bit output): end to end eager
+    and compiled, then the kernel alone per tile (BLOCK_M, BLOCK_N, warps, stages)."""
+    from tunehub.inference.fp8_flash import flash_attention_8bit, fp8_flash_attention, quantize_blocks
+
+    compiled = torch.compile(fp8_flash_attention)
+    for label, function in (("fp8 flash eager", fp8_flash_attention), ("fp8 flash compiled", compiled)):
+        out = function(q, k, v)
+        flash_ms = median_ms(lambda: function(q, k, v))
+        log(f"{case:<18} {label:<19} {flash_ms:7.2f} ms {flops / flash_ms / 1e9:6.0f} TFLOP/s  rel.err "
+            f"{rel(out, reference):.4f}  ({sdpa_ms / flash_ms:.2f}x sdpa bf16)")  # fmt: skip
+    if case != "random":
+        return
+    seq = q.shape[1]
+    for block_m, block_n, warps, stages in FLASH_CONFIGS:
+        parts = quantize_blocks(q, k, v, None, block_m, block_n)
+        try:
+            run = lambda: flash_attention_8bit(*parts, seq, seq, q.dtype, block_m, block_n, warps, stages)  # noqa: E731
+            out = run()
+            kernel_ms = median_ms(run)
+        except Exception as exc:  # a tile that does not fit (shared memory, registers) is reported, not fatal
+            log(f"{case:<18} fp8 flash kernel {block_m}x{block_n} w{warps} s{stages}: {type(exc).__name__}: {str(exc)[:120]}")
+            continue
+        log(f"{case:<18} fp8 flash kernel {block_m}x{block_n} w{warps} s{stages} {kernel_ms:7.2f} ms "
+            f"{flops / kernel_ms / 1e9:6.0f} TFLOP/s  rel.err {rel(out, reference):.4f}")  # fmt: skip
+    del parts
 
 
 def gemm_bench(tokens: int, shapes: list[tuple[int, int]], configs: list[tuple[str, tuple[int, ...]]]) -> dict[str, float]:
@@ -155,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="linear shapes OUTxIN, comma-separated (default Wan 14B's; Wan 2.2 5B: "
                         "3072x3072,14336x3072,3072x14336)")
     parser.add_argument("--skip-attention", action="store_true")
+    parser.add_argument("--heads", default="40", help="attention heads, comma-separated (Wan 14B 40, 1.3B 12)")
     parser.add_argument("--skip-gemm", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="fp8 attention's P and output scales swept")
     args = parser.parse_args(argv)
@@ -173,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{versions}")  # fmt: skip
     configs = [(c.split(":")[0], tuple(int(v) for v in c.split(":")[1].split(","))) for c in args.configs.split(";") if c]
     if not args.skip_attention:
-        attention_bench(args.tokens, 40, 128, args.sweep)
+        for heads in (int(h) for h in args.heads.split(",")):
+            attention_bench(args.tokens, heads, 128, args.sweep)
     if not args.skip_gemm:
         shapes = [(int(out), int(inp)) for out, inp in (shape.split("x") for shape in args.shapes.split(","))]
         totals = gemm_bench(args.tokens, shapes, configs)

@@ -320,6 +320,29 @@ class DefinitionDocument:
         return DefinitionDocument(self.path, text, data, hashlib.sha256(encoded).hexdigest())
 
 
+SAVE_SETTLE_SECONDS = 0.02
+SAVE_SETTLE_LIMIT = 1.0
+
+
+def _read_saved(path: Path) -> DefinitionDocument:
+    """Read a definition, waiting out an editor's in-place save (truncate, then write) caught midway.
+
+    An unparsable file is read again after a short pause while its bytes keep changing or it is
+    empty (a save in progress); the same unparsable bytes twice is a broken file, reported at once.
+    """
+    deadline = time.monotonic() + SAVE_SETTLE_LIMIT
+    previous: bytes | None = None
+    while True:
+        try:
+            return DefinitionDocument.read(path)
+        except DefinitionError:
+            current = path.read_bytes()
+            if (current and current == previous) or time.monotonic() > deadline:
+                raise
+            previous = current
+            time.sleep(SAVE_SETTLE_SECONDS)
+
+
 def update_definition(
     path: str | os.PathLike[str],
     mutate: Callable[[dict[str, Any]], bool | None],
@@ -335,7 +358,7 @@ def update_definition(
     data: dict[str, Any] = {}
     doc: DefinitionDocument | None = None
     for _ in range(attempts):
-        doc = DefinitionDocument.read(path)
+        doc = _read_saved(Path(path))
         data = json.loads(doc.text)  # a private copy: mutate must not touch doc.data
         if mutate(data) is False:
             return doc

@@ -112,7 +112,7 @@ def test_fp8_falls_back_on_cpu_with_one_line_note() -> None:
     assert [block.attn1.processor for block in model.blocks] == processors
     assert unavailable_reason("cpu") == "needs a CUDA GPU (device is cpu)"
     assert set_attention(model, "sdpa", "cpu") == ("sdpa", None)
-    with pytest.raises(ValueError, match="choose one of sdpa, fp8"):
+    with pytest.raises(ValueError, match="choose one of sdpa, fp8, fp8-cudnn"):
         set_attention(model, "sage", "cpu")
 
 

@@ -1,24 +1,31 @@
-"""Attention choices for the transformer: ``sdpa`` (torch's, through diffusers) or ``fp8``.
+"""Attention choices for the transformer: ``sdpa`` (torch's, through diffusers), ``fp8`` or ``fp8-cudnn``.
 
-``fp8`` runs the video self-attention (Wan's ``attn1``, 32,760 tokens at 832x480x81) through
-cuDNN's FP8 (e4m3) flash attention, from the optional ``nvidia-cudnn-frontend`` package, on
-Hopper (sm 9.0) and newer. It trades accuracy for speed, as WanGP's sage option does, so it
-is opt-in. What bounds the error:
+Both FP8 choices run the video self-attention (Wan's ``attn1``, 32,760 tokens at 832x480x81)
+in e4m3 on Hopper (sm 9.0) and newer. They trade accuracy for speed, as WanGP's sage option
+does, so they are opt-in:
+
+- ``fp8``: tunehub's Triton kernel (:mod:`tunehub.inference.fp8_flash`): one scale per block
+  of 128 query or key rows and head, V scaled per channel, a 16-bit output. On one H200 at
+  Wan 14B's shape: 1.22x torch's bf16 SDPA compiled, 6.0% error on random inputs.
+- ``fp8-cudnn``: cuDNN's FP8 flash attention, from the optional ``nvidia-cudnn-frontend``
+  package: per-tensor scales and an e4m3 output (Hopper cannot write bf16 there): 1.40x, but
+  12.6% error on the same inputs.
+
+What bounds the error in both:
 
 - K is smoothed by its mean over the tokens (SageAttention's trick): softmax is unchanged by
   a constant per query row, and the values left to round are smaller;
 - V is smoothed the same way and its mean added back to the output (each row of the softmax
   sums to one), so a common component of V is never rounded;
-- q/k/v and the output use power-of-two per-tensor scales from their absmax (e4m3 is a
-  float format: a per-tensor scale costs precision only for values 2^15 below the absmax);
+- cuDNN's q/k/v and output use power-of-two per-tensor scales from their absmax;
 - cross-attention (512 text tokens) stays in bf16: there FP8 is a net loss.
 
 q/k/v smoothing and quantization are plain torch ops that ``torch.compile`` fuses with the
-rotary embedding; the cuDNN call is a custom op, so compiled blocks do not break around it.
+rotary embedding; each kernel call is a custom op, so compiled blocks do not break around it.
 With Ulysses context parallelism the call runs inside diffusers' all-to-all (full sequence,
 a share of the heads); ring attention needs the log-sum-exp merge and keeps bf16.
 
-Elsewhere (CPU, an older GPU, the package missing, a non-Wan transformer) ``set_attention``
+Elsewhere (CPU, an older GPU, Triton or the package missing, a non-Wan transformer) ``set_attention``
 keeps ``sdpa`` and returns a one-line note saying why.
 """
 
@@ -32,7 +39,11 @@ from typing import Any
 
 import torch
 
-ATTENTIONS = ("sdpa", "fp8")
+ATTENTIONS = ("sdpa", "fp8", "fp8-cudnn")
+# fp8's two kernels: tunehub's Triton one (per-block scales, 16-bit output: half cuDNN's error)
+# and cuDNN's (per-tensor scales, e4m3 output: the faster); "fp8" takes the Triton one where
+# Triton runs, "fp8-cudnn" cuDNN's
+FP8_KERNELS = ("triton", "cudnn")
 FP8_MAX = 448.0
 _PACKAGE = "nvidia-cudnn-frontend"
 
@@ -70,8 +81,8 @@ def reference_fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch
 # ------------------------------------------------------------------ availability
 
 
-def unavailable_reason(device: torch.device | str, head_dim: int | None = None) -> str | None:
-    """Why fp8 attention cannot run on ``device`` (None: it can)."""
+def unavailable_reason(device: torch.device | str, head_dim: int | None = None, kernel: str = "cudnn") -> str | None:
+    """Why fp8 attention's ``kernel`` cannot run on ``device`` (None: it can)."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return f"needs a CUDA GPU (device is {device.type})"
@@ -80,6 +91,14 @@ def unavailable_reason(device: torch.device | str, head_dim: int | None = None) 
         return f"needs Hopper (sm 9.0) or newer, this GPU is sm {capability[0]}.{capability[1]}"
     if head_dim is not None and head_dim % 16:
         return f"needs a head size divisible by 16 (got {head_dim})"
+    if kernel == "triton":
+        if head_dim is not None and head_dim & (head_dim - 1):
+            return f"its Triton kernel needs a power-of-two head size (got {head_dim})"
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return f"needs the triton package: {type(exc).__name__}"
+        return None
     try:
         import cudnn  # noqa: F401
     except (ImportError, OSError) as exc:
@@ -292,7 +311,8 @@ def _self_attention_modules(transformer: torch.nn.Module) -> list[Any]:
 def set_attention(transformer: torch.nn.Module, attention: str, device: torch.device | str) -> tuple[str, str | None]:
     """Use ``attention`` for ``transformer``'s self-attention; returns (attention in use, a
     one-line note when ``fp8`` fell back to ``sdpa``, else None). Call before compiling."""
-    if attention not in ATTENTIONS:
+    kernels = {"fp8": FP8_KERNELS, **{f"fp8-{k}": (k,) for k in FP8_KERNELS}}  # "fp8-cudnn": that kernel only
+    if attention not in kernels and attention != "sdpa":
         raise ValueError(f"unknown attention '{attention}'; choose one of {', '.join(ATTENTIONS)}")
     modules = _self_attention_modules(transformer)
     for module in modules:  # back to the stock processor first (sdpa, or a second call)
@@ -301,14 +321,22 @@ def set_attention(transformer: torch.nn.Module, attention: str, device: torch.de
     if attention == "sdpa":
         return "sdpa", None
     reason: str | None = None
+    kernel: str | None = None
     if not modules or type(transformer).__name__ not in ("WanTransformer3DModel", "WanVACETransformer3DModel"):
         reason = f"made for Wan transformers, not {type(transformer).__name__}"
     else:
-        reason = unavailable_reason(device, getattr(modules[0], "inner_dim", 0) // max(1, modules[0].heads))
+        head_dim = getattr(modules[0], "inner_dim", 0) // max(1, modules[0].heads)
+        reasons = {kernel: unavailable_reason(device, head_dim, kernel) for kernel in kernels[attention]}
+        kernel = next((k for k, why in reasons.items() if why is None), None)
+        reason = None if kernel else "; ".join(dict.fromkeys(why for why in reasons.values() if why))
     if reason is not None:
-        return "sdpa", f"fp8 attention {reason}: using sdpa"
+        return "sdpa", f"{attention} attention {reason}: using sdpa"
+    if kernel == "triton":
+        from tunehub.inference.fp8_flash import fp8_flash_attention as function
+    else:
+        function = fp8_attention
     for module in modules:
-        processor = Fp8SelfAttention(module.processor)
+        processor = Fp8SelfAttention(module.processor, function)
         processor._parallel_config = getattr(module.processor, "_parallel_config", None)
         module.set_processor(processor)
-    return "fp8", None
+    return attention, None

@@ -1,0 +1,143 @@
+"""FP8 flash attention in Triton with per-block scales and a 16-bit output (SageAttention's recipe).
+
+cuDNN's FP8 attention on Hopper takes one scale per tensor and writes its output in e4m3, and
+that output rounding alone costs a few percent of error. This kernel keeps what makes 8-bit
+attention accurate:
+
+- Q gets one scale per block of ``BLOCK_M`` query rows and head, K one per block of
+  ``BLOCK_N`` key rows and head, after K is smoothed by its mean over the tokens (softmax
+  is unchanged by a constant per query row);
+- V is smoothed the same way (its mean added back to the output) and scaled per channel,
+  a scale that factors out of ``P @ V`` and is applied to the float32 accumulator;
+- P (the unnormalised ``exp2(s - max)``, in [0, 1]) is multiplied by 448 before its e4m3
+  rounding, so that small probabilities stay out of e4m3's subnormals;
+- both products run in e4m3 with float32 accumulation, and the output is written in the
+  input's dtype: no second rounding through FP8.
+
+:func:`quantize_blocks` is plain torch (``torch.compile`` fuses it); :func:`fp8_flash_attention`
+is a custom op, so compiled transformer blocks do not break around it. On CPU the kernel runs
+in Triton's interpreter for the tests, with the 8-bit values carried in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+
+__all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "reference"]
+
+FP8_MAX = 448.0
+P_SCALE = 448.0
+LOG2E = 1.4426950408889634
+BLOCK_M = 128
+BLOCK_N = 128
+_CONFIG = {"num_warps": 8, "num_stages": 3}
+
+
+def _eight_bit(device: torch.device) -> torch.dtype:
+    # Triton's interpreter has no e4m3: on CPU the rounded values travel as float32
+    return torch.float8_e4m3fn if device.type == "cuda" else torch.float32
+
+
+def _to_e4m3(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    rounded = values.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return rounded if dtype == torch.float8_e4m3fn else rounded.to(dtype)
+
+
+def _blocks(tensor: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    """[B, H, S, D] -> [B, H, S_padded / block, block, D] (zero rows after S), and S_padded."""
+    sequence = tensor.shape[2]
+    padded = -(-sequence // block) * block
+    if padded != sequence:
+        tensor = torch.nn.functional.pad(tensor, (0, 0, 0, padded - sequence))
+    return tensor.unflatten(2, (padded // block, block)), padded
+
+
+def quantize_blocks(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
+    block_m: int = BLOCK_M, block_n: int = BLOCK_N,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """``[B, S, H, D]`` 16-bit q/k/v -> (q8 [B,H,Sq,D], k8 [B,H,Sk,D], v8 transposed [B,H,D,Sk],
+    q descale [B,H,Sq/block_m] (times softmax scale and log2 e), k descale [B,H,Sk/block_n],
+    v descale [B,H,D], V's mean [B,H,D]); Sq and Sk padded with zero rows to whole blocks."""
+    eight_bit = _eight_bit(query.device)
+    softmax_scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    q = query.transpose(1, 2).float()
+    k = key.transpose(1, 2).float()
+    k = k - k.mean(dim=2, keepdim=True)
+    v = value.transpose(1, 2).float()
+    v_mean = v.mean(dim=2, keepdim=True)
+    v = v - v_mean
+    q_blocks, q_len = _blocks(q, block_m)
+    q_amax = q_blocks.abs().amax(dim=(-1, -2)).clamp(min=1e-12)
+    q8 = _to_e4m3(q_blocks * (FP8_MAX / q_amax)[..., None, None], eight_bit).flatten(2, 3)
+    k_blocks, k_len = _blocks(k, block_n)
+    k_amax = k_blocks.abs().amax(dim=(-1, -2)).clamp(min=1e-12)
+    k8 = _to_e4m3(k_blocks * (FP8_MAX / k_amax)[..., None, None], eight_bit).flatten(2, 3)
+    v_amax = v.abs().amax(dim=2).clamp(min=1e-12)  # [B, H, D]: per channel
+    v_padded = torch.nn.functional.pad(v, (0, 0, 0, k_len - v.shape[2])) if k_len != v.shape[2] else v
+    v8t = _to_e4m3(v_padded * (FP8_MAX / v_amax)[:, :, None, :], eight_bit).transpose(2, 3).contiguous()
+    q_descale = q_amax / FP8_MAX * (softmax_scale * LOG2E)
+    k_descale = k_amax / FP8_MAX
+    v_descale = v_amax / FP8_MAX
+    return q8, k8, v8t, q_descale, k_descale, v_descale, v_mean.squeeze(2)
+
+
+def flash_attention_8bit(
+    q8: torch.Tensor, k8: torch.Tensor, v8t: torch.Tensor, q_descale: torch.Tensor, k_descale: torch.Tensor,
+    v_descale: torch.Tensor, v_mean: torch.Tensor, seq_q: int, seq_k: int, out_dtype: torch.dtype,
+    block_m: int = BLOCK_M, block_n: int = BLOCK_N, num_warps: int | None = None, num_stages: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The kernel on :func:`quantize_blocks`' output; returns ``[B, seq_q, H, D]`` in ``out_dtype``."""
+    from tunehub.inference._fp8_flash_kernel import kernel
+
+    batch, heads, _, dim = q8.shape
+    out = torch.empty(batch, seq_q, heads, dim, dtype=out_dtype, device=q8.device)
+    q_descale, k_descale = q_descale.float().contiguous(), k_descale.float().contiguous()
+    v_descale, v_mean = v_descale.float().contiguous(), v_mean.float().contiguous()
+    grid = (q8.shape[2] // block_m, batch * heads)
+    options = {} if q8.device.type != "cuda" else {
+        "num_warps": num_warps or _CONFIG["num_warps"], "num_stages": num_stages or _CONFIG["num_stages"],
+    }  # fmt: skip
+    kernel[grid](
+        q8, k8, v8t, q_descale, k_descale, v_descale, v_mean, out,
+        q8.stride(0), q8.stride(1), q8.stride(2), k8.stride(0), k8.stride(1), k8.stride(2),
+        v8t.stride(0), v8t.stride(1), v8t.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        heads, seq_q, q_descale.shape[-1], k_descale.shape[-1], SEQ_K=seq_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim, P_SCALE=P_SCALE, **options,
+    )  # fmt: skip
+    return out
+
+
+@torch.library.custom_op("tunehub::fp8_flash_kernel", mutates_args=())
+def _flash_op(
+    query: torch.Tensor, q8: torch.Tensor, k8: torch.Tensor, v8t: torch.Tensor, q_descale: torch.Tensor,
+    k_descale: torch.Tensor, v_descale: torch.Tensor, v_mean: torch.Tensor, seq_k: int,
+) -> torch.Tensor:  # fmt: skip
+    return flash_attention_8bit(q8, k8, v8t, q_descale, k_descale, v_descale, v_mean, query.shape[1], seq_k, query.dtype)
+
+
+@_flash_op.register_fake
+def _(query: torch.Tensor, *args: object) -> torch.Tensor:
+    return torch.empty_like(query)
+
+
+def fp8_flash_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Self-attention of ``[B, S, H, D]`` 16-bit tensors: per-block FP8, output in the input dtype
+    and layout. The quantization is plain torch (fused when compiled), the kernel a custom op."""
+    parts = quantize_blocks(query, key, value, scale)
+    return _flash_op(query, *parts, key.shape[1])
+
+
+def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The same quantization in plain torch (float32 products, P rounded as the kernel does): for tests."""
+    seq_q, seq_k = query.shape[1], key.shape[1]
+    q8, k8, v8t, qd, kd, vd, vm = quantize_blocks(query, key, value, scale)
+    q = (q8.float().unflatten(2, (-1, BLOCK_M)) * qd[..., None, None]).flatten(2, 3)[:, :, :seq_q]
+    k = (k8.float().unflatten(2, (-1, BLOCK_N)) * kd[..., None, None]).flatten(2, 3)[:, :, :seq_k]
+    v = v8t.float().transpose(2, 3)[:, :, :seq_k]
+    logits = q @ k.transpose(2, 3)  # log2 units: the exponent is exp2
+    p = torch.exp2(logits - logits.amax(dim=-1, keepdim=True))
+    p_rounded = _to_e4m3(p * P_SCALE, torch.float32) if query.device.type == "cuda" else p * P_SCALE
+    out = (p_rounded @ v) * (vd[:, :, None, :] / (p.sum(-1, keepdim=True) * P_SCALE)) + vm[:, :, None, :]
+    return out.transpose(1, 2).to(query.dtype)
