@@ -34,19 +34,25 @@ def _daemon_jobs(home: Home) -> dict[int, str]:
     return {job["id"]: job["state"] for job in json.loads(done.stdout)}
 
 
-async def test_twenty_quick_jobs_end_as_the_daemon_says(home: Home) -> None:
+def _daemon_with_quick_pulls(home: Home, definition_ids: list[str]) -> Any:
+    """A running daemon for ``home`` (no pulls of its own, one attempt per job) and these
+    definitions, whose one file is present: each pull is done at once."""
     from tests.daemon.conftest import DaemonProcess
 
     home.ckpts.mkdir(parents=True, exist_ok=True)
-    (home.ckpts / "quick_bf16.safetensors").write_bytes(b"x" * 64)  # present: each pull is done at once
-    for index in range(COUNT):
-        home.write_definition(f"t2v_quick{index:02d}", {"name": f"q{index}", "architecture": "t2v",
-                                                       "URLs": ["quick_bf16.safetensors"]})
-    home.write_definition("t2v_fails", {"name": "f", "architecture": "t2v",
-                                        "URLs": ["http://127.0.0.1:9/nowhere/really_long_name_of_a_file_bf16.safetensors"]})
+    (home.ckpts / "quick_bf16.safetensors").write_bytes(b"x" * 64)
+    for index, definition_id in enumerate(definition_ids):
+        home.write_definition(definition_id, {"name": f"q{index}", "architecture": "t2v", "URLs": ["quick_bf16.safetensors"]})
     home.write_config('quantization = "bf16"\n[daemon]\npull = "none"\nquantize = "never"\nmax_attempts = 1\n')
     daemon = DaemonProcess(home.root, env=home.env())
     daemon.start()
+    return daemon
+
+
+async def test_twenty_quick_jobs_end_as_the_daemon_says(home: Home) -> None:
+    home.write_definition("t2v_fails", {"name": "f", "architecture": "t2v",
+                                        "URLs": ["http://127.0.0.1:9/nowhere/really_long_name_of_a_file_bf16.safetensors"]})
+    daemon = _daemon_with_quick_pulls(home, [f"t2v_quick{index:02d}" for index in range(COUNT)])
     try:
         app = make_app(home, use_daemon=True)
         async with app.run_test(size=(200, 60)) as pilot:
@@ -176,14 +182,7 @@ async def test_events_before_the_daemons_reply_leave_one_line(home: Home) -> Non
     """The job's events came before the daemon's reply with its id, so the follower took
     them for another client's job ("daemon-N"); its job.done, posted after the app had the
     end from the journal, made a second, stray line."""
-    from tests.daemon.conftest import DaemonProcess
-
-    home.ckpts.mkdir(parents=True, exist_ok=True)
-    (home.ckpts / "quick_bf16.safetensors").write_bytes(b"x" * 64)
-    home.write_definition("t2v_quick", {"name": "q", "architecture": "t2v", "URLs": ["quick_bf16.safetensors"]})
-    home.write_config('quantization = "bf16"\n[daemon]\npull = "none"\nquantize = "never"\nmax_attempts = 1\n')
-    daemon = DaemonProcess(home.root, env=home.env())
-    daemon.start()
+    daemon = _daemon_with_quick_pulls(home, ["t2v_quick"])
     try:
         app = make_app(home, use_daemon=True)
         async with app.run_test(size=(120, 40)) as pilot:
