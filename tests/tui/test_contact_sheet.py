@@ -48,6 +48,8 @@ async def _after_job(pilot: Any) -> None:
     app.post_message(JobFinished("local-1", "generate", "t2v_alpha", True, "video written: outputs/clip.mp4", result))
     await wait_for(pilot, lambda: bool(app.screen.query("#generate-sheet")), what="contact sheet")
     app.screen.query_one("#generate-sheet").scroll_visible(animate=False)
+    # The job's notification lasts 6 s: on a loaded machine it was gone before the screenshot.
+    app.clear_notifications()
     await pilot.pause()
     await pilot.pause()
 
