@@ -22,6 +22,7 @@ from tunehub.registry.validate import (
     MAX_REFERENCE_DEPTH,
     check_file_structure,
     check_merged,
+    has_required_keys,
     url_keys,
 )
 from tunehub.registry.weights import local_path_candidates
@@ -80,12 +81,6 @@ def _has_string_reference(model: dict[str, Any]) -> bool:
         if isinstance(value, str) and (key in _REFERENCE_CAPABLE or key.startswith("URLs")):
             return True
     return False
-
-
-def _has_required_keys(model: dict[str, Any]) -> bool:
-    """True when check_merged has nothing to say (checked inline: it runs for every definition)."""
-    arch = model.get("architecture")
-    return "name" in model and arch is not None and (not isinstance(arch, str) or bool(arch.strip()))
 
 
 @contextlib.contextmanager
@@ -222,7 +217,11 @@ class Registry:
             entries = [raw for raw in entries if self.folders[raw.folder_index].origin is not Origin.BUILTIN]
         if len(entries) == 1 and entries[0].data is not None:
             self._merge_one(definition_id, entries[0])
-            return
+        else:
+            self._merge_many(definition_id, entries)
+
+    def _merge_many(self, definition_id: str, entries: list[_RawFile]) -> None:
+        """The general merge of a definition's files, in order."""
         data: dict[str, Any] = {}
         model: dict[str, Any] = {}
         problems: list[Problem] = []
@@ -258,7 +257,8 @@ class Registry:
         self._merged[definition_id] = _Merged(definition, entries)
 
     def _merge_one(self, definition_id: str, raw: _RawFile) -> None:
-        """_merge for an id with one readable file, the rule in a large folder: same result, less work."""
+        """_merge_many for an id with one readable file, the rule in a large folder: same result, less
+        work (tests/registry/test_merge_paths.py holds the two to the same result)."""
         file_data = raw.data
         assert file_data is not None
         data = file_data.copy()
@@ -269,7 +269,7 @@ class Registry:
             data["model"] = model
         folder = self.folders[raw.folder_index]
         definition = Definition(definition_id, data, [raw.path], folder.origin, problems, folder.readonly)
-        if model is not _ABSENT and not _has_required_keys(model) and not any(p.key == "model" for p in problems):
+        if model is not _ABSENT and not has_required_keys(model) and not any(p.key == "model" for p in problems):
             problems.extend(check_merged(str(raw.path), model))
         self._merged[definition_id] = _Merged(definition, [raw])
 

@@ -34,6 +34,25 @@ class Problem:
         return {"file": self.file, "key": self.key, "message": self.message}
 
 
+def _name_of(model: dict[str, Any], definition_id: str) -> str:
+    name = model.get("name")
+    return name if isinstance(name, str) else definition_id
+
+
+def _architecture_of(model: dict[str, Any]) -> str | None:
+    arch = model.get("architecture")
+    return arch if isinstance(arch, str) else None
+
+
+def _description_of(model: dict[str, Any]) -> str:
+    description = model.get("description")
+    return description if isinstance(description, str) else ""
+
+
+def _visible(model: dict[str, Any]) -> bool:
+    return model.get("visible", True) is not False
+
+
 @dataclass
 class Definition:
     """A definition after merging every file with its id."""
@@ -61,13 +80,11 @@ class Definition:
 
     @property
     def name(self) -> str:
-        name = self.model.get("name")
-        return name if isinstance(name, str) else self.id
+        return _name_of(self.model, self.id)
 
     @property
     def architecture(self) -> str | None:
-        arch = self.model.get("architecture")
-        return arch if isinstance(arch, str) else None
+        return _architecture_of(self.model)
 
     @property
     def family(self) -> str:
@@ -77,8 +94,7 @@ class Definition:
 
     @property
     def description(self) -> str:
-        description = self.model.get("description")
-        return description if isinstance(description, str) else ""
+        return _description_of(self.model)
 
     @property
     def valid(self) -> bool:
@@ -86,22 +102,20 @@ class Definition:
 
     @property
     def visible(self) -> bool:
-        return self.model.get("visible", True) is not False
+        return _visible(self.model)
 
     def summary(self) -> dict[str, Any]:
         """The object ``tunehub list --json`` prints."""
-        # the properties' rules, on one lookup of the model (this runs for every listed file)
-        model = self.model
-        name, arch, description = model.get("name"), model.get("architecture"), model.get("description")
-        arch = arch if isinstance(arch, str) else None
+        model = self.model  # one lookup of the model: this runs for every listed file
+        arch = _architecture_of(model)
         return {
             "id": self.id,
-            "name": name if isinstance(name, str) else self.id,
+            "name": _name_of(model, self.id),
             "architecture": arch,
             "family": architecture(arch).family if arch else "unknown",
-            "description": description if isinstance(description, str) else "",
+            "description": _description_of(model),
             "origin": self.origin.value,
-            "visible": model.get("visible", True) is not False,
+            "visible": _visible(model),
             "valid": not self.problems,
             "errors": [str(problem) for problem in self.problems],
             "files": [str(path) for path in self.files],

@@ -205,12 +205,21 @@ def _check_modules(file: str, modules: Any, origin: Origin) -> list[Problem]:
     return problems
 
 
+def has_required_keys(model: dict[str, Any]) -> bool:
+    """True when :func:`check_merged` has nothing to say: the test the registry runs on every
+    definition, without building the problem list."""
+    arch = model.get("architecture")
+    return "name" in model and arch is not None and (not isinstance(arch, str) or bool(arch.strip()))
+
+
 def check_merged(file: str, model: dict[str, Any]) -> list[Problem]:
     """Problems of the merged definition: the two keys WanGP requires.
 
     Any non-empty string is a valid architecture: what tunehub can do with it beyond
     listing, resolving and syncing is the architecture table's business, not a problem.
     """
+    if has_required_keys(model):
+        return []
     problems: list[Problem] = []
     if "name" not in model:
         problems.append(Problem(file, "model.name", 'missing: add "name", the label shown to users'))
