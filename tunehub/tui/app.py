@@ -137,7 +137,8 @@ class TunehubApp(App[None]):
         """Bring the lines of daemon jobs in step with the daemon's journal (``tunehub jobs``)."""
         if self.daemon_client is None:
             return
-        wanted = {k: job for k, job in self.jobs.items() if job.get("daemon_job") is not None
+        # A copy first: the app's thread adds jobs while this runs in a worker thread.
+        wanted = {k: job for k, job in list(self.jobs.items()) if job.get("daemon_job") is not None
                   and (keys is None or k in keys) and job.get("state") == "running"}
         if not wanted:
             return
@@ -167,20 +168,28 @@ class TunehubApp(App[None]):
 
     def job_key_for_daemon(self, job_id: Any) -> str | None:
         """The line of a job this app submitted (None for other clients' jobs, or before its id is known)."""
-        for key, job in self.jobs.items():
+        for key, job in list(self.jobs.items()):
             if job.get("daemon_job") is not None and str(job.get("daemon_job")) == str(job_id):
                 return key
         return None
 
+    def _key_of(self, message: JobUpdate | JobFinished) -> str:
+        """A message from the daemon's events carries the daemon's id: here, on the app's
+        thread, its key is the app's own for a job it submitted (known once the daemon replied)."""
+        own = self.job_key_for_daemon(message.daemon_job) if message.daemon_job is not None else None
+        return own or message.key
+
     def _forward(self, message: JobUpdate | JobFinished) -> None:
+        key = self._key_of(message)
         for screen in self.screen_stack:
             if isinstance(message, JobUpdate):
                 copy: JobUpdate | JobFinished = JobUpdate(
-                    message.key, message.kind, message.definition_id, message.event
+                    key, message.kind, message.definition_id, message.event, daemon_job=message.daemon_job
                 )
             else:
                 copy = JobFinished(
-                    message.key, message.kind, message.definition_id, message.ok, message.summary, message.result
+                    key, message.kind, message.definition_id, message.ok, message.summary, message.result,
+                    daemon_job=message.daemon_job,
                 )
             screen.post_message(copy)
 
@@ -188,7 +197,7 @@ class TunehubApp(App[None]):
         self._forward(message)
 
     def on_job_finished(self, message: JobFinished) -> None:
-        job = self.jobs.get(message.key)
+        job = self.jobs.get(self._key_of(message))
         if job is not None:
             if job.get("state") in ("done", "failed"):
                 return  # already told (by an event and by a sync): once is enough

@@ -40,7 +40,10 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
     definition_id = str(event.get("definition") or event.get("definition_id") or job.get("definition_id") or "")
     if event_type.startswith("job."):
         job_id = _job_id(event)
-        key = app.job_key_for_daemon(job_id) or f"daemon-{job_id}"
+        # Another client's key until the app, on its own thread, finds the job among those
+        # it submitted: looked up here, the reply with the id could land between the lookup
+        # and the post, and the job's end would make a second line.
+        key = f"daemon-{job_id}"
         kind = str(event.get("kind") or job.get("kind") or "job")
         suffix = event_type.split(".")[-1]
         state = str(event.get("state") or job.get("state") or suffix)
@@ -51,16 +54,16 @@ def handle_event(app: TunehubApp, screen: MainScreen, event: dict[str, Any]) -> 
                 summary = f"video written: {result['video']} (daemon job {job_id})"
             # Screens read results by attribute, as they do a local job's result object.
             value = SimpleNamespace(**result) if isinstance(result, dict) else result
-            app.post_message(JobFinished(key, kind, definition_id, True, summary, value))
+            app.post_message(JobFinished(key, kind, definition_id, True, summary, value, daemon_job=job_id))
         elif suffix in FAILED or state in FAILED:
             from tunehub.tui.app import first_line
 
             error = first_line(event.get("error") or job.get("error") or state)
-            app.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}"))
+            app.post_message(JobFinished(key, kind, definition_id, False, f"{kind} failed: {error}", daemon_job=job_id))
         else:
             progress = {k: event[k] for k in ("completed", "total", "status", "file", "message", "description") if k in event}
             progress.setdefault("status", state)
-            app.post_message(JobUpdate(key, kind, definition_id, progress))
+            app.post_message(JobUpdate(key, kind, definition_id, progress, daemon_job=job_id))
     if event_type.startswith(("job.done", "job.failed", "definition", "weights", "remote.changed", "registry")):
         refresh_updates(app, screen)
 

@@ -65,15 +65,19 @@ class JobUpdate(Message, bubble=False):
     """Progress of a job, local or the daemon's: ``event`` has completed/total/status.
 
     Posted to the app, which forwards a copy to each screen; copies must not bubble
-    back up to the app."""
+    back up to the app. ``daemon_job``: the daemon's id of the job, on messages made from
+    its events; the app gives them its own key for the job when it submitted it."""
 
 
-    def __init__(self, key: str, kind: str, definition_id: str, event: dict[str, Any]) -> None:
+    def __init__(
+        self, key: str, kind: str, definition_id: str, event: dict[str, Any], *, daemon_job: Any = None
+    ) -> None:
         super().__init__()
         self.key = key
         self.kind = kind
         self.definition_id = definition_id
         self.event = event
+        self.daemon_job = daemon_job
 
 
 class JobFinished(Message, bubble=False):
@@ -81,7 +85,8 @@ class JobFinished(Message, bubble=False):
 
 
     def __init__(
-        self, key: str, kind: str, definition_id: str, ok: bool, summary: str, result: Any = None
+        self, key: str, kind: str, definition_id: str, ok: bool, summary: str, result: Any = None,
+        *, daemon_job: Any = None,
     ) -> None:
         super().__init__()
         self.key = key
@@ -90,6 +95,7 @@ class JobFinished(Message, bubble=False):
         self.ok = ok
         self.summary = summary
         self.result = result
+        self.daemon_job = daemon_job  # as on JobUpdate
 
 
 class DeletionPlanned(Message):

@@ -414,9 +414,7 @@ class MainScreen(Screen[None]):
         """Events of our daemon job that came before its id made a line of their own: one line per job."""
         daemon_job = self.app.jobs.get(key, {}).get("daemon_job")
         if daemon_job is not None:
-            stray = self.query_one(JobsPanel).line(f"daemon-{daemon_job}")
-            if stray is not None:
-                stray.remove()
+            self.query_one(JobsPanel).drop(f"daemon-{daemon_job}")
 
     def on_job_finished(self, message: JobFinished) -> None:
         title = f"{message.kind} {message.definition_id}"

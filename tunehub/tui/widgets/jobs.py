@@ -18,6 +18,7 @@ class JobLine(Horizontal):
         self._event: dict[str, Any] = {}
         self._outcome: tuple[bool, str] | None = None
         self.contact_sheet: Any = None  # a finished generation's clip.png: a click shows it
+        self.leaving = False  # removed: still in the DOM until Textual prunes it
 
     def compose(self) -> ComposeResult:
         yield Label(self.title, classes="job-title", markup=False)
@@ -52,6 +53,11 @@ class JobLine(Horizontal):
         if text:
             self.query_one(".job-status", Label).update(text)
 
+    @property
+    def ended_ok(self) -> bool | None:
+        """True or False once the job has ended (even before the line is drawn), else None."""
+        return None if self._outcome is None else self._outcome[0]
+
     def finish(self, ok: bool, summary: str) -> None:
         self._outcome = (ok, summary)
         if not self._ready():
@@ -77,9 +83,17 @@ class JobLine(Horizontal):
 
 
 class JobsPanel(Vertical):
-    """Hidden while no job has run; keeps the last few finished ones visible."""
+    """Hidden while no job has run; keeps the last few finished ones visible, failed ones
+    longer (their error is what the user has to read)."""
 
     KEEP_FINISHED = 2
+    KEEP_FAILED = 5
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        # Jobs whose line has ended: a late progress event for one (the journal told of its end
+        # before its events were followed) must not mount a new line once the old one is pruned.
+        self._ended: set[str] = set()
 
     def start(self, key: str, title: str) -> JobLine:
         line = JobLine(key, title)
@@ -89,13 +103,15 @@ class JobsPanel(Vertical):
 
     def line(self, key: str) -> JobLine | None:
         for line in self.query(JobLine):
-            if line.key == key:
+            if line.key == key and not line.leaving:
                 return line
         return None
 
     def update_job(self, key: str, title: str, event: dict[str, Any]) -> None:
         line = self.line(key)
         if line is None:
+            if key in self._ended:
+                return
             line = self.start(key, title)
         line.update_progress(event)
 
@@ -104,6 +120,24 @@ class JobsPanel(Vertical):
         if line is None:
             line = self.start(key, title)
         line.finish(ok, summary)
-        finished = [job for job in self.query(JobLine) if job.has_class("-done") or job.has_class("-failed")]
-        for old in finished[: max(len(finished) - self.KEEP_FINISHED, 0)]:
-            old.remove()
+        self._ended.add(key)
+        self._prune()
+
+    def drop(self, key: str) -> None:
+        """Remove a job's line (a stray one, made before the job's id was known)."""
+        line = self.line(key)
+        if line is not None:
+            self._remove(line)
+
+    def _prune(self) -> None:
+        # By the job's outcome, not the line's classes: a line mounted and finished in one
+        # burst of messages gets its classes only once its children are mounted.
+        lines = [line for line in self.query(JobLine) if not line.leaving]
+        done = [line for line in lines if line.ended_ok is True]
+        failed = [line for line in lines if line.ended_ok is False]
+        for old in done[: max(len(done) - self.KEEP_FINISHED, 0)] + failed[: max(len(failed) - self.KEEP_FAILED, 0)]:
+            self._remove(old)
+
+    def _remove(self, line: JobLine) -> None:
+        line.leaving = True
+        line.remove()
