@@ -326,7 +326,7 @@ def set_attention(transformer: torch.nn.Module, attention: str, device: torch.de
         reason = f"made for Wan transformers, not {type(transformer).__name__}"
     else:
         head_dim = getattr(modules[0], "inner_dim", 0) // max(1, modules[0].heads)
-        reasons = {kernel: unavailable_reason(device, head_dim, kernel) for kernel in kernels[attention]}
+        reasons = {name: unavailable_reason(device, head_dim, name) for name in kernels[attention]}
         kernel = next((k for k, why in reasons.items() if why is None), None)
         reason = None if kernel else "; ".join(dict.fromkeys(why for why in reasons.values() if why))
     if reason is not None:
