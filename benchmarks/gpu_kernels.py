@@ -2,9 +2,10 @@
 forward at 832x480x81: 32,760 tokens, 40 heads of 128, dim 5120, ffn 13824).
 
 Attention: torch's bf16 SDPA (the kernel torch picks: cuDNN on an H100/H200) vs tunehub's
-fp8 attention (cuDNN frontend FP8 SDPA; q/k/v smoothing and quantization eager and
-compiled), with rel.err against a float32 reference on the same inputs: random q/k/v,
-sharper attention (q x 2) and q/k/v with a common offset (where the mean smoothing pays).
+two fp8 attentions (cuDNN frontend FP8 SDPA, and tunehub's Triton kernel with per-block
+scales), eager against eager and compiled against compiled, with rel.err against a float32
+reference on the same inputs: random q/k/v, sharper attention (q x 2) and q/k/v with a common
+offset (where the mean smoothing pays); then each kernel alone.
 
 Linears: bf16 matmul, fp8 ``_scaled_mm`` with row scales, ``torch._int_mm`` + compiled
 rescale, and the fused Triton int8 GEMM (each tile config given), from int8 activations
@@ -16,6 +17,7 @@ and weights, output bf16; rel.err against float64 math on the same int8 values.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -49,14 +51,31 @@ def rel(output: torch.Tensor, reference: torch.Tensor) -> float:
     return float((output.double() - reference.double()).norm() / reference.double().norm())
 
 
+def _sdpa_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """torch's SDPA on the model's [B, S, H, D] layout."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+def _mode_rows(case: str, name: str, functions: dict[str, Callable[..., torch.Tensor]], q: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor, sdpa_ms: dict[str, float],
+               flops: float) -> None:  # fmt: skip
+    """One row per mode (eager, compiled): time, TFLOP/s, rel.err and the ratio to bf16 SDPA in that mode."""
+    for mode, function in functions.items():
+        out = function(q, k, v)
+        ms = median_ms(lambda: function(q, k, v))
+        log(f"{case:<18} {name + ' ' + mode:<19} {ms:7.2f} ms {flops / ms / 1e9:6.0f} TFLOP/s  rel.err "
+            f"{rel(out, reference):.4f}  ({sdpa_ms[mode] / ms:.2f}x sdpa bf16 {mode})")  # fmt: skip
+
+
 def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> None:
     from tunehub.inference.attention import fp8_attention, quantize_qkv, unavailable_reason
 
     reason = unavailable_reason("cuda", dim)
     flops = 4 * tokens * tokens * dim * heads
     log(f"\n== self-attention 1 x {tokens} x {heads} x {dim} ({flops / 1e12:.1f} TFLOP); fp8: {reason or 'available'}")
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    compiled_fp8 = torch.compile(fp8_attention)
+    sdpa_modes = {"eager": _sdpa_bshd, "compiled": torch.compile(_sdpa_bshd)}
+    fp8_modes = {"eager": fp8_attention, "compiled": torch.compile(fp8_attention)}
     for case in ("random", "sharper (q x 2)", "offset (k, v + 1)"):
         generator = torch.Generator(device="cuda").manual_seed(1)
         q, k, v = (torch.randn(1, tokens, heads, dim, device="cuda", generator=generator, dtype=torch.bfloat16)
@@ -65,20 +84,15 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
             q = q * 2
         if case.startswith("offset"):
             k, v = k + 1, v + 1
-        reference = sdpa(*(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
-
-        def bf16() -> torch.Tensor:
-            return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-
-        ms = median_ms(bf16)
-        log(f"{case:<18} sdpa bf16           {ms:7.2f} ms {flops / ms / 1e9:6.0f} TFLOP/s  rel.err {rel(bf16(), reference):.4f}")
+        reference = _sdpa_bshd(q.float(), k.float(), v.float())
+        sdpa_ms: dict[str, float] = {}
+        for mode, function in sdpa_modes.items():
+            sdpa_ms[mode] = median_ms(lambda: function(q, k, v))
+            log(f"{case:<18} {'sdpa bf16 ' + mode:<19} {sdpa_ms[mode]:7.2f} ms {flops / sdpa_ms[mode] / 1e9:6.0f} "
+                f"TFLOP/s  rel.err {rel(function(q, k, v), reference):.4f}")  # fmt: skip
         if reason:
             continue
-        for label, function in (("fp8 eager", fp8_attention), ("fp8 compiled", compiled_fp8)):
-            out = function(q, k, v)
-            fp8_ms = median_ms(lambda: function(q, k, v))
-            log(f"{case:<18} {label:<19} {fp8_ms:7.2f} ms {flops / fp8_ms / 1e9:6.0f} TFLOP/s  rel.err "
-                f"{rel(out, reference):.4f}  ({ms / fp8_ms:.2f}x sdpa bf16)")  # fmt: skip
+        _mode_rows(case, "fp8", fp8_modes, q, k, v, reference, sdpa_ms, flops)
         if case == "random":
             from tunehub.inference.attention import cudnn_fp8_sdpa
 
@@ -87,7 +101,7 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
             scales = torch.stack([torch.full_like(dq, 256.0), dv.reciprocal() * 0.5])
             kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scales, 1 / math.sqrt(dim)))
             log(f"{case:<18} fp8 kernel alone    {kernel_ms:7.2f} ms {flops / kernel_ms / 1e9:6.0f} TFLOP/s")
-        flash_rows(case, q, k, v, reference, ms, flops)
+        flash_rows(case, q, k, v, reference, sdpa_ms, flops)
         if sweep and not case.startswith("offset"):
             for p_scale in (1.0, 16.0, 256.0, 448.0, 4096.0, 65536.0):
                 for headroom in (0.5, 8.0):
@@ -101,25 +115,21 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
 FLASH_CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3))
 
 
-def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor, sdpa_ms: float,
-               flops: float) -> None:  # fmt: skip
+def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor,
+               sdpa_ms: dict[str, float], flops: float) -> None:  # fmt: skip
     """tunehub's Triton FP8 flash attention (per-block scales, 16-bit output): end to end eager
     and compiled, then the kernel alone per tile (BLOCK_M, BLOCK_N, warps, stages)."""
     from tunehub.inference.fp8_flash import flash_attention_8bit, fp8_flash_attention, quantize_blocks
 
-    compiled = torch.compile(fp8_flash_attention)
-    for label, function in (("fp8 flash eager", fp8_flash_attention), ("fp8 flash compiled", compiled)):
-        out = function(q, k, v)
-        flash_ms = median_ms(lambda: function(q, k, v))
-        log(f"{case:<18} {label:<19} {flash_ms:7.2f} ms {flops / flash_ms / 1e9:6.0f} TFLOP/s  rel.err "
-            f"{rel(out, reference):.4f}  ({sdpa_ms / flash_ms:.2f}x sdpa bf16)")  # fmt: skip
+    modes = {"eager": fp8_flash_attention, "compiled": torch.compile(fp8_flash_attention)}
+    _mode_rows(case, "fp8 flash", modes, q, k, v, reference, sdpa_ms, flops)
     if case != "random":
         return
     seq = q.shape[1]
     for block_m, block_n, warps, stages in FLASH_CONFIGS:
         parts = quantize_blocks(q, k, v, None, block_m, block_n)
+        run = functools.partial(flash_attention_8bit, *parts, seq, seq, q.dtype, block_m, block_n, warps, stages)
         try:
-            run = lambda: flash_attention_8bit(*parts, seq, seq, q.dtype, block_m, block_n, warps, stages)  # noqa: E731
             out = run()
             kernel_ms = median_ms(run)
         except Exception as exc:  # a tile that does not fit (shared memory, registers) is reported, not fatal
@@ -127,7 +137,7 @@ def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref
             continue
         log(f"{case:<18} fp8 flash kernel {block_m}x{block_n} w{warps} s{stages} {kernel_ms:7.2f} ms "
             f"{flops / kernel_ms / 1e9:6.0f} TFLOP/s  rel.err {rel(out, reference):.4f}")  # fmt: skip
-    del parts
+        del parts, run
 
 
 def gemm_bench(tokens: int, shapes: list[tuple[int, int]], configs: list[tuple[str, tuple[int, ...]]]) -> dict[str, float]:

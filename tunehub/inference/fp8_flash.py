@@ -22,12 +22,14 @@ in Triton's interpreter for the tests, with the 8-bit values carried in float32.
 from __future__ import annotations
 
 import math
+
 import torch
+
+from tunehub.inference.attention import FP8_MAX, smooth_kv
 
 __all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "reference"]
 
-FP8_MAX = 448.0
-P_SCALE = 448.0
+P_SCALE = FP8_MAX  # P is in [0, 1]: its largest value lands on e4m3's
 LOG2E = 1.4426950408889634
 BLOCK_M = 128
 BLOCK_N = 128
@@ -44,13 +46,17 @@ def _to_e4m3(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return rounded if dtype == torch.float8_e4m3fn else rounded.to(dtype)
 
 
-def _blocks(tensor: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
-    """[B, H, S, D] -> [B, H, S_padded / block, block, D] (zero rows after S), and S_padded."""
-    sequence = tensor.shape[2]
-    padded = -(-sequence // block) * block
-    if padded != sequence:
-        tensor = torch.nn.functional.pad(tensor, (0, 0, 0, padded - sequence))
-    return tensor.unflatten(2, (padded // block, block)), padded
+def _padded(tensor: torch.Tensor, block: int) -> torch.Tensor:
+    """[B, H, S, D] with zero rows after S up to a whole number of blocks."""
+    missing = -tensor.shape[2] % block
+    return torch.nn.functional.pad(tensor, (0, 0, 0, missing)) if missing else tensor
+
+
+def _block_scaled(tensor: torch.Tensor, block: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, H, S, D] -> (e4m3 values [B, H, S_padded, D], one absmax per block of rows [B, H, blocks])."""
+    blocks = _padded(tensor, block).unflatten(2, (-1, block))
+    amax = blocks.abs().amax(dim=(-1, -2)).clamp(min=1e-12)
+    return _to_e4m3(blocks * (FP8_MAX / amax)[..., None, None], dtype).flatten(2, 3), amax
 
 
 def quantize_blocks(
@@ -62,21 +68,11 @@ def quantize_blocks(
     v descale [B,H,D], V's mean [B,H,D]); Sq and Sk padded with zero rows to whole blocks."""
     eight_bit = _eight_bit(query.device)
     softmax_scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
-    q = query.transpose(1, 2).float()
-    k = key.transpose(1, 2).float()
-    k = k - k.mean(dim=2, keepdim=True)
-    v = value.transpose(1, 2).float()
-    v_mean = v.mean(dim=2, keepdim=True)
-    v = v - v_mean
-    q_blocks, q_len = _blocks(q, block_m)
-    q_amax = q_blocks.abs().amax(dim=(-1, -2)).clamp(min=1e-12)
-    q8 = _to_e4m3(q_blocks * (FP8_MAX / q_amax)[..., None, None], eight_bit).flatten(2, 3)
-    k_blocks, k_len = _blocks(k, block_n)
-    k_amax = k_blocks.abs().amax(dim=(-1, -2)).clamp(min=1e-12)
-    k8 = _to_e4m3(k_blocks * (FP8_MAX / k_amax)[..., None, None], eight_bit).flatten(2, 3)
+    k, v, v_mean = smooth_kv(key.transpose(1, 2), value.transpose(1, 2), dim=2)
+    q8, q_amax = _block_scaled(query.transpose(1, 2).float(), block_m, eight_bit)
+    k8, k_amax = _block_scaled(k, block_n, eight_bit)
     v_amax = v.abs().amax(dim=2).clamp(min=1e-12)  # [B, H, D]: per channel
-    v_padded = torch.nn.functional.pad(v, (0, 0, 0, k_len - v.shape[2])) if k_len != v.shape[2] else v
-    v8t = _to_e4m3(v_padded * (FP8_MAX / v_amax)[:, :, None, :], eight_bit).transpose(2, 3).contiguous()
+    v8t = _to_e4m3(_padded(v, block_n) * (FP8_MAX / v_amax)[:, :, None, :], eight_bit).transpose(2, 3).contiguous()
     q_descale = q_amax / FP8_MAX * (softmax_scale * LOG2E)
     k_descale = k_amax / FP8_MAX
     v_descale = v_amax / FP8_MAX
