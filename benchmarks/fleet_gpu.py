@@ -42,7 +42,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before huggingface_hub is imported
 
-from tests.cluster.conftest import RayCluster, cluster_env
+from benchmarks.gpu_generate import random_model
+from tests.cluster.conftest import RayCluster, cluster_env, free_port
 from tests.daemon.conftest import DaemonProcess
 from tests.fixtures.hub_server import HubServer
 from tunehub.demo.tiny import TinyModels, base_repo_id, publish_base_repo
@@ -58,23 +59,13 @@ def log(message: str) -> None:
 def real_shaped_repo(work: Path, tiny: TinyModels) -> tuple[Path, Path]:
     """(base repo folder, finetune file): 1.3B-shaped transformer, real-shaped VAE, one-layer 4096-wide UMT5."""
     import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from tunehub.demo.tiny import (
-        make_tokenizer,
-        save_original,
-        to_original_layout,
-        wan_transformer_config,
-    )
+    from tunehub.demo.tiny import make_tokenizer, save_original, to_original_layout, wan_transformer_config
     from tunehub.inference.pipeline import shipped_transformer_config
 
-    config = {k: v for k, v in shipped_transformer_config(ARCH).items() if not k.startswith("_")}
+    config = shipped_transformer_config(ARCH)
     started = time.perf_counter()
     torch.manual_seed(0)
     tokenizer = make_tokenizer()
@@ -93,18 +84,7 @@ def real_shaped_repo(work: Path, tiny: TinyModels) -> tuple[Path, Path]:
     WanPipeline(transformer=placeholder, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                 scheduler=scheduler).save_pretrained(base, safe_serialization=True)  # fmt: skip
     shutil.rmtree(base / "transformer")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    default_dtype = torch.get_default_dtype()
-    try:
-        torch.set_default_dtype(torch.bfloat16)
-        with torch.device(device):
-            model = WanTransformer3DModel(**config).eval()
-        with torch.no_grad():  # Wan's norms start at zero: fill them so every weight matters
-            for name, param in model.named_parameters():
-                if param.dim() <= 1 and ("norm" in name or name.endswith("bias")):
-                    param.copy_(1.0 + 0.1 * torch.randn_like(param) if "norm" in name else 0.02 * torch.randn_like(param))
-    finally:
-        torch.set_default_dtype(default_dtype)
+    model = random_model(config, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     state = {k: v.cpu() for k, v in to_original_layout(ARCH, model.state_dict()).items()}
     count = sum(v.numel() for v in state.values())
     finetune = save_original(state, work / "ckpts" / "fleet_gpu_1_3B_finetune_mbf16.safetensors")
@@ -136,7 +116,7 @@ def run_job(root: Path, env: dict[str, str], seed: int, params: dict[str, Any], 
             deadline = time.monotonic() + timeout
             while not list((root / "ckpts").glob("*.safetensors")) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            while daemon.client.jobs() and any(j["state"] not in ("done", "failed") for j in daemon.client.jobs()):
+            while any(j["state"] not in ("done", "failed") for j in daemon.client.jobs()):
                 time.sleep(0.5)
         started = time.perf_counter()
         job_id = daemon.client.submit_job("generate", DEFINITION, seed=seed, **params)["id"]
@@ -212,11 +192,10 @@ def main() -> int:
         env = cluster_env(server)
         env.update(TUNEHUB_NO_COMPILE="1", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         (work / "ray").mkdir(exist_ok=True)
-        cluster = RayCluster(root=work / "ray", port=_free_port(), env=env)
+        cluster = RayCluster(root=work / "ray", port=free_port(), env=env)
         cluster.start_head()
         cpus = "--num-cpus=2" if args.tiny else f"--num-cpus={min(8, os.cpu_count() or 1)}"
-        node = cluster._start("w1", [f"--address={cluster.address}", cpus, "--num-gpus=1"], work / "ray" / "w1", {})
-        cluster.wait_nodes(2, node)
+        cluster.add_worker("w1", work / "ray" / "w1", {}, node_args=[cpus, "--num-gpus=1"])
         rows: list[tuple[str, dict[str, Any]]] = []
         for label, name, seed in (("Ray, cold node", "cold", 11), ("Ray, warm node", "warm", 12)):
             home = write_home(work / name, server.url, base, url, settings, cluster.address)
@@ -244,14 +223,6 @@ def main() -> int:
             cluster.stop()
         server.stop()
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

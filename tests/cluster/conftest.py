@@ -32,7 +32,7 @@ OBJECT_STORE = str(100 * 1024 * 1024)
 START_TIMEOUT = 180.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -118,13 +118,15 @@ class RayCluster:
         self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false", "--num-cpus=0"], None, {})
         self.wait_nodes(1)
 
-    def add_worker(self, name: str, home: Path, extra_env: dict[str, str], tries: int = 3) -> Node:
-        """Start a worker node; again when Ray's fixed 30 s start-up wait runs out on a loaded machine."""
+    def add_worker(
+        self, name: str, home: Path, extra_env: dict[str, str], tries: int = 3, node_args: list[str] | None = None
+    ) -> Node:
+        """Start a worker node; again when Ray's fixed 30 s start-up wait runs out on a loaded machine.
+        ``node_args``: its CPUs and resources (default: 1 CPU and one ``tunehub_gpu``)."""
         before = self.alive()
+        resources = node_args if node_args is not None else ["--num-cpus=1", f'--resources={{"{RESOURCE}": 1}}']
         for attempt in range(tries):
-            node = self._start(
-                name, [f"--address={self.address}", "--num-cpus=1", f'--resources={{"{RESOURCE}": 1}}'], home, extra_env
-            )
+            node = self._start(name, [f"--address={self.address}", *resources], home, extra_env)
             try:
                 self.wait_nodes(before + 1, node)
                 return node
@@ -180,7 +182,7 @@ def start_cluster(root: Path, env: dict[str, str], worker_homes: list[Path]) -> 
         "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         "TUNEHUB_NO_COMPILE": "1", "PYTHONUNBUFFERED": "1",
     })  # fmt: skip
-    cluster = RayCluster(root=root, port=_free_port(), env=base)
+    cluster = RayCluster(root=root, port=free_port(), env=base)
     try:
         cluster.start_head()
         for index, home in enumerate(worker_homes):
