@@ -285,7 +285,11 @@ class DefinitionDocument:
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> DefinitionDocument:
         file_path = Path(path)
-        raw = file_path.read_bytes()
+        return cls.parse(file_path, file_path.read_bytes())
+
+    @classmethod
+    def parse(cls, file_path: Path, raw: bytes) -> DefinitionDocument:
+        """The document of ``raw``, the bytes read from ``file_path``."""
         text = raw.decode("utf-8-sig")
         try:
             data = json.loads(text)
@@ -333,10 +337,10 @@ def _read_saved(path: Path) -> DefinitionDocument:
     deadline = time.monotonic() + SAVE_SETTLE_LIMIT
     previous: bytes | None = None
     while True:
+        current = path.read_bytes()
         try:
-            return DefinitionDocument.read(path)
+            return DefinitionDocument.parse(path, current)
         except DefinitionError:
-            current = path.read_bytes()
             if (current and current == previous) or time.monotonic() > deadline:
                 raise
             previous = current

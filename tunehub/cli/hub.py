@@ -215,14 +215,18 @@ def _limit_arguments(serve: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
+    from tunehub.hub.server.hubconfig import load_hub_config
     from tunehub.hub.server.limits import Limits
     from tunehub.hub.server.serve import serve
 
     if not 0 <= args.port <= 65535:
         raise ServerError(f"--port {args.port} is not a port number.")
+    config = load_hub_config(_root(args))
     limits = Limits(**{field.name: getattr(args, field.name) for field in fields(Limits) if hasattr(args, field.name)})
+    if config.get("sendfile") is False:
+        limits = replace(limits, sendfile=False)
     return serve(
         _root(args),
         args.host,
@@ -232,16 +236,17 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         public_url=args.public_url,
         limits=limits,
-        mirror_settings=_mirror_settings(args),
+        mirror_settings=_mirror_settings(args, config=config),
     )
 
 
-def _mirror_settings(args: argparse.Namespace, *, for_prefetch: bool = False) -> Any:
-    """The mirror's settings from the options, then ROOT/hub.toml (then, for prefetch, the server's); None: no mirror."""
+def _mirror_settings(args: argparse.Namespace, *, for_prefetch: bool = False, config: dict[str, Any] | None = None) -> Any:
+    """The mirror's settings from the options, then ROOT/hub.toml (``config`` when read already;
+    then, for prefetch, the server's); None: no mirror."""
     from tunehub.hub.server.hubconfig import check_upstream_url, load_hub_config, parse_duration, read_token_file
     from tunehub.hub.server.mirror import DEFAULT_TTL_S, MirrorSettings
 
-    config = load_hub_config(_root(args))
+    config = config if config is not None else load_hub_config(_root(args))
     upstream = args.upstream or config.get("upstream")
     token_file = args.upstream_token_file or config.get("upstream_token_file")
     if for_prefetch and not upstream:

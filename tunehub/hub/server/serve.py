@@ -6,12 +6,10 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from tunehub.errors import ServerError
-from tunehub.hub.server.hubconfig import load_hub_config
 from tunehub.hub.server.limits import DEFAULTS, Limits, fit_to_open_files
 from tunehub.hub.server.storage import HubStore
 
@@ -65,8 +63,6 @@ def serve(
     out = out or sys.stdout
     os.umask(0o077)  # whatever this process creates under the root is the server account's alone
     limits, note = fit_to_open_files(limits)
-    if load_hub_config(root).get("sendfile") is False:
-        limits = replace(limits, sendfile=False)
     public_url = normalise_public_url(public_url) if public_url else None
     store = HubStore(root, busy_timeout=limits.request_timeout)
     lock = store.lock_for_serving()
