@@ -298,8 +298,10 @@ class LimitedH11Protocol(H11Protocol):
             async def file_send(message: dict[str, Any]) -> None:
                 body = message.get("body")
                 if isinstance(body, FileRange):
-                    if not head:
-                        await self._send_file_range(body)
+                    if not head and not await self._send_file_range(body):
+                        # The connection is gone: uvicorn drops what the app sends now, and so
+                        # do we (its end of message would be short of Content-Length for h11).
+                        return
                     message = {**message, "body": b""}
                 await send(message)
 
@@ -307,21 +309,35 @@ class LimitedH11Protocol(H11Protocol):
 
         return file_body_app
 
-    async def _send_file_range(self, body: FileRange) -> None:
+    async def _send_file_range(self, body: FileRange) -> bool:
+        """Send ``body``; False when the connection is gone (closed, or dropped while sending)."""
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
             raise RuntimeError("Expected ASGI message 'http.response.start' before a file body.")
-        if cycle.disconnected or cycle.response_complete or self.transport.is_closing():
-            return  # as uvicorn does for a body after a disconnect
+        if cycle.response_complete:
+            return True  # uvicorn's send refuses the message that follows
+        if cycle.disconnected:
+            return False
         if self.flow.write_paused:
             await self.flow.drain()
+        if cycle.disconnected or self.transport.is_closing():
+            # Closing, and uvicorn's connection_lost may be still to come: make it run now.
+            await self._drop_connection()
+            return False
         # h11 counts the range against Content-Length (or frames it as a chunk) without its bytes.
         for part in self.conn.send_with_data_passthrough(h11.Data(data=body)) or []:
             if isinstance(part, FileRange):
                 if part.count and not await self._sendfile(part):
-                    return
+                    return False
             else:
                 self.transport.write(part)
+        return True
+
+    async def _drop_connection(self) -> None:
+        self.transport.abort()
+        # abort() schedules connection_lost (or it is already scheduled): one turn of the loop
+        # runs it, and uvicorn's cycle is marked disconnected before the app sends again.
+        await asyncio.sleep(0)
 
     async def _sendfile(self, part: FileRange) -> bool:
         """Send ``part`` with loop.sendfile; False (connection dropped) if the client stops taking bytes."""
@@ -352,8 +368,7 @@ class LimitedH11Protocol(H11Protocol):
                 task.cancel()
                 await asyncio.wait({task})
             file.close()
-        self.transport.abort()
-        await asyncio.sleep(0)  # connection_lost runs: uvicorn drops what the app sends after this
+        await self._drop_connection()
         return False
 
     def _bytes_acked(self) -> int | None:
