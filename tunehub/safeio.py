@@ -10,6 +10,7 @@ overwrite a file that changed since it was read.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import hashlib
@@ -290,7 +291,15 @@ class DefinitionDocument:
     @classmethod
     def parse(cls, file_path: Path, raw: bytes) -> DefinitionDocument:
         """The document of ``raw``, the bytes read from ``file_path``."""
-        text = raw.decode("utf-8-sig")
+        bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+        try:
+            text = raw[bom:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            where = bom + exc.start  # an offset into the file, BOM included
+            raise DefinitionError(
+                f"{file_path}: is not UTF-8 text (byte {where} is 0x{raw[where]:02x}); "
+                "save it as UTF-8 (JSON files are UTF-8)"
+            ) from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunehub.errors import ConcurrentEditError
+from tunehub.errors import ConcurrentEditError, DefinitionError
 from tunehub.safeio import DefinitionDocument, atomic_write_bytes, atomic_writer, is_temp_name, update_definition
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=12) | st.floats(
@@ -93,3 +93,16 @@ def test_killed_writer_never_tears_the_file(tmp_path: Path) -> None:
     assert target.read_bytes() == b"A" * 1000
     leftovers = [name for name in os.listdir(tmp_path) if name != "big.bin"]
     assert leftovers and all(is_temp_name(name) for name in leftovers)  # recognisable, so cleanable
+
+
+def test_a_definition_that_is_not_utf8_is_a_definition_error_naming_the_file_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "ft.json"
+    raw = '{"model": {"name": "Caf\u00e9", "URLs": []}}'.encode("latin-1")  # saved by an editor in Latin-1
+    path.write_bytes(raw)
+    with pytest.raises(DefinitionError) as caught:
+        DefinitionDocument.read(path)
+    message = str(caught.value)
+    assert str(path) in message and "UTF-8" in message and f"byte {raw.index(0xE9)}" in message
+    with pytest.raises(DefinitionError):
+        update_definition(path, lambda data: None)
+    assert path.read_bytes() == raw
