@@ -68,7 +68,12 @@ def _mode_rows(case: str, name: str, functions: dict[str, Callable[..., torch.Te
             f"{rel(out, reference):.4f}  ({sdpa_ms[mode] / ms:.2f}x sdpa bf16 {mode})")  # fmt: skip
 
 
-def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> None:
+# BLOCK_MxBLOCK_N, warps, stages, loader (pointer or tma), "ws" for Triton's warp specialization
+FLASH_CONFIGS = ("64x128 w4 s3 tma;64x128 w4 s3 pointer;128x128 w8 s3 tma;128x128 w8 s3 pointer;128x64 w4 s3 tma;"
+                 "64x128 w4 s2 tma;64x128 w4 s4 tma;64x64 w4 s3 tma;64x64 w4 s4 tma;64x256 w4 s2 tma;64x128 w8 s3 tma")
+
+
+def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False, flash_configs: str = FLASH_CONFIGS) -> None:
     from tunehub.inference.attention import fp8_attention, quantize_qkv, unavailable_reason
 
     reason = unavailable_reason("cuda", dim)
@@ -101,7 +106,7 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
             scales = torch.stack([torch.full_like(dq, 256.0), dv.reciprocal() * 0.5])
             kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scales, 1 / math.sqrt(dim)))
             log(f"{case:<18} fp8 kernel alone    {kernel_ms:7.2f} ms {flops / kernel_ms / 1e9:6.0f} TFLOP/s")
-        flash_rows(case, q, k, v, reference, sdpa_ms, flops)
+        flash_rows(case, q, k, v, reference, sdpa_ms, flops, flash_configs)
         if sweep and not case.startswith("offset"):
             for p_scale in (1.0, 16.0, 256.0, 448.0, 4096.0, 65536.0):
                 for headroom in (0.5, 8.0):
@@ -112,11 +117,68 @@ def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False) -> N
         torch.cuda.empty_cache()
 
 
-FLASH_CONFIGS = ((128, 128, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3))
+def parse_flash_configs(text: str) -> list[tuple[int, int, int, int, str, bool]]:
+    """"64x128 w4 s3 tma;..." -> [(64, 128, 4, 3, "tma", False), ...]"""
+    from tunehub.inference.fp8_flash import parse_launch
+
+    return [parse_launch(part) for part in text.split(";") if part.strip()]
+
+
+def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False, flash_configs: str = FLASH_CONFIGS) -> None:
+    from tunehub.inference.attention import fp8_attention, quantize_qkv, unavailable_reason
+
+    reason = unavailable_reason("cuda", dim)
+    flops = 4 * tokens * tokens * dim * heads
+    log(f"\n== self-attention 1 x {tokens} x {heads} x {dim} ({flops / 1e12:.1f} TFLOP); fp8: {reason or 'available'}")
+    sdpa_modes = {"eager": _sdpa_bshd, "compiled": torch.compile(_sdpa_bshd)}
+    fp8_modes = {"eager": fp8_attention, "compiled": torch.compile(fp8_attention)}
+    for case in ("random", "sharper (q x 2)", "offset (k, v + 1)"):
+        generator = torch.Generator(device="cuda").manual_seed(1)
+        q, k, v = (torch.randn(1, tokens, heads, dim, device="cuda", generator=generator, dtype=torch.bfloat16)
+                   for _ in range(3))  # fmt: skip
+        if case.startswith("sharper"):
+            q = q * 2
+        if case.startswith("offset"):
+            k, v = k + 1, v + 1
+        reference = _sdpa_bshd(q.float(), k.float(), v.float())
+        sdpa_ms: dict[str, float] = {}
+        for mode, function in sdpa_modes.items():
+            sdpa_ms[mode] = median_ms(lambda: function(q, k, v))
+            log(f"{case:<18} {'sdpa bf16 ' + mode:<19} {sdpa_ms[mode]:7.2f} ms {flops / sdpa_ms[mode] / 1e9:6.0f} "
+                f"TFLOP/s  rel.err {rel(function(q, k, v), reference):.4f}")  # fmt: skip
+        if reason:
+            continue
+        _mode_rows(case, "fp8", fp8_modes, q, k, v, reference, sdpa_ms, flops)
+        if case == "random":
+            from tunehub.inference.attention import cudnn_fp8_sdpa
+
+            q8, k8, v8, dq, dk, dv, _ = quantize_qkv(q, k, v)
+            descales = torch.stack([dq, dk, dv, torch.full_like(dq, 1 / 256)])
+            scales = torch.stack([torch.full_like(dq, 256.0), dv.reciprocal() * 0.5])
+            kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scales, 1 / math.sqrt(dim)))
+            log(f"{case:<18} fp8 kernel alone    {kernel_ms:7.2f} ms {flops / kernel_ms / 1e9:6.0f} TFLOP/s")
+        flash_rows(case, q, k, v, reference, sdpa_ms, flops, flash_configs)
+        if sweep and not case.startswith("offset"):
+            for p_scale in (1.0, 16.0, 256.0, 448.0, 4096.0, 65536.0):
+                for headroom in (0.5, 8.0):
+                    out = fp8_attention(q, k, v, p_scale=p_scale, o_headroom=headroom)
+                    log(f"{case:<18} fp8 P scale {p_scale:>7.0f}, output scale x{headroom:<4} rel.err "
+                        f"{rel(out, reference):.4f}  max|out| {float(out.abs().max()):.3f}")  # fmt: skip
+        del q, k, v, reference
+        torch.cuda.empty_cache()
+
+
+def parse_flash_configs(text: str) -> list[tuple[int, int, int, int, str, bool]]:
+    """"64x128 w4 s3 tma;..." -> [(64, 128, 4, 3, "tma", False), ...]"""
+    configs = []
+    for item in filter(None, (part.split() for part in text.split(";"))):
+        block_m, block_n = (int(side) for side in item[0].split("x"))
+        configs.append((block_m, block_n, int(item[1][1:]), int(item[2][1:]), item[3], item[4:] == ["ws"]))
+    return configs
 
 
 def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor,
-               sdpa_ms: dict[str, float], flops: float) -> None:  # fmt: skip
+               sdpa_ms: dict[str, float], flops: float, configs: str = FLASH_CONFIGS) -> None:  # fmt: skip
     """tunehub's Triton FP8 flash attention (per-block scales, 16-bit output): end to end eager
     and compiled, then the kernel alone per tile (BLOCK_M, BLOCK_N, warps, stages)."""
     from tunehub.inference.fp8_flash import flash_attention_8bit, fp8_flash_attention, quantize_blocks
@@ -126,16 +188,18 @@ def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref
     if case != "random":
         return
     seq = q.shape[1]
-    for block_m, block_n, warps, stages in FLASH_CONFIGS:
+    for block_m, block_n, warps, stages, loader, ws in parse_flash_configs(configs):
+        name = f"{block_m}x{block_n} w{warps} s{stages} {loader}{' ws' if ws else ''}"
         parts = quantize_blocks(q, k, v, None, block_m, block_n)
-        run = functools.partial(flash_attention_8bit, *parts, seq, seq, q.dtype, block_m, block_n, warps, stages)
+        run = functools.partial(flash_attention_8bit, *parts, seq, seq, q.dtype, block_m, block_n, warps, stages,
+                                loader, ws)  # fmt: skip
         try:
             out = run()
             kernel_ms = median_ms(run)
         except Exception as exc:  # a tile that does not fit (shared memory, registers) is reported, not fatal
-            log(f"{case:<18} fp8 flash kernel {block_m}x{block_n} w{warps} s{stages}: {type(exc).__name__}: {str(exc)[:120]}")
+            log(f"{case:<18} fp8 flash kernel {name}: {type(exc).__name__}: {str(exc)[:160]}")
             continue
-        log(f"{case:<18} fp8 flash kernel {block_m}x{block_n} w{warps} s{stages} {kernel_ms:7.2f} ms "
+        log(f"{case:<18} fp8 flash kernel {name:<22} {kernel_ms:7.2f} ms "
             f"{flops / kernel_ms / 1e9:6.0f} TFLOP/s  rel.err {rel(out, reference):.4f}")  # fmt: skip
         del parts, run
 
@@ -201,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", default="40", help="attention heads, comma-separated (Wan 14B 40, 1.3B 12)")
     parser.add_argument("--skip-gemm", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="fp8 attention's P and output scales swept")
+    parser.add_argument("--flash-configs", default=FLASH_CONFIGS,
+                        help="tunehub's fp8 flash kernel launches timed alone: 'BMxBN wW sS pointer|tma [ws];...'")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         log("no CUDA device")
@@ -218,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(c.split(":")[0], tuple(int(v) for v in c.split(":")[1].split(","))) for c in args.configs.split(";") if c]
     if not args.skip_attention:
         for heads in (int(h) for h in args.heads.split(",")):
-            attention_bench(args.tokens, heads, 128, args.sweep)
+            attention_bench(args.tokens, heads, 128, args.sweep, args.flash_configs)
     if not args.skip_gemm:
         shapes = [(int(out), int(inp)) for out, inp in (shape.split("x") for shape in args.shapes.split(","))]
         totals = gemm_bench(args.tokens, shapes, configs)

@@ -21,7 +21,7 @@ from tunehub.inference.fp8_flash import BLOCK_M, BLOCK_N, FP8_MAX, quantize_bloc
 
 _KERNEL_CHECK = r"""
 import json, math, torch
-from tunehub.inference.fp8_flash import fp8_flash_attention, reference
+from tunehub.inference.fp8_flash import flash_attention_8bit, fp8_flash_attention, quantize_blocks, reference
 
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
@@ -43,6 +43,9 @@ for batch, seq_q, seq_k, heads, dim, offset in ((1, 200, 200, 2, 64, 0.0), (1, 1
     exact_sharp = torch.nn.functional.scaled_dot_product_attention(
         *(t.transpose(1, 2).float() for t in (q, k, v)), scale=2.0 / math.sqrt(dim)).transpose(1, 2)
     results[-1]["scaled_vs_exact"] = rel(sharp, exact_sharp)
+    # the TMA kernel (Hopper's default) reads the same blocks through tensor descriptors
+    tma = flash_attention_8bit(*quantize_blocks(q, k, v), seq_q, seq_k, q.dtype, loader="tma")
+    results[-1]["tma_vs_pointer"] = rel(tma, out)
 print(json.dumps(results))
 """
 
@@ -63,13 +66,14 @@ def test_kernel_matches_the_scheme_and_exact_attention() -> None:
         # scale or block order is off by tens of percent
         assert result["vs_exact"] < 0.06, result
         assert result["scaled_vs_exact"] < 0.09, result
+        assert result["tma_vs_pointer"] < 1e-6, result
 
 
 def test_blocks_are_padded_and_scaled_to_e4m3s_range() -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 200, 3, 64, dtype=torch.bfloat16) * s for s in (1.0, 5.0, 0.1))
     q8, k8, v8t, q_descale, k_descale, v_descale, v_mean = quantize_blocks(q, k, v)
-    assert q8.shape == (1, 3, 256, 64) and k8.shape == (1, 3, 256, 64)  # 200 -> 2 blocks of 128
+    assert q8.shape == (1, 3, 256, 64) and k8.shape == (1, 3, 256, 64)  # 200 -> 4 blocks of 64, 2 of 128
     assert v8t.shape == (1, 3, 64, 256) and v_mean.shape == (1, 3, 64)
     assert q_descale.shape == (1, 3, 256 // BLOCK_M) and k_descale.shape == (1, 3, 256 // BLOCK_N)
     assert v_descale.shape == (1, 3, 64)
@@ -95,3 +99,13 @@ def test_attention_choices_and_their_fallback_notes() -> None:
     assert set_attention(model, "fp8-cudnn", "cpu") == ("sdpa", "fp8-cudnn attention needs a CUDA GPU (device is cpu): using sdpa")
     with pytest.raises(ValueError, match="choose one of sdpa, fp8, fp8-cudnn"):
         set_attention(model, "fp8-sage", "cpu")
+
+
+def test_launch_override_is_parsed_or_refused_with_its_format() -> None:
+    from tunehub.inference.fp8_flash import parse_launch
+
+    assert parse_launch("64x128 w4 s3 tma") == (64, 128, 4, 3, "tma", False)
+    assert parse_launch("128x128 w8 s3 pointer ws") == (128, 128, 8, 3, "pointer", True)
+    for bad in ("64x128 w4 s3", "64x128 w4 s3 cuda", "64 w4 s3 tma", "64x128 w4 s3 tma fast"):
+        with pytest.raises(ValueError, match="expected 'BMxBN wWARPS sSTAGES pointer\\|tma \\[ws\\]'"):
+            parse_launch(bad)

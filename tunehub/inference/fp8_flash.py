@@ -22,6 +22,7 @@ in Triton's interpreter for the tests, with the 8-bit values carried in float32.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -30,10 +31,41 @@ from tunehub.inference.attention import FP8_MAX, smooth_kv
 __all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "reference"]
 
 P_SCALE = FP8_MAX  # P is in [0, 1]: its largest value lands on e4m3's
+LOG2_P_SCALE = math.log2(P_SCALE)  # the kernel adds it in P's exponent
 LOG2E = 1.4426950408889634
-BLOCK_M = 128
+# The launch on CUDA, measured on an H200 at Wan's self-attention shapes (32,760 tokens, heads of
+# 128; benchmarks/results/gpu_fp8_flash_h200.txt): 64 query rows per program on one warpgroup with
+# Q/K/V read by TMA ran 801 TFLOP/s, 128 rows on two warpgroups through pointers 748; Triton
+# 3.6's warp specialization gained nothing there and failed to compile with 4 warps.
+BLOCK_M = 64
 BLOCK_N = 128
-_CONFIG = {"num_warps": 8, "num_stages": 3}
+_CONFIG = {"num_warps": 4, "num_stages": 3, "warp_specialize": False}
+FLASH_ENV = "TUNEHUB_FP8_FLASH"
+
+
+def parse_launch(text: str) -> tuple[int, int, int, int, str, bool]:
+    """``"64x128 w4 s3 tma"`` (``[ws]`` appended: warp specialization) -> (64, 128, 4, 3, "tma", False)."""
+    parts = text.split()
+    try:
+        block_m, block_n = (int(side) for side in parts[0].split("x"))
+        warps, stages, loader = int(parts[1].removeprefix("w")), int(parts[2].removeprefix("s")), parts[3]
+    except (IndexError, ValueError):
+        raise ValueError(f"fp8 flash launch {text!r}: expected 'BMxBN wWARPS sSTAGES pointer|tma [ws]'") from None
+    if loader not in ("pointer", "tma") or parts[4:] not in ([], ["ws"]):
+        raise ValueError(f"fp8 flash launch {text!r}: expected 'BMxBN wWARPS sSTAGES pointer|tma [ws]'")
+    return block_m, block_n, warps, stages, loader, parts[4:] == ["ws"]
+
+
+def _launch_override() -> tuple[int, int, int, int, str, bool] | None:
+    """``TUNEHUB_FP8_FLASH="128x128 w8 s3 pointer"``: a launch to measure against the default
+    without editing the source (benchmarks); unset, None."""
+    value = os.environ.get(FLASH_ENV, "").strip()
+    return parse_launch(value) if value else None
+
+
+def _default_loader(device: torch.device) -> str:
+    """TMA descriptors on Hopper and newer, plain pointer loads elsewhere."""
+    return "tma" if torch.cuda.get_device_capability(device)[0] >= 9 else "pointer"
 
 
 def _eight_bit(device: torch.device) -> torch.dtype:
@@ -83,24 +115,45 @@ def flash_attention_8bit(
     q8: torch.Tensor, k8: torch.Tensor, v8t: torch.Tensor, q_descale: torch.Tensor, k_descale: torch.Tensor,
     v_descale: torch.Tensor, v_mean: torch.Tensor, seq_q: int, seq_k: int, out_dtype: torch.dtype,
     block_m: int = BLOCK_M, block_n: int = BLOCK_N, num_warps: int | None = None, num_stages: int | None = None,
+    loader: str | None = None, warp_specialize: bool | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """The kernel on :func:`quantize_blocks`' output; returns ``[B, seq_q, H, D]`` in ``out_dtype``."""
-    from tunehub.inference._fp8_flash_kernel import kernel
+    """The kernel on :func:`quantize_blocks`' output; returns ``[B, seq_q, H, D]`` in ``out_dtype``.
+    ``loader`` is ``pointer`` or ``tma`` (CUDA, compute capability 9 and newer); None: the default."""
+    from tunehub.inference import _fp8_flash_kernel
 
     batch, heads, _, dim = q8.shape
     out = torch.empty(batch, seq_q, heads, dim, dtype=out_dtype, device=q8.device)
     q_descale, k_descale = q_descale.float().contiguous(), k_descale.float().contiguous()
     v_descale, v_mean = v_descale.float().contiguous(), v_mean.float().contiguous()
     grid = (q8.shape[2] // block_m, batch * heads)
-    options = {} if q8.device.type != "cuda" else {
-        "num_warps": num_warps or _CONFIG["num_warps"], "num_stages": num_stages or _CONFIG["num_stages"],
-    }  # fmt: skip
-    kernel[grid](
+    shapes = {"SEQ_K": seq_k, "BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_DIM": dim, "LOG2_P_SCALE": LOG2_P_SCALE}
+    if q8.device.type != "cuda":  # Triton's interpreter: no launch options; TMA only when asked for (tests)
+        loader = loader or "pointer"
+        options: dict[str, object] = {}
+    else:
+        loader = loader or _default_loader(q8.device)
+        options = {"num_warps": num_warps or _CONFIG["num_warps"], "num_stages": num_stages or _CONFIG["num_stages"]}
+    if loader == "tma":
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        q_rows, k_rows = q8.shape[2], k8.shape[2]
+        descriptors = (
+            TensorDescriptor.from_tensor(q8.reshape(-1, dim), [block_m, dim]),
+            TensorDescriptor.from_tensor(k8.reshape(-1, dim), [block_n, dim]),
+            TensorDescriptor.from_tensor(v8t.reshape(-1, k_rows), [dim, block_n]),
+        )  # fmt: skip
+        ws = _CONFIG["warp_specialize"] if warp_specialize is None else warp_specialize
+        _fp8_flash_kernel.kernel_tma[grid](
+            *descriptors, q_descale, k_descale, v_descale, v_mean, out, out.stride(0), out.stride(1), out.stride(2),
+            heads, seq_q, q_rows, k_rows, q_descale.shape[-1], k_descale.shape[-1], WARP_SPECIALIZE=bool(ws),
+            **shapes, **options,
+        )  # fmt: skip
+        return out
+    _fp8_flash_kernel.kernel[grid](
         q8, k8, v8t, q_descale, k_descale, v_descale, v_mean, out,
         q8.stride(0), q8.stride(1), q8.stride(2), k8.stride(0), k8.stride(1), k8.stride(2),
         v8t.stride(0), v8t.stride(1), v8t.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        heads, seq_q, q_descale.shape[-1], k_descale.shape[-1], SEQ_K=seq_k,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim, P_SCALE=P_SCALE, **options,
+        heads, seq_q, q_descale.shape[-1], k_descale.shape[-1], **shapes, **options,
     )  # fmt: skip
     return out
 
@@ -108,9 +161,11 @@ def flash_attention_8bit(
 @torch.library.custom_op("tunehub::fp8_flash_kernel", mutates_args=())
 def _flash_op(
     query: torch.Tensor, q8: torch.Tensor, k8: torch.Tensor, v8t: torch.Tensor, q_descale: torch.Tensor,
-    k_descale: torch.Tensor, v_descale: torch.Tensor, v_mean: torch.Tensor, seq_k: int,
+    k_descale: torch.Tensor, v_descale: torch.Tensor, v_mean: torch.Tensor, seq_k: int, block_m: int, block_n: int,
+    num_warps: int, num_stages: int, loader: str, warp_specialize: bool,
 ) -> torch.Tensor:  # fmt: skip
-    return flash_attention_8bit(q8, k8, v8t, q_descale, k_descale, v_descale, v_mean, query.shape[1], seq_k, query.dtype)
+    return flash_attention_8bit(q8, k8, v8t, q_descale, k_descale, v_descale, v_mean, query.shape[1], seq_k,
+                                query.dtype, block_m, block_n, num_warps, num_stages, loader, warp_specialize)  # fmt: skip
 
 
 @_flash_op.register_fake
@@ -121,8 +176,13 @@ def _(query: torch.Tensor, *args: object) -> torch.Tensor:
 def fp8_flash_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Self-attention of ``[B, S, H, D]`` 16-bit tensors: per-block FP8, output in the input dtype
     and layout. The quantization is plain torch (fused when compiled), the kernel a custom op."""
-    parts = quantize_blocks(query, key, value, scale)
-    return _flash_op(query, *parts, key.shape[1])
+    launch = _launch_override()
+    if launch is None:
+        loader = _default_loader(query.device) if query.device.type == "cuda" else "pointer"
+        launch = (BLOCK_M, BLOCK_N, int(_CONFIG["num_warps"]), int(_CONFIG["num_stages"]), loader,
+                  bool(_CONFIG["warp_specialize"]))  # fmt: skip
+    parts = quantize_blocks(query, key, value, scale, launch[0], launch[1])
+    return _flash_op(query, *parts, key.shape[1], *launch)
 
 
 def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
