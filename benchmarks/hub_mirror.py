@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,11 @@ def main() -> int:
               f"client (hf_hub_download + the untimed sha256 check) {cpu_client / gigabytes:.2f}")
     print(f"all rates MB/s: direct {[round(r / mb) for r in direct]}, first {[round(r / mb) for r in first]}, "
           f"cached {[round(r / mb) for r in cached]}")
+    # Each round's ratios from runs a few seconds apart: on a shared machine the load drifts between
+    # rounds, so the median of the paired ratios is the steadier number beside the best-of ratios.
+    for name, rates in (("first/direct", first), ("cached/direct", cached)):
+        paired = [rate / anchor for rate, anchor in zip(rates, direct)]
+        print(f"per round {name:<14} {[round(r, 2) for r in paired]}  median {statistics.median(paired):.2f}")
     return 0
 
 
