@@ -124,63 +124,10 @@ def parse_flash_configs(text: str) -> list[tuple[int, int, int, int, str, bool]]
     return [parse_launch(part) for part in text.split(";") if part.strip()]
 
 
-def attention_bench(tokens: int, heads: int, dim: int, sweep: bool = False, flash_configs: str = FLASH_CONFIGS) -> None:
-    from tunehub.inference.attention import fp8_attention, quantize_qkv, unavailable_reason
-
-    reason = unavailable_reason("cuda", dim)
-    flops = 4 * tokens * tokens * dim * heads
-    log(f"\n== self-attention 1 x {tokens} x {heads} x {dim} ({flops / 1e12:.1f} TFLOP); fp8: {reason or 'available'}")
-    sdpa_modes = {"eager": _sdpa_bshd, "compiled": torch.compile(_sdpa_bshd)}
-    fp8_modes = {"eager": fp8_attention, "compiled": torch.compile(fp8_attention)}
-    for case in ("random", "sharper (q x 2)", "offset (k, v + 1)"):
-        generator = torch.Generator(device="cuda").manual_seed(1)
-        q, k, v = (torch.randn(1, tokens, heads, dim, device="cuda", generator=generator, dtype=torch.bfloat16)
-                   for _ in range(3))  # fmt: skip
-        if case.startswith("sharper"):
-            q = q * 2
-        if case.startswith("offset"):
-            k, v = k + 1, v + 1
-        reference = _sdpa_bshd(q.float(), k.float(), v.float())
-        sdpa_ms: dict[str, float] = {}
-        for mode, function in sdpa_modes.items():
-            sdpa_ms[mode] = median_ms(lambda: function(q, k, v))
-            log(f"{case:<18} {'sdpa bf16 ' + mode:<19} {sdpa_ms[mode]:7.2f} ms {flops / sdpa_ms[mode] / 1e9:6.0f} "
-                f"TFLOP/s  rel.err {rel(function(q, k, v), reference):.4f}")  # fmt: skip
-        if reason:
-            continue
-        _mode_rows(case, "fp8", fp8_modes, q, k, v, reference, sdpa_ms, flops)
-        if case == "random":
-            from tunehub.inference.attention import cudnn_fp8_sdpa
-
-            q8, k8, v8, dq, dk, dv, _ = quantize_qkv(q, k, v)
-            descales = torch.stack([dq, dk, dv, torch.full_like(dq, 1 / 256)])
-            scales = torch.stack([torch.full_like(dq, 256.0), dv.reciprocal() * 0.5])
-            kernel_ms = median_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, descales, scales, 1 / math.sqrt(dim)))
-            log(f"{case:<18} fp8 kernel alone    {kernel_ms:7.2f} ms {flops / kernel_ms / 1e9:6.0f} TFLOP/s")
-        flash_rows(case, q, k, v, reference, sdpa_ms, flops, flash_configs)
-        if sweep and not case.startswith("offset"):
-            for p_scale in (1.0, 16.0, 256.0, 448.0, 4096.0, 65536.0):
-                for headroom in (0.5, 8.0):
-                    out = fp8_attention(q, k, v, p_scale=p_scale, o_headroom=headroom)
-                    log(f"{case:<18} fp8 P scale {p_scale:>7.0f}, output scale x{headroom:<4} rel.err "
-                        f"{rel(out, reference):.4f}  max|out| {float(out.abs().max()):.3f}")  # fmt: skip
-        del q, k, v, reference
-        torch.cuda.empty_cache()
-
-
-def parse_flash_configs(text: str) -> list[tuple[int, int, int, int, str, bool]]:
-    """"64x128 w4 s3 tma;..." -> [(64, 128, 4, 3, "tma", False), ...]"""
-    configs = []
-    for item in filter(None, (part.split() for part in text.split(";"))):
-        block_m, block_n = (int(side) for side in item[0].split("x"))
-        configs.append((block_m, block_n, int(item[1][1:]), int(item[2][1:]), item[3], item[4:] == ["ws"]))
-    return configs
-
-
 def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor,
                sdpa_ms: dict[str, float], flops: float, configs: str = FLASH_CONFIGS) -> None:  # fmt: skip
     """tunehub's Triton FP8 flash attention (per-block scales, 16-bit output): end to end eager
-    and compiled, then the kernel alone per tile (BLOCK_M, BLOCK_N, warps, stages)."""
+    and compiled, then the kernel alone per launch (BLOCK_MxBLOCK_N, warps, stages, loader)."""
     from tunehub.inference.fp8_flash import flash_attention_8bit, fp8_flash_attention, quantize_blocks
 
     modes = {"eager": fp8_flash_attention, "compiled": torch.compile(fp8_flash_attention)}
