@@ -34,7 +34,7 @@ P_SCALE = FP8_MAX  # P is in [0, 1]: its largest value lands on e4m3's
 LOG2_P_SCALE = math.log2(P_SCALE)  # the kernel adds it in P's exponent
 LOG2E = 1.4426950408889634
 # The launch on CUDA, measured on an H200 at Wan's self-attention shapes (32,760 tokens, heads of
-# 128; benchmarks/results/gpu_fp8_flash_h200.txt): 64 query rows per program on one warpgroup with
+# 128; benchmarks/results/gpu_fp8_flash_tma_h200.txt): 64 query rows per program on one warpgroup with
 # Q/K/V read by TMA ran 801 TFLOP/s, 128 rows on two warpgroups through pointers 748; Triton
 # 3.6's warp specialization gained nothing there and failed to compile with 4 warps.
 BLOCK_M = 64
@@ -103,6 +103,7 @@ def quantize_blocks(
     k, v, v_mean = smooth_kv(key.transpose(1, 2), value.transpose(1, 2), dim=2)
     q8, q_amax = _block_scaled(query.transpose(1, 2).float(), block_m, eight_bit)
     k8, k_amax = _block_scaled(k, block_n, eight_bit)
+    q8, k8 = q8.contiguous(), k8.contiguous()  # written [B, H, S, D] in place: TMA reads their [rows, D] views
     v_amax = v.abs().amax(dim=2).clamp(min=1e-12)  # [B, H, D]: per channel
     v8t = _to_e4m3(_padded(v, block_n) * (FP8_MAX / v_amax)[:, :, None, :], eight_bit).transpose(2, 3).contiguous()
     q_descale = q_amax / FP8_MAX * (softmax_scale * LOG2E)
