@@ -262,15 +262,18 @@ def test_a_node_killed_mid_job_every_job_completes_exactly_once(fleet: Fleet, tm
     key = home_key(root.resolve())
     daemon = fleet.daemon(root)
     try:
-        params = {"num_inference_steps": 200, "device": "cpu"}
+        # a tiny model's step takes a few ms on a fast machine, tens on a loaded one: enough steps
+        # that a job lasts seconds there, and a victim picked by the time it has left
+        params = {"num_inference_steps": 1000, "device": "cpu"}
         ids = [daemon.client.submit_job("generate", DEFINITION, seed=40 + i, **params)["id"] for i in range(3)]
 
         def on_victim() -> Any:
             for job in daemon.client.jobs():
                 progress = job.get("progress") or {}
-                # early in its steps: on a loaded machine a job seen late could end before the kill lands
-                early = (progress.get("completed") or 0) <= 0.25 * (progress.get("total") or 0)
-                if job["id"] in ids and progress.get("status") == "denoising" and early:
+                completed, total = progress.get("completed") or 0, progress.get("total") or 0
+                # the kill must land before the job ends: at least 5 s of steps left at its pace
+                left_s = (progress.get("elapsed") or 0) / max(completed, 1) * (total - completed)
+                if job["id"] in ids and progress.get("status") == "denoising" and completed and left_s >= 5:
                     # this home's runs only: earlier tests' homes used the same job ids on these nodes
                     mine = [r for r in fleet.runs() if r["controller"] == key and r["job"] == job["id"]]
                     runs = [r for r in mine if r["worker"] == "w1"]

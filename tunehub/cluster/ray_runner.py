@@ -58,6 +58,7 @@ class _RenderJob:
         self.result: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.updated = 0
+        self._unpolled = UnpolledEvents()
         context = ray.get_runtime_context()
         self.home = node_home(spec["worker_home"])
         resources = {k: v for k, v in context.get_assigned_resources().items() if k != "CPU"}
@@ -74,7 +75,9 @@ class _RenderJob:
         self._thread.start()
 
     def _on_progress(self, event: dict[str, Any]) -> None:
-        self.progress = {k: v for k, v in event.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        clean = {k: v for k, v in event.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        self._unpolled.add(clean)
+        self.progress = clean
         self.updated += 1
 
     def _run(self) -> None:
@@ -91,10 +94,41 @@ class _RenderJob:
             self.state = "failed"
 
     def poll(self) -> dict[str, Any]:
-        return {"state": self.state, "progress": self.progress, "updated": self.updated, "error": self.error, **self.info}
+        return {"state": self.state, "progress": self.progress, "events": self._unpolled.take(),
+                "updated": self.updated, "error": self.error, **self.info}  # fmt: skip
 
     def fetch(self) -> dict[str, Any] | None:
         return self.result
+
+
+class UnpolledEvents:
+    """A render's progress events since the daemon's last poll, reduced to what must reach it.
+
+    The daemon polls a few times a second and a fast phase (40 steps of a small model) can begin
+    and end between two polls. As the daemon does for a local job, the event that ends a phase
+    (the next has another status) and a phase's last step are kept; a step followed by another
+    of the same phase gives way to it. Fed from the render thread, taken by ``poll``."""
+
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def add(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            if self._events and not _milestone(self._events[-1], event):
+                self._events.pop()
+            self._events.append(event)
+
+    def take(self) -> list[dict[str, Any]]:
+        """The events kept since the last call, oldest first (the newest is the render's state)."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+
+def _milestone(event: dict[str, Any], following: dict[str, Any]) -> bool:
+    total = event.get("total")
+    return event.get("status") != following.get("status") or (total is not None and event.get("completed") == total)
 
 
 _actor_class: Any = None
@@ -330,7 +364,8 @@ def run_generate(ctx: Any, settings: ClusterSettings) -> dict[str, Any]:
             where = _where(poll)
             if poll["updated"] != last_update:
                 last_update = poll["updated"]
-                ctx.progress({**poll["progress"], **where, "ray_actor": name, "attempt": attempt})
+                for event in poll["events"] or [poll["progress"]]:
+                    ctx.progress({**event, **where, "ray_actor": name, "attempt": attempt})
             if poll["state"] == "failed":
                 ray.kill(actor)
                 error = poll["error"] or {}
