@@ -262,18 +262,24 @@ def test_a_node_killed_mid_job_every_job_completes_exactly_once(fleet: Fleet, tm
     key = home_key(root.resolve())
     daemon = fleet.daemon(root)
     try:
-        # a tiny model's step takes a few ms on a fast machine, tens on a loaded one: enough steps
-        # that a job lasts seconds there, and a victim picked by the time it has left
-        params = {"num_inference_steps": 1000, "device": "cpu"}
+        # A tiny model's step takes about a millisecond on a fast machine and tens on a loaded one:
+        # one job measures the pace here, and the jobs get steps for about 12 s each.
+        calibration = daemon.client.submit_job("generate", DEFINITION, seed=39, num_inference_steps=100, device="cpu")["id"]
+        assert _wait_jobs(daemon, [calibration])[calibration]["state"] == "done"
+        last_step = [e for e in _progress_events(root) if e.get("job") == calibration and e.get("status") == "denoising"
+                     and e.get("completed") == e.get("total")]  # fmt: skip
+        assert last_step, "the calibration job's last step did not reach the journal"
+        step_s = max(float(last_step[-1]["elapsed"]) / 100, 1e-4)
+        params = {"num_inference_steps": int(min(20000, max(200, 12 / step_s))), "device": "cpu"}
         ids = [daemon.client.submit_job("generate", DEFINITION, seed=40 + i, **params)["id"] for i in range(3)]
 
         def on_victim() -> Any:
             for job in daemon.client.jobs():
                 progress = job.get("progress") or {}
                 completed, total = progress.get("completed") or 0, progress.get("total") or 0
-                # the kill must land before the job ends: at least 5 s of steps left at its pace
+                # the kill must land before the job ends: at least 4 s of steps left at its pace
                 left_s = (progress.get("elapsed") or 0) / max(completed, 1) * (total - completed)
-                if job["id"] in ids and progress.get("status") == "denoising" and completed and left_s >= 5:
+                if job["id"] in ids and progress.get("status") == "denoising" and completed and left_s >= 4:
                     # this home's runs only: earlier tests' homes used the same job ids on these nodes
                     mine = [r for r in fleet.runs() if r["controller"] == key and r["job"] == job["id"]]
                     runs = [r for r in mine if r["worker"] == "w1"]
@@ -288,7 +294,7 @@ def test_a_node_killed_mid_job_every_job_completes_exactly_once(fleet: Fleet, tm
     finally:
         daemon.stop()
     assert all(job["state"] == "done" for job in jobs.values()), jobs
-    assert len(_outputs(root)) == 3, "each job exactly once in outputs/"
+    assert len(_outputs(root)) == 4, "each job exactly once in outputs/ (the three and the calibration job)"
     retried = jobs[victim_job["id"]]
     assert retried["attempts"] == 2 and "lost on node" in (retried["last_error"] or "")
     assert retried["result"]["attempt"] == 2 and retried["result"]["node_id"] != victim_job["progress"]["node_id"]
