@@ -82,6 +82,11 @@ def main() -> int:
                 before = file_bytes_served(upstream.url)
                 cached.append(measured("cached", mirror.url, mirror.read_token))
                 sent_cached.append(file_bytes_served(upstream.url) - before)
+        except Exception:
+            # the servers' logs live in the temporary folder removed below: show them first
+            for name, server in (("upstream", upstream), ("mirror", mirror)):
+                print(f"--- {name} server log (end) ---\n{server.log_text()}", file=sys.stderr)
+            raise
         finally:
             mirror.stop()
             upstream.stop()

@@ -57,6 +57,9 @@ SENDFILE_STATE_KEY = "tunehub.sendfile"
 # bytes the client has acknowledged (how a send timeout tells a slow reader from a dead one).
 _SENDFILE = sys.platform.startswith("linux") and hasattr(os, "sendfile") and hasattr(socket, "TCP_INFO")
 _TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info (since 4.1)
+# Event loop classes whose sendfile raised NotImplementedError (uvloop's): said once, then read and write.
+_LOOPS_WITHOUT_SENDFILE: set[type] = set()
+_WRITE_CHUNK = 1024 * 1024  # reads and writes on such a loop: one chunk in flight above the socket's buffer
 
 
 class FileRange:
@@ -341,6 +344,8 @@ class LimitedH11Protocol(H11Protocol):
 
     async def _sendfile(self, part: FileRange) -> bool:
         """Send ``part`` with loop.sendfile; False (connection dropped) if the client stops taking bytes."""
+        if type(self.loop) in _LOOPS_WITHOUT_SENDFILE:
+            return await self._write_range(part)
         file = open(part.fd, "rb", buffering=0, closefd=False)  # noqa: SIM115, ASYNC230 - a wrapper of an open fd, no I/O
         task = self.loop.create_task(self.loop.sendfile(self.transport, file, part.offset, part.count))
         timeout = self.book.limits.send_timeout
@@ -361,6 +366,12 @@ class LimitedH11Protocol(H11Protocol):
                 elif time.monotonic() - progress_at >= timeout:
                     log.warning("dropped a connection from %s: it read nothing of its answer for %g s", self._peer, timeout)
                     break
+        except NotImplementedError:
+            # uvloop's loop (uvicorn picks it where it is installed) has no sendfile; it says so
+            # before sending a byte, so this range and every later one go by reads and writes.
+            _LOOPS_WITHOUT_SENDFILE.add(type(self.loop))
+            loop_name = f"{type(self.loop).__module__}.{type(self.loop).__qualname__}"
+            log.warning("this event loop (%s) cannot sendfile: file bodies are read and written by the server", loop_name)
         except (OSError, RuntimeError):  # the client went away (reset, broken pipe, transport closed)
             pass
         finally:
@@ -368,8 +379,29 @@ class LimitedH11Protocol(H11Protocol):
                 task.cancel()
                 await asyncio.wait({task})
             file.close()
+        if type(self.loop) in _LOOPS_WITHOUT_SENDFILE:
+            return await self._write_range(part)
         await self._drop_connection()
         return False
+
+    async def _write_range(self, part: FileRange) -> bool:
+        """``part`` read and written here, on a loop that cannot sendfile; False if the connection
+        dropped. A client that stops reading is dropped by the send timer (``pause_writing``)."""
+        offset, end = part.offset, part.offset + part.count
+        while offset < end:
+            if self.flow.write_paused:
+                await self.flow.drain()  # the client takes bytes, or the send timer drops it
+            if self.transport.is_closing() or (self.cycle is not None and self.cycle.disconnected):
+                await self._drop_connection()
+                return False
+            chunk = await asyncio.to_thread(os.pread, part.fd, min(_WRITE_CHUNK, end - offset), offset)
+            if not chunk:
+                log.error("a file sent to %s ended before the bytes its answer declared: connection closed", self._peer)
+                await self._drop_connection()
+                return False
+            self.transport.write(chunk)
+            offset += len(chunk)
+        return True
 
     def _bytes_acked(self) -> int | None:
         sock = self.transport.get_extra_info("socket")

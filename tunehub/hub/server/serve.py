@@ -111,6 +111,9 @@ def serve(
     config = uvicorn.Config(
         app,
         http=protocol_class(limits),
+        # asyncio's own loop, not uvloop where that is installed (uvicorn's default): uvloop has no
+        # sendfile, the kernel path of file bodies (connections.py falls back to reads and writes).
+        loop="asyncio",
         ws="none",
         log_level=log_level,
         access_log=False,  # request lines carry upload signatures: keep them out of logs
