@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--rows", type=int, default=18)
-    parser.add_argument("--attention", default="sdpa", help="the int8 model's attention (sdpa, fp8, fp8-cudnn)")
+    parser.add_argument("--attention", default="sdpa", help="the int8 model's attention (sdpa, fp8, int8, fp8-cudnn)")
     parser.add_argument("--skip-bf16", action="store_true", help="profile the int8 path only")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks first")
     args = parser.parse_args()

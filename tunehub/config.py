@@ -51,7 +51,7 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "cluster": ((dict,), "table ([cluster])"),
 }
 # [generate] keys -> allowed values (defaults for `tunehub generate` options)
-GENERATE_KEYS: dict[str, tuple[str, ...]] = {"attention": ("sdpa", "fp8")}
+GENERATE_KEYS: dict[str, tuple[str, ...]] = {"attention": ("sdpa", "fp8", "int8", "fp8-cudnn")}  # as --attention
 LINK_MODES = ("hardlink", "copy", "symlink")
 
 

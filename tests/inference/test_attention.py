@@ -112,7 +112,9 @@ def test_fp8_falls_back_on_cpu_with_one_line_note() -> None:
     assert [block.attn1.processor for block in model.blocks] == processors
     assert unavailable_reason("cpu") == "needs a CUDA GPU (device is cpu)"
     assert set_attention(model, "sdpa", "cpu") == ("sdpa", None)
-    with pytest.raises(ValueError, match="choose one of sdpa, fp8, fp8-cudnn"):
+    assert set_attention(model, "int8", "cpu") == ("sdpa", "int8 attention needs a CUDA GPU (device is cpu): using sdpa")
+    assert [block.attn1.processor for block in model.blocks] == processors
+    with pytest.raises(ValueError, match="choose one of sdpa, fp8, int8, fp8-cudnn"):
         set_attention(model, "sage", "cpu")
 
 
@@ -125,10 +127,12 @@ def test_generate_table_in_tunehub_toml(tmp_path) -> None:
     from tunehub.config import load_config
     from tunehub.errors import ConfigError
 
-    (tmp_path / "tunehub.toml").write_text('[generate]\nattention = "fp8"\n', encoding="utf-8")
-    assert load_config(tmp_path).generate == {"attention": "fp8"}
+    # every --attention choice is a [generate] value (README.md's table says so)
+    for attention in ("sdpa", "fp8", "int8", "fp8-cudnn"):
+        (tmp_path / "tunehub.toml").write_text(f'[generate]\nattention = "{attention}"\n', encoding="utf-8")
+        assert load_config(tmp_path).generate == {"attention": attention}
     (tmp_path / "tunehub.toml").write_text('[generate]\nattention = "sage"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"tunehub.toml: \[generate\] attention must be one of sdpa, fp8; got 'sage'"):
+    with pytest.raises(ConfigError, match=r"tunehub.toml: \[generate\] attention must be one of sdpa, fp8, int8, fp8-cudnn; got 'sage'"):
         load_config(tmp_path)
     (tmp_path / "tunehub.toml").write_text('[generate]\nsteps = 4\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"\[generate\] unknown key 'steps'"):

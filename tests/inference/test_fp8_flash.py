@@ -1,10 +1,11 @@
-"""tunehub's Triton FP8 flash attention (``--attention fp8``), checked on CPU.
+"""tunehub's Triton 8-bit flash attention (``--attention fp8`` and ``int8``), checked on CPU.
 
 The kernel's source runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before triton
-is imported, hence a process), with the e4m3-rounded q/k/v carried in float32 there (the
-interpreter has no e4m3): what is checked is the algorithm (per-block scales, the online
-softmax over blocks, the masked last block of keys, padding, layout, the 16-bit output), not
-e4m3 arithmetic, which only a Hopper GPU runs (``benchmarks/gpu_kernels.py``).
+is imported, hence a process). Q @ K^T is int8 there as on the GPU, and so is P @ V with
+``pv="int8"``; e4m3 values are carried in float32 (the interpreter has no e4m3), so with
+``pv="e4m3"`` what is checked is the algorithm (scales, the online softmax over blocks, the
+masked last block of keys, padding, layout, the 16-bit output), not e4m3 arithmetic, which
+only a Hopper GPU runs (``benchmarks/gpu_kernels.py``).
 """
 
 from __future__ import annotations
@@ -29,23 +30,24 @@ def rel(a, b):
 results = []
 # (batch, query tokens, key tokens, heads, head size, offset of k and v): a partial last block of
 # keys (200 = 128 + 72), more keys than queries over three blocks, two videos in a batch
-for batch, seq_q, seq_k, heads, dim, offset in ((1, 200, 200, 2, 64, 0.0), (1, 128, 300, 2, 64, 1.0), (2, 64, 130, 1, 32, 0.5)):
-    generator = torch.Generator().manual_seed(seq_q + seq_k)
-    q = torch.randn(batch, seq_q, heads, dim, generator=generator).to(torch.bfloat16)
-    k = (torch.randn(batch, seq_k, heads, dim, generator=generator) + offset).to(torch.bfloat16)
-    v = (torch.randn(batch, seq_k, heads, dim, generator=generator) + offset).to(torch.bfloat16)
-    exact = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
-    out = fp8_flash_attention(q, k, v)
-    results.append(dict(shape=list(out.shape), dtype=str(out.dtype), finite=bool(torch.isfinite(out).all()),
-                        vs_reference=rel(out, reference(q, k, v)), vs_exact=rel(out, exact)))
-    # a softmax scale other than 1/sqrt(d) reaches the kernel
-    sharp = fp8_flash_attention(q, k, v, 2.0 / math.sqrt(dim))
-    exact_sharp = torch.nn.functional.scaled_dot_product_attention(
-        *(t.transpose(1, 2).float() for t in (q, k, v)), scale=2.0 / math.sqrt(dim)).transpose(1, 2)
-    results[-1]["scaled_vs_exact"] = rel(sharp, exact_sharp)
-    # the TMA kernel (Hopper's default) reads the same blocks through tensor descriptors
-    tma = flash_attention_8bit(*quantize_blocks(q, k, v), seq_q, seq_k, q.dtype, loader="tma")
-    results[-1]["tma_vs_pointer"] = rel(tma, out)
+for pv in ("e4m3", "int8"):
+    for batch, seq_q, seq_k, heads, dim, offset in ((1, 200, 200, 2, 64, 0.0), (1, 128, 300, 2, 64, 1.0), (2, 64, 130, 1, 32, 0.5)):
+        generator = torch.Generator().manual_seed(seq_q + seq_k)
+        q = torch.randn(batch, seq_q, heads, dim, generator=generator).to(torch.bfloat16)
+        k = (torch.randn(batch, seq_k, heads, dim, generator=generator) + offset).to(torch.bfloat16)
+        v = (torch.randn(batch, seq_k, heads, dim, generator=generator) + offset).to(torch.bfloat16)
+        exact = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
+        out = fp8_flash_attention(q, k, v, pv=pv)
+        results.append(dict(pv=pv, shape=list(out.shape), dtype=str(out.dtype), finite=bool(torch.isfinite(out).all()),
+                            vs_reference=rel(out, reference(q, k, v, pv=pv)), vs_exact=rel(out, exact)))
+        # a softmax scale other than 1/sqrt(d) reaches the kernel
+        sharp = fp8_flash_attention(q, k, v, 2.0 / math.sqrt(dim), pv=pv)
+        exact_sharp = torch.nn.functional.scaled_dot_product_attention(
+            *(t.transpose(1, 2).float() for t in (q, k, v)), scale=2.0 / math.sqrt(dim)).transpose(1, 2)
+        results[-1]["scaled_vs_exact"] = rel(sharp, exact_sharp)
+        # the TMA kernel (Hopper's default) reads the same blocks through tensor descriptors
+        tma = flash_attention_8bit(*quantize_blocks(q, k, v, pv=pv), seq_q, seq_k, q.dtype, loader="tma")
+        results[-1]["tma_vs_pointer"] = rel(tma, out)
 print(json.dumps(results))
 """
 
@@ -56,37 +58,51 @@ def test_kernel_matches_the_scheme_and_exact_attention() -> None:
     done = subprocess.run([sys.executable, "-c", _KERNEL_CHECK], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [r["shape"] for r in results] == [[1, 200, 2, 64], [1, 128, 2, 64], [2, 64, 1, 32]]
+    assert [(r["pv"], r["shape"]) for r in results] == [
+        (pv, shape) for pv in ("e4m3", "int8") for shape in ([1, 200, 2, 64], [1, 128, 2, 64], [2, 64, 1, 32])
+    ]
     for result in results:
         assert result["dtype"] == "torch.bfloat16" and result["finite"]
         # the kernel computes the scheme: bf16 output rounding apart (the reference takes one global max)
         assert result["vs_reference"] < 0.01, result
-        # e4m3-rounded q/k/v with per-block scales: 4.6% on near-uniform random attention (the
-        # output is a small average there), far less with a common component; a wrong mask,
-        # scale or block order is off by tens of percent
-        assert result["vs_exact"] < 0.06, result
-        assert result["scaled_vs_exact"] < 0.09, result
+        # int8 Q/K (per row, per block), e4m3 or int8 V (per channel), P int8 (per row of each
+        # block) or unrounded (e4m3 carried in float32 here): 1.8% and 2.8% on near-uniform
+        # random attention (the output is a small average there), far less with a common
+        # component; a wrong mask, scale or block order is off by tens of percent
+        assert result["vs_exact"] < 0.035, result
+        assert result["scaled_vs_exact"] < 0.05, result
         assert result["tma_vs_pointer"] < 1e-6, result
 
 
-def test_blocks_are_padded_and_scaled_to_e4m3s_range() -> None:
+def test_blocks_are_padded_and_scaled_to_the_8_bit_range() -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 200, 3, 64, dtype=torch.bfloat16) * s for s in (1.0, 5.0, 0.1))
-    q8, k8, v8t, q_descale, k_descale, v_descale, v_mean = quantize_blocks(q, k, v)
-    assert q8.shape == (1, 3, 256, 64) and k8.shape == (1, 3, 256, 64)  # 200 -> 4 blocks of 64, 2 of 128
-    assert v8t.shape == (1, 3, 64, 256) and v_mean.shape == (1, 3, 64)
-    assert q_descale.shape == (1, 3, 256 // BLOCK_M) and k_descale.shape == (1, 3, 256 // BLOCK_N)
-    assert v_descale.shape == (1, 3, 64)
-    # each block's absmax lands on e4m3's largest value; the padding rows are zero
-    for tensor in (q8, k8):
-        blocks = tensor.float().unflatten(2, (2, 128))
-        assert torch.allclose(blocks.abs().amax(dim=(-1, -2)), torch.full((1, 3, 2), FP8_MAX))
-        assert tensor[:, :, 200:].abs().max() == 0
-    assert v8t[..., 200:].abs().max() == 0
-    # undoing the scales gives the smoothed K back within e4m3's rounding (3 mantissa bits)
-    smoothed = k.float().transpose(1, 2) - k.float().transpose(1, 2).mean(dim=2, keepdim=True)
-    restored = (k8.float().unflatten(2, (2, 128)) * k_descale[..., None, None]).flatten(2, 3)[:, :, :200]
-    assert float((restored - smoothed).norm() / smoothed.norm()) < 0.04
+    for pv, v_largest in (("e4m3", FP8_MAX), ("int8", 127.0)):
+        q8, k8, v8t, q_descale, k_descale, v_descale, v_mean = quantize_blocks(q, k, v, pv=pv)
+        assert q8.dtype == k8.dtype == torch.int8 and (v8t.dtype == torch.int8) == (pv == "int8")
+        assert q8.shape == (1, 3, 256, 64) and k8.shape == (1, 3, 256, 64)  # 200 -> 4 blocks of 64, 2 of 128
+        assert v8t.shape == (1, 3, 64, 256) and v_mean.shape == (1, 3, 64)
+        assert q_descale.shape == (1, 3, 256) and k_descale.shape == (1, 3, 256 // BLOCK_N)  # Q: one per row
+        assert v_descale.shape == (1, 3, 64) and BLOCK_M == 64
+        # each query row's and each block of keys' absmax lands on 127; the padding rows are zero
+        assert torch.equal(q8[:, :, :200].abs().amax(dim=-1), torch.full((1, 3, 200), 127, dtype=torch.int8))
+        assert torch.equal(k8.unflatten(2, (2, 128)).abs().amax(dim=(-1, -2)), torch.full((1, 3, 2), 127, dtype=torch.int8))
+        assert q8[:, :, 200:].abs().max() == 0 and k8[:, :, 200:].abs().max() == 0
+        # V per channel: each channel's absmax on the type's largest value
+        assert torch.allclose(v8t[..., :200].float().abs().amax(dim=-1), torch.full((1, 3, 64), v_largest))
+        assert v8t[..., 200:].float().abs().max() == 0
+        # undoing the scales gives the smoothed K back within int8's rounding
+        smoothed = k.float().transpose(1, 2) - k.float().transpose(1, 2).mean(dim=2, keepdim=True)
+        restored = (k8.float().unflatten(2, (2, 128)) * k_descale[..., None, None]).flatten(2, 3)[:, :, :200]
+        assert float((restored - smoothed).norm() / smoothed.norm()) < 0.02
+
+
+def test_head_sizes_past_the_int32_trick_are_refused() -> None:
+    from tunehub.inference.fp8_flash import flash_attention_8bit
+
+    q = torch.randn(1, 64, 1, 512, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="head size and BLOCK_N up to 256, not 512"):
+        flash_attention_8bit(*quantize_blocks(q, q, q), 64, 64, q.dtype)
 
 
 def test_attention_choices_and_their_fallback_notes() -> None:
@@ -94,10 +110,10 @@ def test_attention_choices_and_their_fallback_notes() -> None:
     from tunehub.inference.attention import ATTENTIONS, set_attention
     from tunehub.inference.pipeline import ATTENTIONS as PIPELINE_ATTENTIONS
 
-    assert ATTENTIONS == PIPELINE_ATTENTIONS == ("sdpa", "fp8", "fp8-cudnn")
+    assert ATTENTIONS == PIPELINE_ATTENTIONS == ("sdpa", "fp8", "int8", "fp8-cudnn")
     model = build_transformer("t2v_1.3B", 0)
     assert set_attention(model, "fp8-cudnn", "cpu") == ("sdpa", "fp8-cudnn attention needs a CUDA GPU (device is cpu): using sdpa")
-    with pytest.raises(ValueError, match="choose one of sdpa, fp8, fp8-cudnn"):
+    with pytest.raises(ValueError, match="choose one of sdpa, fp8, int8, fp8-cudnn"):
         set_attention(model, "fp8-sage", "cpu")
 
 

@@ -1,13 +1,15 @@
-"""Attention choices for the transformer: ``sdpa`` (torch's, through diffusers), ``fp8`` or ``fp8-cudnn``.
+"""Attention choices for the transformer: ``sdpa`` (torch's, through diffusers), ``fp8``, ``int8`` or ``fp8-cudnn``.
 
-Both FP8 choices run the video self-attention (Wan's ``attn1``, 32,760 tokens at 832x480x81)
-in e4m3 on Hopper (sm 9.0) and newer. They trade accuracy for speed, as WanGP's sage option
-does, so they are opt-in:
+The 8-bit choices run the video self-attention (Wan's ``attn1``, 32,760 tokens at 832x480x81)
+on Hopper (sm 9.0) and newer. They trade accuracy for speed, as WanGP's sage option does, so
+they are opt-in:
 
-- ``fp8``: tunehub's Triton kernel (:mod:`tunehub.inference.fp8_flash`): one scale per block
-  of 128 query or key rows and head, V scaled per channel, a 16-bit output. On one H200 at
-  Wan 14B's shape, compiled: 1.22x torch's bf16 SDPA (one kernel call, eager), 6.0% error
-  on random inputs.
+- ``fp8``: tunehub's Triton kernel (:mod:`tunehub.inference.fp8_flash`), Q @ K^T in int8 (one
+  scale per query row, one per block of 128 keys) and P @ V in e4m3 (V scaled per channel), a
+  16-bit output: SageAttention 2's recipe. On one H200 at Wan 14B's shape, the kernel alone:
+  1.4x torch's bf16 SDPA, 4.8% error on random inputs.
+- ``int8``: the same kernel with P @ V in int8 too (P scaled per row of each block of keys):
+  2.6% error on the same inputs, at 1.15x SDPA.
 - ``fp8-cudnn``: cuDNN's FP8 flash attention, from the optional ``nvidia-cudnn-frontend``
   package: per-tensor scales and an e4m3 output (Hopper cannot write bf16 there): 1.40x, but
   12.6% error on the same inputs.
@@ -40,10 +42,10 @@ from typing import Any
 
 import torch
 
-ATTENTIONS = ("sdpa", "fp8", "fp8-cudnn")
-# fp8's two kernels: tunehub's Triton one (per-block scales, 16-bit output: half cuDNN's error)
-# and cuDNN's (per-tensor scales, e4m3 output: the faster); "fp8" takes the Triton one where
-# Triton runs, "fp8-cudnn" cuDNN's
+ATTENTIONS = ("sdpa", "fp8", "int8", "fp8-cudnn")
+# fp8's two kernels: tunehub's Triton one (per-row and per-block scales, 16-bit output: a third
+# of cuDNN's error) and cuDNN's (per-tensor scales, e4m3 output); "fp8" takes the Triton one
+# where Triton runs, else cuDNN's; "fp8-cudnn" cuDNN's; "int8" the Triton one, P @ V in int8
 FP8_KERNELS = ("triton", "cudnn")
 FP8_MAX = 448.0
 _PACKAGE = "nvidia-cudnn-frontend"
@@ -320,7 +322,8 @@ def _self_attention_modules(transformer: torch.nn.Module) -> list[Any]:
 def set_attention(transformer: torch.nn.Module, attention: str, device: torch.device | str) -> tuple[str, str | None]:
     """Use ``attention`` for ``transformer``'s self-attention; returns (attention in use, a
     one-line note when ``fp8`` fell back to ``sdpa``, else None). Call before compiling."""
-    kernels = {"fp8": FP8_KERNELS, **{f"fp8-{k}": (k,) for k in FP8_KERNELS}}  # "fp8-cudnn": that kernel only
+    # "fp8-cudnn": that kernel only; "int8": the Triton kernel with P @ V in int8
+    kernels = {"fp8": FP8_KERNELS, "int8": ("triton",), **{f"fp8-{k}": (k,) for k in FP8_KERNELS}}
     if attention not in kernels and attention != "sdpa":
         raise ValueError(f"unknown attention '{attention}'; choose one of {', '.join(ATTENTIONS)}")
     modules = _self_attention_modules(transformer)
@@ -341,7 +344,9 @@ def set_attention(transformer: torch.nn.Module, attention: str, device: torch.de
     if reason is not None:
         return "sdpa", f"{attention} attention {reason}: using sdpa"
     if kernel == "triton":
-        from tunehub.inference.fp8_flash import fp8_flash_attention as function
+        from tunehub.inference.fp8_flash import fp8_flash_attention
+
+        function = functools.partial(fp8_flash_attention, pv="int8" if attention == "int8" else "e4m3")
     else:
         function = fp8_attention
     for module in modules:

@@ -1,22 +1,24 @@
-"""FP8 flash attention in Triton with per-block scales and a 16-bit output (SageAttention's recipe).
+"""8-bit flash attention in Triton with per-row and per-block scales and a 16-bit output (SageAttention's recipe).
 
 cuDNN's FP8 attention on Hopper takes one scale per tensor and writes its output in e4m3, and
 that output rounding alone costs a few percent of error. This kernel keeps what makes 8-bit
 attention accurate:
 
-- Q gets one scale per block of ``BLOCK_M`` query rows and head, K one per block of
-  ``BLOCK_N`` key rows and head, after K is smoothed by its mean over the tokens (softmax
-  is unchanged by a constant per query row);
+- Q @ K^T runs in int8 (int32 sums, exact): Q gets one scale per row, K one per block of
+  ``BLOCK_N`` key rows and head after K is smoothed by its mean over the tokens (softmax is
+  unchanged by a constant per query row). On an H200 it costs no more time than e4m3 there,
+  and removes most of e4m3's logit error (3 mantissa bits against int8's 7);
 - V is smoothed the same way (its mean added back to the output) and scaled per channel,
   a scale that factors out of ``P @ V`` and is applied to the float32 accumulator;
-- P (the unnormalised ``exp2(s - max)``, in [0, 1]) is multiplied by 448 before its e4m3
-  rounding, so that small probabilities stay out of e4m3's subnormals;
-- both products run in e4m3 with float32 accumulation, and the output is written in the
-  input's dtype: no second rounding through FP8.
+- ``P @ V`` runs in e4m3 (``pv="e4m3"``: FP8 tensor cores accumulating in float32, the faster)
+  or int8 (``pv="int8"``: P scaled per row of each block of keys to int8's range; about half
+  the error, at the cost of converting each block's int32 product);
+- the output is written in the input's dtype: no second rounding through FP8.
 
 :func:`quantize_blocks` is plain torch (``torch.compile`` fuses it); :func:`fp8_flash_attention`
 is a custom op, so compiled transformer blocks do not break around it. On CPU the kernel runs
-in Triton's interpreter for the tests, with the 8-bit values carried in float32.
+in Triton's interpreter for the tests: int8 as int8, e4m3 values carried in float32 (the
+interpreter has no e4m3).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import torch
 
 from tunehub.inference.attention import FP8_MAX, smooth_kv
 
-__all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "reference"]
+__all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "PV_TYPES", "reference"]
 
-P_SCALE = FP8_MAX  # P is in [0, 1]: its largest value lands on e4m3's
-LOG2_P_SCALE = math.log2(P_SCALE)  # the kernel adds it in P's exponent
+# Each 8-bit type's largest value: where an absmax lands, and P's largest (the kernel adds its
+# log2 in P's exponent). P is in [0, 1] for e4m3; for int8 it is scaled per row of each block of keys.
+EIGHT_BIT_MAX = {"int8": 127.0, "e4m3": FP8_MAX}
+PV_TYPES = ("e4m3", "int8")  # P @ V's 8-bit type; Q @ K^T is always int8
 LOG2E = 1.4426950408889634
 # The launch on CUDA, measured on an H200 at Wan's self-attention shapes (32,760 tokens, heads of
 # 128; benchmarks/results/gpu_fp8_flash_tma_h200.txt): 64 query rows per program on one warpgroup with
@@ -68,9 +72,18 @@ def _default_loader(device: torch.device) -> str:
     return "tma" if torch.cuda.get_device_capability(device)[0] >= 9 else "pointer"
 
 
-def _eight_bit(device: torch.device) -> torch.dtype:
+def _eight_bit(device: torch.device, kind: str) -> torch.dtype:
+    if kind == "int8":
+        return torch.int8
     # Triton's interpreter has no e4m3: on CPU the rounded values travel as float32
     return torch.float8_e4m3fn if device.type == "cuda" else torch.float32
+
+
+def _rounded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Values already scaled to the 8-bit range, rounded to ``dtype`` (int8, or e4m3 carried in ``dtype``)."""
+    if dtype == torch.int8:
+        return values.round().clamp(-127, 127).to(torch.int8)
+    return _to_e4m3(values, dtype)
 
 
 def _to_e4m3(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -84,31 +97,35 @@ def _padded(tensor: torch.Tensor, block: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, 0, 0, missing)) if missing else tensor
 
 
-def _block_scaled(tensor: torch.Tensor, block: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, H, S, D] -> (e4m3 values [B, H, S_padded, D], one absmax per block of rows [B, H, blocks])."""
+def _block_scaled(tensor: torch.Tensor, block: int, dtype: torch.dtype, largest: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, H, S, D] -> (8-bit values [B, H, S_padded, D], one absmax per block of rows [B, H, blocks])."""
     blocks = _padded(tensor, block).unflatten(2, (-1, block))
     amax = blocks.abs().amax(dim=(-1, -2)).clamp(min=1e-12)
-    return _to_e4m3(blocks * (FP8_MAX / amax)[..., None, None], dtype).flatten(2, 3), amax
+    return _rounded(blocks * (largest / amax)[..., None, None], dtype).flatten(2, 3), amax
 
 
 def quantize_blocks(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
-    block_m: int = BLOCK_M, block_n: int = BLOCK_N,
+    block_m: int = BLOCK_M, block_n: int = BLOCK_N, pv: str = "e4m3",
 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """``[B, S, H, D]`` 16-bit q/k/v -> (q8 [B,H,Sq,D], k8 [B,H,Sk,D], v8 transposed [B,H,D,Sk],
-    q descale [B,H,Sq/block_m] (times softmax scale and log2 e), k descale [B,H,Sk/block_n],
-    v descale [B,H,D], V's mean [B,H,D]); Sq and Sk padded with zero rows to whole blocks."""
-    eight_bit = _eight_bit(query.device)
+    """``[B, S, H, D]`` 16-bit q/k/v -> (q8 [B,H,Sq,D], k8 [B,H,Sk,D] in int8, v8 transposed
+    [B,H,D,Sk] in ``pv`` (e4m3 or int8), q descale [B,H,Sq] (one per row, times softmax scale and
+    log2 e), k descale [B,H,Sk/block_n], v descale [B,H,D], V's mean [B,H,D]); Sq and Sk padded
+    with zero rows to whole blocks."""
     softmax_scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
     k, v, v_mean = smooth_kv(key.transpose(1, 2), value.transpose(1, 2), dim=2)
-    q8, q_amax = _block_scaled(query.transpose(1, 2).float(), block_m, eight_bit)
-    k8, k_amax = _block_scaled(k, block_n, eight_bit)
+    q = _padded(query.transpose(1, 2).float(), block_m)
+    q_amax = q.abs().amax(dim=-1).clamp(min=1e-12)  # [B, H, Sq]: per row, free in the kernel's FMA
+    q8 = _rounded(q * (127.0 / q_amax)[..., None], torch.int8)
+    k8, k_amax = _block_scaled(k, block_n, torch.int8, 127.0)
     q8, k8 = q8.contiguous(), k8.contiguous()  # written [B, H, S, D] in place: TMA reads their [rows, D] views
+    v_largest = EIGHT_BIT_MAX[pv]
     v_amax = v.abs().amax(dim=2).clamp(min=1e-12)  # [B, H, D]: per channel
-    v8t = _to_e4m3(_padded(v, block_n) * (FP8_MAX / v_amax)[:, :, None, :], eight_bit).transpose(2, 3).contiguous()
-    q_descale = q_amax / FP8_MAX * (softmax_scale * LOG2E)
-    k_descale = k_amax / FP8_MAX
-    v_descale = v_amax / FP8_MAX
+    v8t = _rounded(_padded(v, block_n) * (v_largest / v_amax)[:, :, None, :], _eight_bit(query.device, pv))
+    v8t = v8t.transpose(2, 3).contiguous()
+    q_descale = q_amax / 127.0 * (softmax_scale * LOG2E)
+    k_descale = k_amax / 127.0
+    v_descale = v_amax / v_largest
     return q8, k8, v8t, q_descale, k_descale, v_descale, v_mean.squeeze(2)
 
 
@@ -122,12 +139,17 @@ def flash_attention_8bit(
     ``loader`` is ``pointer`` or ``tma`` (CUDA, compute capability 9 and newer); None: the default."""
     from tunehub.inference import _fp8_flash_kernel
 
-    batch, heads, _, dim = q8.shape
+    batch, heads, q_rows, dim = q8.shape
+    pv_int8 = v8t.dtype == torch.int8
+    # the int8 products' sums must stay below 2**22 for the kernel's conversion to float32
+    if max(dim, block_n if pv_int8 else 0) * 127**2 >= 2**22:
+        raise ValueError(f"8-bit flash attention takes a head size and BLOCK_N up to 256, not {dim} and {block_n}")
     out = torch.empty(batch, seq_q, heads, dim, dtype=out_dtype, device=q8.device)
     q_descale, k_descale = q_descale.float().contiguous(), k_descale.float().contiguous()
     v_descale, v_mean = v_descale.float().contiguous(), v_mean.float().contiguous()
     grid = (q8.shape[2] // block_m, batch * heads)
-    shapes = {"SEQ_K": seq_k, "BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_DIM": dim, "LOG2_P_SCALE": LOG2_P_SCALE}
+    shapes = {"SEQ_K": seq_k, "BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_DIM": dim, "PV_INT8": pv_int8,
+              "LOG2_P_SCALE": math.log2(EIGHT_BIT_MAX["int8" if pv_int8 else "e4m3"])}
     if q8.device.type != "cuda":  # Triton's interpreter: no launch options; TMA only when asked for (tests)
         loader = loader or "pointer"
         options: dict[str, object] = {}
@@ -137,7 +159,7 @@ def flash_attention_8bit(
     if loader == "tma":
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        q_rows, k_rows = q8.shape[2], k8.shape[2]
+        k_rows = k8.shape[2]
         descriptors = (
             TensorDescriptor.from_tensor(q8.reshape(-1, dim), [block_m, dim]),
             TensorDescriptor.from_tensor(k8.reshape(-1, dim), [block_n, dim]),
@@ -146,7 +168,7 @@ def flash_attention_8bit(
         ws = _CONFIG["warp_specialize"] if warp_specialize is None else warp_specialize
         _fp8_flash_kernel.kernel_tma[grid](
             *descriptors, q_descale, k_descale, v_descale, v_mean, out, out.stride(0), out.stride(1), out.stride(2),
-            heads, seq_q, q_rows, k_rows, q_descale.shape[-1], k_descale.shape[-1], WARP_SPECIALIZE=bool(ws),
+            heads, seq_q, q_rows, k_rows, k_descale.shape[-1], WARP_SPECIALIZE=bool(ws),
             **shapes, **options,
         )  # fmt: skip
         return out
@@ -154,7 +176,7 @@ def flash_attention_8bit(
         q8, k8, v8t, q_descale, k_descale, v_descale, v_mean, out,
         q8.stride(0), q8.stride(1), q8.stride(2), k8.stride(0), k8.stride(1), k8.stride(2),
         v8t.stride(0), v8t.stride(1), v8t.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        heads, seq_q, q_descale.shape[-1], k_descale.shape[-1], **shapes, **options,
+        heads, seq_q, q_rows, k_descale.shape[-1], **shapes, **options,
     )  # fmt: skip
     return out
 
@@ -174,27 +196,40 @@ def _(query: torch.Tensor, *args: object) -> torch.Tensor:
     return torch.empty_like(query)
 
 
-def fp8_flash_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Self-attention of ``[B, S, H, D]`` 16-bit tensors: per-block FP8, output in the input dtype
-    and layout. The quantization is plain torch (fused when compiled), the kernel a custom op."""
+def fp8_flash_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, pv: str = "e4m3",
+) -> torch.Tensor:  # fmt: skip
+    """Self-attention of ``[B, S, H, D]`` 16-bit tensors, Q @ K^T in int8 and P @ V in ``pv``
+    (e4m3 or int8), output in the input dtype and layout. The quantization is plain torch (fused
+    when compiled), the kernel a custom op."""
     launch = _launch_override()
     if launch is None:
         loader = _default_loader(query.device) if query.device.type == "cuda" else "pointer"
         launch = (BLOCK_M, BLOCK_N, int(_CONFIG["num_warps"]), int(_CONFIG["num_stages"]), loader,
                   bool(_CONFIG["warp_specialize"]))  # fmt: skip
-    parts = quantize_blocks(query, key, value, scale, launch[0], launch[1])
+    parts = quantize_blocks(query, key, value, scale, launch[0], launch[1], pv)
     return _flash_op(query, *parts, key.shape[1], *launch)
 
 
-def reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def reference(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, pv: str = "e4m3",
+) -> torch.Tensor:  # fmt: skip
     """The same quantization in plain torch (float32 products, P rounded as the kernel does): for tests."""
     seq_q, seq_k = query.shape[1], key.shape[1]
-    q8, k8, v8t, qd, kd, vd, vm = quantize_blocks(query, key, value, scale)
-    q = (q8.float().unflatten(2, (-1, BLOCK_M)) * qd[..., None, None]).flatten(2, 3)[:, :, :seq_q]
-    k = (k8.float().unflatten(2, (-1, BLOCK_N)) * kd[..., None, None]).flatten(2, 3)[:, :, :seq_k]
-    v = v8t.float().transpose(2, 3)[:, :, :seq_k]
+    q8, k8, v8t, qd, kd, vd, vm = quantize_blocks(query, key, value, scale, pv=pv)
+    q = (q8.float() * qd[..., None])[:, :, :seq_q]
+    k = (k8.float().unflatten(2, (-1, BLOCK_N)) * kd[..., None, None]).flatten(2, 3)
+    v = v8t.float().transpose(2, 3)
     logits = q @ k.transpose(2, 3)  # log2 units: the exponent is exp2
+    logits[..., seq_k:] = float("-inf")  # the padding keys
     p = torch.exp2(logits - logits.amax(dim=-1, keepdim=True))
-    p_rounded = _to_e4m3(p * P_SCALE, torch.float32) if query.device.type == "cuda" else p * P_SCALE
-    out = (p_rounded @ v) * (vd[:, :, None, :] / (p.sum(-1, keepdim=True) * P_SCALE)) + vm[:, :, None, :]
+    if pv == "int8":  # per row of each block of keys, the largest on 127
+        blocks = p.unflatten(-1, (-1, BLOCK_N))
+        block_max = blocks.amax(dim=-1, keepdim=True).clamp(min=1e-30)
+        p_rounded = (_rounded(blocks * (127.0 / block_max), torch.int8).float() * (block_max / 127.0)).flatten(-2, -1)
+    elif query.device.type == "cuda":
+        p_rounded = _to_e4m3(p * FP8_MAX, torch.float32) / FP8_MAX
+    else:  # the interpreter carries e4m3 in float32: P is not rounded there
+        p_rounded = p
+    out = (p_rounded @ v) * (vd[:, :, None, :] / p.sum(-1, keepdim=True)) + vm[:, :, None, :]
     return out.transpose(1, 2).to(query.dtype)

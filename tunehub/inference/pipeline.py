@@ -32,7 +32,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 OFFLOAD_MODES = ("none", "model", "group")
 INT8_KERNELS = ("auto", "dequant", "fp8", "int8mm", "quanto")  # int8_linear.KERNELS + optimum-quanto's QLinear
-ATTENTIONS = ("sdpa", "fp8", "fp8-cudnn")  # tunehub.inference.attention.ATTENTIONS (torch-free here)
+ATTENTIONS = ("sdpa", "fp8", "int8", "fp8-cudnn")  # tunehub.inference.attention.ATTENTIONS (torch-free here)
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
