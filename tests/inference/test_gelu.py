@@ -1,0 +1,38 @@
+"""tunehub's tanh GELU (``x * sigmoid(2u)``): torch's function, and installed in the transformers tunehub loads."""
+
+from __future__ import annotations
+
+import torch
+
+from tunehub.inference.transformer import sigmoid_tanh_gelu, use_sigmoid_tanh_gelu
+
+
+def test_sigmoid_form_is_torchs_tanh_gelu() -> None:
+    x = torch.cat([torch.linspace(-30, 30, 20001), torch.randn(100000) * 3, torch.tensor([0.0, -0.0, 1e-6, -1e-6])])
+    exact = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    ours = sigmoid_tanh_gelu(x).double()
+    assert float((ours - exact).abs().max()) < 2e-6
+    assert torch.isfinite(ours).all()
+    for dtype in (torch.bfloat16, torch.float16):  # the output dtype follows the input; one rounding apart
+        half = x.clamp(-60000, 60000).to(dtype)
+        theirs = torch.nn.functional.gelu(half, approximate="tanh")
+        mine = sigmoid_tanh_gelu(half)
+        assert mine.dtype == dtype
+        ulp = torch.finfo(dtype).eps * theirs.float().abs().clamp(min=1e-3)
+        assert bool(((mine.float() - theirs.float()).abs() <= ulp).all())
+
+
+def test_the_tiny_wan_transformer_gets_it_and_gives_the_same_output() -> None:
+    from tunehub.demo.tiny import build_transformer
+
+    model = build_transformer("t2v_1.3B", 0).float().eval()
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, model.config.in_channels, 2, 8, 8, generator=generator)
+    text = torch.randn(1, 8, model.config.text_dim, generator=generator)
+    timestep = torch.tensor([500])
+    with torch.inference_mode():
+        stock = model(hidden, timestep, text, return_dict=False)[0]
+        assert use_sigmoid_tanh_gelu(model) == len(model.blocks)  # one feed-forward GELU a block
+        assert all(block.ffn.net[0].gelu is sigmoid_tanh_gelu for block in model.blocks)
+        ours = model(hidden, timestep, text, return_dict=False)[0]
+    assert float((ours - stock).norm() / stock.norm()) < 1e-5
