@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import torch
 
-from tunehub.inference.transformer import sigmoid_tanh_gelu, use_sigmoid_tanh_gelu
+from tunehub.inference.transformer import sigmoid_form_gelu, sigmoid_tanh_gelu, use_sigmoid_tanh_gelu
 
 
 def test_sigmoid_form_is_torchs_tanh_gelu() -> None:
     x = torch.cat([torch.linspace(-30, 30, 20001), torch.randn(100000) * 3, torch.tensor([0.0, -0.0, 1e-6, -1e-6])])
     exact = torch.nn.functional.gelu(x.double(), approximate="tanh")
-    ours = sigmoid_tanh_gelu(x).double()
+    ours = sigmoid_form_gelu(x).double()
     assert float((ours - exact).abs().max()) < 2e-6
     assert torch.isfinite(ours).all()
     for dtype in (torch.bfloat16, torch.float16):  # the output dtype follows the input; one rounding apart
         half = x.clamp(-60000, 60000).to(dtype)
         theirs = torch.nn.functional.gelu(half, approximate="tanh")
-        mine = sigmoid_tanh_gelu(half)
+        mine = sigmoid_form_gelu(half)
         assert mine.dtype == dtype
         ulp = torch.finfo(dtype).eps * theirs.float().abs().clamp(min=1e-3)
         assert bool(((mine.float() - theirs.float()).abs() <= ulp).all())
+
+
+def test_eager_calls_run_torchs_kernel_and_traced_ones_the_sigmoid_form() -> None:
+    x = torch.randn(4096) * 4
+    assert torch.equal(sigmoid_tanh_gelu(x), torch.nn.functional.gelu(x, approximate="tanh"))
+    graphs: list[str] = []
+
+    def backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> object:
+        graphs.append(str(graph.code))
+        return graph.forward
+
+    traced = torch.compile(sigmoid_tanh_gelu, backend=backend, fullgraph=True)(x)
+    assert "sigmoid" in graphs[0] and "gelu" not in graphs[0]
+    assert float((traced - torch.nn.functional.gelu(x, approximate="tanh")).abs().max()) < 1e-5
 
 
 def test_the_tiny_wan_transformer_gets_it_and_gives_the_same_output() -> None:

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="self-attention: sdpa (default; or [generate] attention in tunehub.toml), fp8 (8-bit "
                         "attention on Hopper and newer, tunehub's Triton kernel: int8 Q.K, e4m3 P.V; faster, less "
                         "accurate), int8 (the same with int8 P.V: half fp8's error, less of its speed) or "
-                        "fp8-cudnn (cuDNN's per-tensor FP8: 2.6x fp8's error; needs tunehub[fp8-attention]); "
+                        "fp8-cudnn (cuDNN's per-tensor FP8: 2.7x fp8's error; needs tunehub[fp8-attention]); "
                         "each falls back to sdpa with a note elsewhere")  # fmt: skip
     p.add_argument("--no-vae-tiling", action="store_true", help="decode the whole video at once")
     p.add_argument("--compile", action="store_true",

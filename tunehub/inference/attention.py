@@ -7,9 +7,9 @@ they are opt-in:
 - ``fp8``: tunehub's Triton kernel (:mod:`tunehub.inference.fp8_flash`), Q @ K^T in int8 (one
   scale per query row, one per block of 128 keys) and P @ V in e4m3 (V scaled per channel), a
   16-bit output: SageAttention 2's recipe. On one H200 at Wan 14B's shape, the kernel alone:
-  1.4x torch's bf16 SDPA, 4.8% error on random inputs.
+  1.4x torch's bf16 SDPA, 4.7% error on random inputs.
 - ``int8``: the same kernel with P @ V in int8 too (P scaled per row of each block of keys):
-  2.6% error on the same inputs, at 1.15x SDPA.
+  2.6% error on the same inputs, at 1.14x SDPA.
 - ``fp8-cudnn``: cuDNN's FP8 flash attention, from the optional ``nvidia-cudnn-frontend``
   package: per-tensor scales and an e4m3 output (Hopper cannot write bf16 there): 1.40x, but
   12.6% error on the same inputs.

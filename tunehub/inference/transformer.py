@@ -256,11 +256,20 @@ def _finish(model: nn.Module, device: str | torch.device) -> None:
 _TWO_SQRT_2_OVER_PI = 1.5957691216057308
 
 
-def sigmoid_tanh_gelu(gate: torch.Tensor) -> torch.Tensor:
+def sigmoid_form_gelu(gate: torch.Tensor) -> torch.Tensor:
     """The tanh-approximated GELU, ``0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``,
     written as ``x * sigmoid(2u)``: the same function, in float32 like torch's, output in the input dtype."""
     x = gate.float()
     return (x * torch.sigmoid(_TWO_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))).to(gate.dtype)
+
+
+def sigmoid_tanh_gelu(gate: torch.Tensor) -> torch.Tensor:
+    """The tanh GELU: :func:`sigmoid_form_gelu` while ``torch.compile`` traces (fused, it is the
+    cheaper form), torch's own kernel otherwise (eager, the sigmoid form is several float32
+    kernels: 0.17 s slower per Wan 1.3B forward on an H200, and more memory)."""
+    if torch.compiler.is_compiling():
+        return sigmoid_form_gelu(gate)
+    return torch.nn.functional.gelu(gate, approximate="tanh")
 
 
 def use_sigmoid_tanh_gelu(model: nn.Module) -> int:
