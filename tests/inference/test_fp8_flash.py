@@ -97,12 +97,14 @@ def test_blocks_are_padded_and_scaled_to_the_8_bit_range() -> None:
         assert float((restored - smoothed).norm() / smoothed.norm()) < 0.02
 
 
-def test_head_sizes_past_the_int32_trick_are_refused() -> None:
+def test_head_sizes_past_the_int32_trick_and_unknown_types_are_refused() -> None:
     from tunehub.inference.fp8_flash import flash_attention_8bit
 
     q = torch.randn(1, 64, 1, 512, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="head size and BLOCK_N up to 256, not 512"):
         flash_attention_8bit(*quantize_blocks(q, q, q), 64, 64, q.dtype)
+    with pytest.raises(ValueError, match="P @ V's type must be one of e4m3, int8, not 'fp16'"):
+        quantize_blocks(q, q, q, pv="fp16")
 
 
 def test_attention_choices_and_their_fallback_notes() -> None:

@@ -307,6 +307,9 @@ def test_fp8_attention_reaches_the_pipeline_and_falls_back_on_cpu(setup: Setup, 
     assert result["attention"] == "sdpa" and notes == [note] and (tmp_path / "a.mp4").is_file()
     result, notes = _attention_run(setup.root, capsys, tmp_path / "b.mp4")
     assert result["attention"] == "sdpa" and notes == []
+    result, notes = _attention_run(setup.root, capsys, tmp_path / "e.mp4", "--attention", "int8")
+    assert result["attention"] == "sdpa" and (tmp_path / "e.mp4").is_file()
+    assert notes == [{"status": "note", "message": "int8 attention needs a CUDA GPU (device is cpu): using sdpa"}]
     home = tmp_path / "home"
     home.mkdir()
     toml = (setup.root / "tunehub.toml").read_text(encoding="utf-8")

@@ -112,6 +112,8 @@ def quantize_blocks(
     [B,H,D,Sk] in ``pv`` (e4m3 or int8), q descale [B,H,Sq] (one per row, times softmax scale and
     log2 e), k descale [B,H,Sk/block_n], v descale [B,H,D], V's mean [B,H,D]); Sq and Sk padded
     with zero rows to whole blocks."""
+    if pv not in PV_TYPES:
+        raise ValueError(f"P @ V's type must be one of {', '.join(PV_TYPES)}, not {pv!r}")
     softmax_scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
     k, v, v_mean = smooth_kv(key.transpose(1, 2), value.transpose(1, 2), dim=2)
     q = _padded(query.transpose(1, 2).float(), block_m)
