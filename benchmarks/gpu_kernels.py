@@ -126,21 +126,20 @@ def parse_flash_configs(text: str) -> list[tuple[int, int, int, int, str, bool]]
 
 def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor,
                sdpa_ms: dict[str, float], flops: float, configs: str = FLASH_CONFIGS,
-               pv_types: tuple[str, ...] = ("e4m3", "int8")) -> None:  # fmt: skip
-    """tunehub's Triton 8-bit flash attention (int8 Q @ K^T, P @ V in each of ``pv_types``: e4m3 is
-    ``--attention fp8``, int8 ``--attention int8``): end to end eager and compiled, then the kernel
-    alone per launch (BLOCK_MxBLOCK_N, warps, stages, loader)."""
-    from tunehub.inference.fp8_flash import flash_attention_8bit, fp8_flash_attention, quantize_blocks
+) -> None:  # fmt: skip
+    """tunehub's Triton 8-bit flash attention (int8 Q @ K^T, P @ V in e4m3 for ``--attention fp8``,
+    in int8 for ``--attention int8``): end to end eager and compiled, then the kernel alone per
+    launch (BLOCK_MxBLOCK_N, warps, stages, loader)."""
+    from tunehub.inference.fp8_flash import ATTENTION_PV, flash_attention_8bit, fp8_flash_attention, quantize_blocks
 
-    attentions = {"e4m3": "fp8", "int8": "int8"}  # P @ V's type -> the --attention choice that runs it
-    for pv in pv_types:
+    for attention, pv in ATTENTION_PV.items():
         eager = functools.partial(fp8_flash_attention, pv=pv)
         modes = {"eager": eager, "compiled": torch.compile(eager)}
-        _mode_rows(case, f"{attentions[pv]} flash", modes, q, k, v, reference, sdpa_ms, flops)
+        _mode_rows(case, f"{attention} flash", modes, q, k, v, reference, sdpa_ms, flops)
     if case != "random":
         return
     seq = q.shape[1]
-    for pv in pv_types:
+    for attention, pv in ATTENTION_PV.items():
         for block_m, block_n, warps, stages, loader, ws in parse_flash_configs(configs):
             name = f"{block_m}x{block_n} w{warps} s{stages} {loader}{' ws' if ws else ''}"
             parts = quantize_blocks(q, k, v, None, block_m, block_n, pv)
@@ -150,9 +149,9 @@ def flash_rows(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref
                 out = run()
                 kernel_ms = median_ms(run)
             except Exception as exc:  # a tile that does not fit (shared memory, registers) is reported, not fatal
-                log(f"{case:<18} {attentions[pv]} flash kernel {name}: {type(exc).__name__}: {str(exc)[:160]}")
+                log(f"{case:<18} {attention} flash kernel {name}: {type(exc).__name__}: {str(exc)[:160]}")
                 continue
-            log(f"{case:<18} {attentions[pv]} flash kernel {name:<22} {kernel_ms:7.2f} ms "
+            log(f"{case:<18} {attention} flash kernel {name:<22} {kernel_ms:7.2f} ms "
                 f"{flops / kernel_ms / 1e9:6.0f} TFLOP/s  rel.err {rel(out, reference):.4f}")  # fmt: skip
             del parts, run
 

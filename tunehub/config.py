@@ -51,7 +51,9 @@ _TOP_LEVEL: dict[str, tuple[tuple[type, ...], str]] = {
     "cluster": ((dict,), "table ([cluster])"),
 }
 # [generate] keys -> allowed values (defaults for `tunehub generate` options)
-GENERATE_KEYS: dict[str, tuple[str, ...]] = {"attention": ("sdpa", "fp8", "int8", "fp8-cudnn")}  # as --attention
+# the self-attention choices (tunehub.inference.attention), --attention's and [generate]'s
+ATTENTIONS = ("sdpa", "fp8", "int8", "fp8-cudnn")
+GENERATE_KEYS: dict[str, tuple[str, ...]] = {"attention": ATTENTIONS}
 LINK_MODES = ("hardlink", "copy", "symlink")
 
 

@@ -112,7 +112,9 @@ def test_attention_choices_and_their_fallback_notes() -> None:
     from tunehub.inference.attention import ATTENTIONS, set_attention
     from tunehub.inference.pipeline import ATTENTIONS as PIPELINE_ATTENTIONS
 
-    assert ATTENTIONS == PIPELINE_ATTENTIONS == ("sdpa", "fp8", "int8", "fp8-cudnn")
+    from tunehub.config import GENERATE_KEYS
+
+    assert ATTENTIONS == PIPELINE_ATTENTIONS == GENERATE_KEYS["attention"] == ("sdpa", "fp8", "int8", "fp8-cudnn")
     model = build_transformer("t2v_1.3B", 0)
     assert set_attention(model, "fp8-cudnn", "cpu") == ("sdpa", "fp8-cudnn attention needs a CUDA GPU (device is cpu): using sdpa")
     with pytest.raises(ValueError, match="choose one of sdpa, fp8, int8, fp8-cudnn"):

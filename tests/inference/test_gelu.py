@@ -37,6 +37,8 @@ def test_eager_calls_run_torchs_kernel_and_traced_ones_the_sigmoid_form() -> Non
 
 
 def test_the_tiny_wan_transformer_gets_it_and_gives_the_same_output() -> None:
+    """Traced by dynamo (a backend that records each graph and runs it as is: no compiler), each
+    block's feed-forward runs the sigmoid form instead of torch's GELU; eager calls do not change."""
     from tunehub.demo.tiny import build_transformer
 
     model = build_transformer("t2v_1.3B", 0).float().eval()
@@ -44,9 +46,26 @@ def test_the_tiny_wan_transformer_gets_it_and_gives_the_same_output() -> None:
     hidden = torch.randn(1, model.config.in_channels, 2, 8, 8, generator=generator)
     text = torch.randn(1, 8, model.config.text_dim, generator=generator)
     timestep = torch.tensor([500])
+
+    def traced_calls(name: str) -> tuple[torch.Tensor, int]:
+        """(the traced model's output, how often ``name`` appears in its graphs)"""
+        graphs: list[str] = []
+
+        def backend(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> object:
+            graphs.append(str(graph.code))
+            return graph.forward
+
+        torch._dynamo.reset()
+        out = torch.compile(model, backend=backend)(hidden, timestep, text, return_dict=False)[0]
+        return out, sum(code.count(name) for code in graphs)
+
     with torch.inference_mode():
         stock = model(hidden, timestep, text, return_dict=False)[0]
+        _, stock_gelus = traced_calls("gelu")
         assert use_sigmoid_tanh_gelu(model) == len(model.blocks)  # one feed-forward GELU a block
         assert all(block.ffn.net[0].gelu is sigmoid_tanh_gelu for block in model.blocks)
-        ours = model(hidden, timestep, text, return_dict=False)[0]
-    assert float((ours - stock).norm() / stock.norm()) < 1e-5
+        assert torch.equal(model(hidden, timestep, text, return_dict=False)[0], stock)  # eager: torch's GELU
+        traced, gelus = traced_calls("gelu")
+        _, sigmoids = traced_calls("sigmoid")
+    assert stock_gelus - gelus == len(model.blocks) and sigmoids >= len(model.blocks)
+    assert float((traced - stock).norm() / stock.norm()) < 1e-5

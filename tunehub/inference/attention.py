@@ -42,7 +42,8 @@ from typing import Any
 
 import torch
 
-ATTENTIONS = ("sdpa", "fp8", "int8", "fp8-cudnn")
+from tunehub.config import ATTENTIONS  # one list: --attention, [generate], the pipeline
+
 # fp8's two kernels: tunehub's Triton one (per-row and per-block scales, 16-bit output: a third
 # of cuDNN's error) and cuDNN's (per-tensor scales, e4m3 output); "fp8" takes the Triton one
 # where Triton runs, else cuDNN's; "fp8-cudnn" cuDNN's; "int8" the Triton one, P @ V in int8
@@ -344,9 +345,9 @@ def set_attention(transformer: torch.nn.Module, attention: str, device: torch.de
     if reason is not None:
         return "sdpa", f"{attention} attention {reason}: using sdpa"
     if kernel == "triton":
-        from tunehub.inference.fp8_flash import fp8_flash_attention
+        from tunehub.inference.fp8_flash import ATTENTION_PV, fp8_flash_attention
 
-        function = functools.partial(fp8_flash_attention, pv="int8" if attention == "int8" else "e4m3")
+        function = functools.partial(fp8_flash_attention, pv=ATTENTION_PV[attention])
     else:
         function = fp8_attention
     for module in modules:

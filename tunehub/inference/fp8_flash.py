@@ -29,13 +29,14 @@ import os
 import torch
 
 from tunehub.inference.attention import FP8_MAX, smooth_kv
+from tunehub.inference.int8_linear import _quantize_rows_int8
 
-__all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "PV_TYPES", "reference"]
+__all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "ATTENTION_PV",
+           "PV_TYPES", "reference"]  # fmt: skip
 
-# Each 8-bit type's largest value: where an absmax lands, and P's largest (the kernel adds its
-# log2 in P's exponent). P is in [0, 1] for e4m3; for int8 it is scaled per row of each block of keys.
-EIGHT_BIT_MAX = {"int8": 127.0, "e4m3": FP8_MAX}
-PV_TYPES = ("e4m3", "int8")  # P @ V's 8-bit type; Q @ K^T is always int8
+# The --attention choice each P @ V type runs for; Q @ K^T is always int8
+ATTENTION_PV = {"fp8": "e4m3", "int8": "int8"}
+PV_TYPES = tuple(ATTENTION_PV.values())
 LOG2E = 1.4426950408889634
 # The launch on CUDA, measured on an H200 at Wan's self-attention shapes (32,760 tokens, heads of
 # 128; benchmarks/results/gpu_fp8_flash_tma_h200.txt): 64 query rows per program on one warpgroup with
@@ -79,6 +80,12 @@ def _eight_bit(device: torch.device, kind: str) -> torch.dtype:
     return torch.float8_e4m3fn if device.type == "cuda" else torch.float32
 
 
+def _largest(dtype: torch.dtype) -> float:
+    """The 8-bit type's largest value (e4m3's when it is carried in float32): where an absmax
+    lands, and P's largest, whose log2 the kernel adds in P's exponent."""
+    return 127.0 if dtype == torch.int8 else FP8_MAX
+
+
 def _rounded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Values already scaled to the 8-bit range, rounded to ``dtype`` (int8, or e4m3 carried in ``dtype``)."""
     if dtype == torch.int8:
@@ -97,11 +104,11 @@ def _padded(tensor: torch.Tensor, block: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, 0, 0, missing)) if missing else tensor
 
 
-def _block_scaled(tensor: torch.Tensor, block: int, dtype: torch.dtype, largest: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_scaled(tensor: torch.Tensor, block: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, H, S, D] -> (8-bit values [B, H, S_padded, D], one absmax per block of rows [B, H, blocks])."""
     blocks = _padded(tensor, block).unflatten(2, (-1, block))
     amax = blocks.abs().amax(dim=(-1, -2)).clamp(min=1e-12)
-    return _rounded(blocks * (largest / amax)[..., None, None], dtype).flatten(2, 3), amax
+    return _rounded(blocks * (_largest(dtype) / amax)[..., None, None], dtype).flatten(2, 3), amax
 
 
 def quantize_blocks(
@@ -116,18 +123,17 @@ def quantize_blocks(
         raise ValueError(f"P @ V's type must be one of {', '.join(PV_TYPES)}, not {pv!r}")
     softmax_scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
     k, v, v_mean = smooth_kv(key.transpose(1, 2), value.transpose(1, 2), dim=2)
-    q = _padded(query.transpose(1, 2).float(), block_m)
-    q_amax = q.abs().amax(dim=-1).clamp(min=1e-12)  # [B, H, Sq]: per row, free in the kernel's FMA
-    q8 = _rounded(q * (127.0 / q_amax)[..., None], torch.int8)
-    k8, k_amax = _block_scaled(k, block_n, torch.int8, 127.0)
+    # Q per row (the int8 layers' activation quantization): a scale per row is free in the kernel's FMA
+    q8, q_scale = _quantize_rows_int8(_padded(query.transpose(1, 2), block_m))
+    k8, k_amax = _block_scaled(k, block_n, torch.int8)
     q8, k8 = q8.contiguous(), k8.contiguous()  # written [B, H, S, D] in place: TMA reads their [rows, D] views
-    v_largest = EIGHT_BIT_MAX[pv]
+    v_dtype = _eight_bit(query.device, pv)
     v_amax = v.abs().amax(dim=2).clamp(min=1e-12)  # [B, H, D]: per channel
-    v8t = _rounded(_padded(v, block_n) * (v_largest / v_amax)[:, :, None, :], _eight_bit(query.device, pv))
+    v8t = _rounded(_padded(v, block_n) * (_largest(v_dtype) / v_amax)[:, :, None, :], v_dtype)
     v8t = v8t.transpose(2, 3).contiguous()
-    q_descale = q_amax / 127.0 * (softmax_scale * LOG2E)
+    q_descale = q_scale.squeeze(-1) * (softmax_scale * LOG2E)
     k_descale = k_amax / 127.0
-    v_descale = v_amax / v_largest
+    v_descale = v_amax / _largest(v_dtype)
     return q8, k8, v8t, q_descale, k_descale, v_descale, v_mean.squeeze(2)
 
 
@@ -151,7 +157,7 @@ def flash_attention_8bit(
     v_descale, v_mean = v_descale.float().contiguous(), v_mean.float().contiguous()
     grid = (q8.shape[2] // block_m, batch * heads)
     shapes = {"SEQ_K": seq_k, "BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_DIM": dim, "PV_INT8": pv_int8,
-              "LOG2_P_SCALE": math.log2(EIGHT_BIT_MAX["int8" if pv_int8 else "e4m3"])}
+              "LOG2_P_SCALE": math.log2(_largest(v8t.dtype))}
     if q8.device.type != "cuda":  # Triton's interpreter: no launch options; TMA only when asked for (tests)
         loader = loader or "pointer"
         options: dict[str, object] = {}

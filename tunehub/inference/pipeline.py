@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunehub.config import Config
+from tunehub.config import ATTENTIONS, Config  # ATTENTIONS re-exported for the CLI
 from tunehub.errors import (
     ConfigError,
     HubAuthError,
@@ -32,7 +32,6 @@ Progress = Callable[[dict[str, Any]], None]
 
 OFFLOAD_MODES = ("none", "model", "group")
 INT8_KERNELS = ("auto", "dequant", "fp8", "int8mm", "quanto")  # int8_linear.KERNELS + optimum-quanto's QLinear
-ATTENTIONS = ("sdpa", "fp8", "int8", "fp8-cudnn")  # tunehub.inference.attention.ATTENTIONS (torch-free here)
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
