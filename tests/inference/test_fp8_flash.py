@@ -129,3 +129,89 @@ def test_launch_override_is_parsed_or_refused_with_its_format() -> None:
     for bad in ("64x128 w4 s3", "64x128 w4 s3 cuda", "64 w4 s3 tma", "64x128 w4 s3 tma fast"):
         with pytest.raises(ValueError, match="expected 'BMxBN wWARPS sSTAGES pointer\\|tma \\[ws\\]'"):
             parse_launch(bad)
+
+
+_PROJECTIONS_CHECK = r"""
+import functools, json, torch
+from tunehub.demo.tiny import build_transformer
+from tunehub.inference.attention import Fp8SelfAttention, _rotate
+from tunehub.inference.fp8_flash import (_projections_op, fp8_flash_attention, fp8_flash_attention_from_projections,
+                                         quantize_blocks, quantize_projections)
+
+results = {"parts": [], "models": []}
+generator = torch.Generator().manual_seed(0)
+# two videos, a partial last block of tokens (200 = 128 + 72), k and v off zero (their means matter)
+batch, seq, heads, dim = 2, 200, 3, 64
+for pv in ("e4m3", "int8"):
+    q, k, v = ((torch.randn(batch, seq, heads * dim, generator=generator) * s + o).to(torch.bfloat16)
+               for s, o in ((1.0, 0.0), (2.0, 0.5), (0.5, 1.0)))
+    norms = [torch.nn.RMSNorm(heads * dim, eps=1e-6) for _ in range(2)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.copy_(torch.rand(heads * dim, generator=generator) + 0.5)
+    norm_q, norm_k = (norm.to(torch.bfloat16) for norm in norms)
+    angles = torch.rand(seq, dim // 2, generator=generator) * 6
+    cos, sin = (f(angles).repeat_interleave(2, -1)[None, :, None, :] for f in (torch.cos, torch.sin))
+    with torch.no_grad():
+        expected = quantize_blocks(_rotate(norm_q(q).unflatten(2, (heads, -1)), cos, sin),
+                                   _rotate(norm_k(k).unflatten(2, (heads, -1)), cos, sin), v.unflatten(2, (heads, -1)), pv=pv)
+        args = (q, k, v, norm_q.weight, norm_k.weight, 1e-6, 1e-6, cos[0, :, 0, 0::2], sin[0, :, 0, 1::2], heads)
+        fused = quantize_projections(*args, pv=pv)
+    for name, a, b in zip("q8 k8 v8t q_descale k_descale v_descale v_mean".split(), fused, expected):
+        difference = (a.float() - b.float()).abs()
+        results["parts"].append(dict(pv=pv, name=name, shape=list(a.shape), expected_shape=list(b.shape), dtype=str(a.dtype),
+                                     expected_dtype=str(b.dtype), differing=int((difference > 0).sum()), size=a.numel(),
+                                     largest=float(difference.max()), relative=float(difference.max() / b.float().abs().max())))
+    # the custom op: its schema, and its fake (shapes for torch.compile) against the kernels' outputs
+    torch.library.opcheck(_projections_op, (*args, 64, 128, pv), test_utils=("test_schema", "test_faketensor"))
+
+# the processor: the tiny Wan model's output through the fused path equals the torch route's,
+# and the fused path runs only where it applies (bf16; not a float32 model)
+for dtype in (torch.bfloat16, torch.float32):
+    model = build_transformer("t2v", seed=3).to(dtype)
+    inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, generator=generator).to(dtype), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 12, 32, generator=generator).to(dtype), return_dict=False)
+    for pv in ("e4m3", "int8"):
+        calls = []
+        def counted(*a, pv=pv, **kw):
+            calls.append(1)
+            return fp8_flash_attention_from_projections(*a, pv=pv, **kw)
+        outputs = []
+        for from_projections in (None, counted):
+            for block in model.blocks:
+                stock = block.attn1.processor
+                stock = stock.stock if isinstance(stock, Fp8SelfAttention) else stock
+                block.attn1.set_processor(Fp8SelfAttention(stock, functools.partial(fp8_flash_attention, pv=pv), from_projections))
+            with torch.no_grad():
+                outputs.append(model(**inputs)[0].float())
+        results["models"].append(dict(dtype=str(dtype), pv=pv, fused_calls=len(calls), blocks=len(model.blocks),
+                                      difference=float((outputs[1] - outputs[0]).abs().max() / outputs[0].abs().max())))
+print(json.dumps(results))
+"""
+
+
+def test_quantization_from_the_projections_matches_the_torch_route() -> None:
+    """quantize_projections (the q/k norms, rotation and 8-bit quantization in four Triton kernels,
+    here in Triton's interpreter) gives what the torch route gives: RMSNorm, the rotary embedding,
+    then quantize_blocks; the attention processor takes it for bf16 Wan models only."""
+    pytest.importorskip("triton", reason="triton is in the test extra; it has no wheel for this platform")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _PROJECTIONS_CHECK], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results["parts"]) == 14
+    for part in results["parts"]:
+        assert part["shape"] == part["expected_shape"] and part["dtype"] == part["expected_dtype"], part
+        # the same roundings in the same order (bf16 after the norm and after the rotation, half
+        # to even into int8 and e4m3); sums over the tokens may round in another order: a few
+        # values one step apart at most
+        assert part["differing"] <= max(2, part["size"] // 1000), part
+        assert part["relative"] <= (0.02 if part["name"] in ("q8", "k8", "v8t") else 1e-5), part
+    models = results["models"]
+    assert [(m["dtype"], m["pv"]) for m in models] == [
+        (dtype, pv) for dtype in ("torch.bfloat16", "torch.float32") for pv in ("e4m3", "int8")
+    ]
+    for model in models:
+        bf16 = model["dtype"] == "torch.bfloat16"
+        assert model["fused_calls"] == (model["blocks"] if bf16 else 0), model
+        assert model["difference"] < 1e-3, model

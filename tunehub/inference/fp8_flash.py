@@ -23,15 +23,18 @@ interpreter has no e4m3).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from typing import Any
 
 import torch
 
 from tunehub.inference.attention import FP8_MAX, smooth_kv
 from tunehub.inference.int8_linear import _quantize_rows_int8
 
-__all__ = ["quantize_blocks", "fp8_flash_attention", "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "ATTENTION_PV",
+__all__ = ["quantize_blocks", "quantize_projections", "fp8_flash_attention", "fp8_flash_attention_from_projections",
+           "flash_attention_8bit", "BLOCK_M", "BLOCK_N", "ATTENTION_PV",
            "PV_TYPES", "reference"]  # fmt: skip
 
 # The --attention choice each P @ V type runs for; Q @ K^T is always int8
@@ -137,6 +140,94 @@ def quantize_blocks(
     return q8, k8, v8t, q_descale, k_descale, v_descale, v_mean.squeeze(2)
 
 
+def quantize_projections(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+    eps_q: float, eps_k: float, cos: torch.Tensor, sin: torch.Tensor, heads: int, scale: float | None = None,
+    block_m: int = BLOCK_M, block_n: int = BLOCK_N, pv: str = "e4m3",
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """:func:`quantize_blocks` of Wan's self-attention from its projections, in four Triton kernels:
+    ``query``/``key``/``value`` [B, S, H*D] 16-bit (before the norms), q and k RMS-normalised
+    over all heads (``q_weight``, ``k_weight`` [H*D], ``eps_*``) and rotated (``cos``/``sin``
+    [S, D/2]: the angle of each channel pair), as :class:`~tunehub.inference.attention.Fp8SelfAttention`
+    does in torch. Same outputs (up to the order of sums over the tokens), same layout."""
+    from tunehub.inference import _quantize_kernels as kernels
+
+    if pv not in PV_TYPES:
+        raise ValueError(f"P @ V's type must be one of {', '.join(PV_TYPES)}, not {pv!r}")
+    batch, seq, width = query.shape
+    dim = width // heads
+    if block_n % block_m or dim & (dim - 1):
+        raise ValueError(f"quantize_projections: BLOCK_N a multiple of BLOCK_M and a power-of-two head size, not "
+                         f"{block_n}, {block_m}, {dim}")  # fmt: skip
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    device = query.device
+    softmax_scale = scale if scale is not None else 1.0 / math.sqrt(dim)
+    blocks = -(-seq // block_n)
+    q_rows, k_rows = -(-seq // block_m) * block_m, blocks * block_n
+    rstd_q, rstd_k = _rms_rstd(query, key, eps_q, eps_k)
+    q8 = torch.empty(batch, heads, q_rows, dim, dtype=torch.int8, device=device)
+    q_descale = torch.empty(batch, heads, q_rows, dtype=torch.float32, device=device)
+    stats = torch.empty(batch * heads, blocks, 4, dim, dtype=torch.float32, device=device)
+    grid = (blocks, batch * heads)
+    shapes = dict(WIDTH=width, HEAD_DIM=dim, BLOCK_T=block_n)
+    # q, k and their norms' weights seen as int32 words (a channel pair each), q8 and k8 as int16
+    words = {name: t.contiguous().view(torch.int32) for name, t in (("q", query), ("k", key), ("wq", q_weight), ("wk", k_weight))}
+    kernels.q_quantize_kv_stats[grid](
+        words["q"], words["k"], value, rstd_q, rstd_k, words["wq"], words["wk"], cos, sin, q8.view(torch.int16),
+        q_descale, stats, seq, heads, q_rows, softmax_scale * LOG2E, SUB_T=min(block_n, PREPARE["q_tokens"]), **shapes,
+        **_elementwise_options(device, PREPARE["q_warps"]),
+    )  # fmt: skip
+    # the means over the tokens, each channel's absmax of v less its mean
+    k_mean, v_mean = stats[:, :, 0].sum(1) / seq, stats[:, :, 1].sum(1) / seq  # [B*H, D]
+    v_amax = torch.maximum(stats[:, :, 2].amax(1) - v_mean, v_mean - stats[:, :, 3].amin(1)).clamp(min=1e-12)
+    k8 = torch.empty(batch, heads, k_rows, dim, dtype=torch.int8, device=device)
+    k_descale = torch.empty(batch, heads, blocks, dtype=torch.float32, device=device)
+    kernels.k_quantize[grid](
+        words["k"], rstd_k, words["wk"], cos, sin, k_mean, k8.view(torch.int16), k_descale, seq, heads, k_rows,
+        SUB_T=min(block_n, PREPARE["k_tokens"]), **shapes, **_elementwise_options(device, PREPARE["k_warps"]),
+    )  # fmt: skip
+    v_dtype = _eight_bit(device, pv)
+    v8t = torch.empty(batch, heads, dim, k_rows, dtype=v_dtype, device=device)
+    kernels.v_quantize[grid](
+        value, v_mean, v_amax, v8t, seq, heads, k_rows, V_LARGEST=_largest(v_dtype), V_INT8=v_dtype == torch.int8,
+        **shapes, **_elementwise_options(device, PREPARE["v_warps"]),
+    )  # fmt: skip
+    return (q8, k8, v8t, q_descale, k_descale, (v_amax / _largest(v_dtype)).reshape(batch, heads, dim),
+            v_mean.reshape(batch, heads, dim))  # fmt: skip
+
+
+# quantize_projections' per-head passes: tokens per step (registers) and warps; V's pass takes a
+# whole block of keys at once (whole rows of its transposed store). Measured on an H200 at Wan 14B's
+# shape (1 x 32,760 x 40 x 128): 0.60 + 0.35 + 0.12 ms, with 0.15 for the RMS pass (benchmarks/
+# results/gpu_attention_prep_h200.txt).
+PREPARE = {"q_tokens": 8, "q_warps": 4, "k_tokens": 32, "k_warps": 4, "v_warps": 4}
+
+
+def _rms_rstd(query: torch.Tensor, key: torch.Tensor, eps_q: float, eps_k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's 1 / RMS of ``query`` and ``key`` [B, S, W], float32 [B*S]."""
+    from tunehub.inference import _quantize_kernels as kernels
+
+    batch, seq, width = query.shape
+    rstd_q = torch.empty(batch * seq, dtype=torch.float32, device=query.device)
+    rstd_k = torch.empty_like(rstd_q)
+    rows_per_program = 2
+    kernels.rms_rstd[(-(-batch * seq // rows_per_program),)](
+        query, key, rstd_q, rstd_k, batch * seq, eps_q, eps_k, WIDTH=width, BLOCK=_next_power_of_2(width),
+        ROWS=rows_per_program, **_elementwise_options(query.device, 8),
+    )  # fmt: skip
+    return rstd_q, rstd_k
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _elementwise_options(device: torch.device, warps: int) -> dict[str, int]:
+    """Launch options on a GPU; Triton's interpreter on CPU takes none."""
+    return {"num_warps": warps} if device.type == "cuda" else {}
+
+
 def flash_attention_8bit(
     q8: torch.Tensor, k8: torch.Tensor, v8t: torch.Tensor, q_descale: torch.Tensor, k_descale: torch.Tensor,
     v_descale: torch.Tensor, v_mean: torch.Tensor, seq_q: int, seq_k: int, out_dtype: torch.dtype,
@@ -210,13 +301,64 @@ def fp8_flash_attention(
     """Self-attention of ``[B, S, H, D]`` 16-bit tensors, Q @ K^T in int8 and P @ V in ``pv``
     (e4m3 or int8), output in the input dtype and layout. The quantization is plain torch (fused
     when compiled), the kernel a custom op."""
-    launch = _launch_override()
-    if launch is None:
-        loader = _default_loader(query.device) if query.device.type == "cuda" else "pointer"
-        launch = (BLOCK_M, BLOCK_N, int(_CONFIG["num_warps"]), int(_CONFIG["num_stages"]), loader,
-                  bool(_CONFIG["warp_specialize"]))  # fmt: skip
+    launch = _default_launch(query.device)
     parts = quantize_blocks(query, key, value, scale, launch[0], launch[1], pv)
     return _flash_op(query, *parts, key.shape[1], *launch)
+
+
+@torch.library.custom_op("tunehub::quantize_projections", mutates_args=())
+def _projections_op(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+    eps_q: float, eps_k: float, cos: torch.Tensor, sin: torch.Tensor, heads: int, block_m: int, block_n: int, pv: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    return quantize_projections(query, key, value, q_weight, k_weight, eps_q, eps_k, cos, sin, heads, None, block_m,
+                                block_n, pv)  # type: ignore[return-value]  # fmt: skip
+
+
+@_projections_op.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+      eps_q: float, eps_k: float, cos: torch.Tensor, sin: torch.Tensor, heads: int, block_m: int, block_n: int,
+      pv: str) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    batch, seq, width = query.shape
+    dim, blocks = width // heads, -(-seq // block_n)
+    q_rows, k_rows = -(-seq // block_m) * block_m, blocks * block_n
+    v_dtype = _eight_bit(query.device, pv)
+    empty = functools.partial(query.new_empty, dtype=torch.float32)
+    return (query.new_empty(batch, heads, q_rows, dim, dtype=torch.int8),
+            query.new_empty(batch, heads, k_rows, dim, dtype=torch.int8),
+            query.new_empty(batch, heads, dim, k_rows, dtype=v_dtype), empty(batch, heads, q_rows),
+            empty(batch, heads, blocks), empty(batch, heads, dim), empty(batch, heads, dim))  # fmt: skip
+
+
+def _default_launch(device: torch.device) -> tuple[int, int, int, int, str, bool]:
+    launch = _launch_override()
+    if launch is None:
+        loader = _default_loader(device) if device.type == "cuda" else "pointer"
+        launch = (BLOCK_M, BLOCK_N, int(_CONFIG["num_warps"]), int(_CONFIG["num_stages"]), loader,
+                  bool(_CONFIG["warp_specialize"]))  # fmt: skip
+    return launch
+
+
+def fp8_flash_attention_from_projections(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, norm_q: torch.nn.RMSNorm, norm_k: torch.nn.RMSNorm,
+    rotary_emb: tuple[torch.Tensor, torch.Tensor], heads: int, pv: str = "e4m3",
+) -> torch.Tensor:  # fmt: skip
+    """Wan's self-attention from its q/k/v projections ``[B, S, H*D]``: the RMS norms over all
+    heads, the rotary embedding (diffusers' ``(cos, sin)`` of shape [1, S, 1, D], each angle
+    repeated for its channel pair) and the quantization in :func:`quantize_projections`' four
+    kernels, then the attention kernel; returns ``[B, S, H, D]`` in the input dtype."""
+    launch = _default_launch(query.device)
+    parts = _projections_op(query, key, value, *_norm_arguments(query, norm_q, norm_k, rotary_emb), heads, launch[0],
+                            launch[1], pv)  # fmt: skip
+    return _flash_op(query.unflatten(2, (heads, -1)), *parts, key.shape[1], *launch)
+
+
+def _norm_arguments(query: torch.Tensor, norm_q: torch.nn.RMSNorm, norm_k: torch.nn.RMSNorm,
+                    rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> tuple[Any, ...]:  # fmt: skip
+    """(q weight, k weight, eps q, eps k, cos, sin [S, D/2]) from the modules and diffusers' tables."""
+    cos, sin = rotary_emb
+    eps_q, eps_k = (norm.eps if norm.eps is not None else torch.finfo(query.dtype).eps for norm in (norm_q, norm_k))
+    return norm_q.weight, norm_k.weight, eps_q, eps_k, cos[0, :, 0, 0::2], sin[0, :, 0, 1::2]
 
 
 def reference(
