@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
         args.tokens, args.heads, args.head_dim = 200, 2, 64
     import torch
+    from gpu_kernels import median_ms
 
     from tunehub.inference import fp8_flash
     from tunehub.inference.attention import _rotate
@@ -68,10 +70,10 @@ def main() -> None:
             if device.type == "cuda":
                 compiled = torch.compile(torch_route, dynamic=False)
                 compiled(q, k, v)
-                anchor_ms = median_ms(lambda: compiled(q, k, v), device)
+                anchor_ms = median_ms(lambda: compiled(q, k, v), repeats=20)
                 if args.sweep:
                     sweep(fused, device, anchor_ms, pv)
-                ours_ms = median_ms(fused, device)
+                ours_ms = median_ms(fused, repeats=20)
                 print(f"pv={pv}: compiled torch route {anchor_ms:.3f} ms, quantize_projections {ours_ms:.3f} ms "
                       f"= {ours_ms / anchor_ms:.2f}x  ({fp8_flash.PREPARE})", flush=True)  # fmt: skip
             ours = fused()
@@ -82,25 +84,10 @@ def main() -> None:
         print(f"pv={pv} against the eager torch route (of {ours[0].numel()} values each): " + "; ".join(parts), flush=True)
 
 
-def median_ms(function: Any, device: Any, repeats: int = 20) -> float:
-    import torch
-
-    for _ in range(3):
-        function()
-    torch.cuda.synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        function()
-        end.record()
-        torch.cuda.synchronize(device)
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 def sweep(fused: Any, device: Any, anchor_ms: float, pv: str) -> None:
     """Each pass's time per launch setting (torch.profiler), the fastest of each kept in PREPARE."""
+    import torch
+    from gpu_kernels import median_ms
     from torch.profiler import ProfilerActivity, profile
 
     from tunehub.inference import fp8_flash
@@ -109,12 +96,10 @@ def sweep(fused: Any, device: Any, anchor_ms: float, pv: str) -> None:
     for tokens, warps, v_warps in itertools.product((8, 16, 32), (2, 4, 8), (4, 8)):
         settings = {"q_tokens": tokens, "q_warps": warps, "k_tokens": tokens, "k_warps": warps, "v_warps": v_warps}
         fp8_flash.PREPARE.update(settings)
-        total = median_ms(fused, device)
+        total = median_ms(fused, repeats=20)
         with profile(activities=[ProfilerActivity.CUDA]) as profiled:
             for _ in range(5):
                 fused()
-            import torch
-
             torch.cuda.synchronize(device)
         times = {e.key: e.self_device_time_total / 5000 for e in profiled.key_averages()
                  if e.key in ("rms_rstd", "q_quantize_kv_stats", "k_quantize", "v_quantize")}  # fmt: skip

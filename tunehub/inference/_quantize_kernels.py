@@ -95,6 +95,13 @@ def _normed_rotated(X, RSTD, W, COS, SIN, base, tokens, valid, off_h, WIDTH: tl.
 
 
 @triton.jit
+def _block_and_head(heads):
+    """This program's (block of tokens, batch x head, batch, head) on the (blocks, B * H) grid."""
+    off_bh = tl.program_id(1)
+    return tl.program_id(0), off_bh, off_bh // heads, off_bh % heads
+
+
+@triton.jit
 def _round_int8(x):
     """Round half to even and clamp to [-127, 127] (|x| <= 127 plus rounding slack here)."""
     x = tl.minimum(tl.maximum(x, -127.0), 127.0)
@@ -108,10 +115,7 @@ def q_quantize_kv_stats(Q, K, V, RSTD_Q, RSTD_K, WQ, WK, COS, SIN, Q8, QD, STATS
     and QD [B, H, q_rows] (row scale x ``qk_scale``) for these tokens; STATS [B*H, blocks, 4, D]:
     k's column sum, v's column sum, max and min over the block's tokens. SUB_T tokens a step;
     the column statistics accumulate elementwise and are reduced once, at the end."""
-    block = tl.program_id(0)
-    off_bh = tl.program_id(1)
-    off_b = off_bh // heads
-    off_h = off_bh % heads
+    block, off_bh, off_b, off_h = _block_and_head(heads)
     half: tl.constexpr = HEAD_DIM // 2
     pairs = tl.arange(0, half)
     dims = tl.arange(0, HEAD_DIM)
@@ -155,10 +159,7 @@ def k_quantize(K, RSTD_K, WK, COS, SIN, K_MEAN, K8, KD, seq, heads, k_rows, WIDT
     127: K8 [B, H, k_rows, D] int8 (seen as int16 pairs), KD [B, H, blocks] the absmax / 127;
     rows past the end zero. Two steps over the block (its absmax, then the values): the second
     reads what the first brought into the cache."""
-    block = tl.program_id(0)
-    off_bh = tl.program_id(1)
-    off_b = off_bh // heads
-    off_h = off_bh % heads
+    block, off_bh, off_b, off_h = _block_and_head(heads)
     half: tl.constexpr = HEAD_DIM // 2
     pairs = tl.arange(0, half)
     base = off_b * seq
@@ -189,10 +190,7 @@ def v_quantize(V, V_MEAN, V_AMAX, V8T, seq, heads, k_rows, V_LARGEST: tl.constex
     """Program (block of keys, batch x head): V8T [B, H, D, k_rows], v less its mean scaled per
     channel to ``V_LARGEST`` (int8, or e4m3 in V8T's dtype: float32 carries it on CPU), written
     transposed as the attention kernel reads it; rows past the end zero."""
-    block = tl.program_id(0)
-    off_bh = tl.program_id(1)
-    off_b = off_bh // heads
-    off_h = off_bh % heads
+    block, off_bh, off_b, off_h = _block_and_head(heads)
     dims = tl.arange(0, HEAD_DIM)
     tokens = block * BLOCK_T + tl.arange(0, BLOCK_T)
     valid = tokens < seq
