@@ -32,7 +32,7 @@ MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: x + MAGIC rounds x to an intege
 @triton.jit
 def rms_rstd(Q, K, RSTD_Q, RSTD_K, rows, eps_q, eps_k, WIDTH: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
     """1 / sqrt(mean(x^2) + eps) of each row of q and k ([rows, WIDTH] bf16), in float32."""
-    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # int64: offsets past 2**31 at large batches
     cols = tl.arange(0, BLOCK)
     mask = (row[:, None] < rows) & (cols[None, :] < WIDTH)
     offsets = row[:, None] * WIDTH + cols[None, :]
@@ -82,7 +82,7 @@ def _normed_rotated(X, RSTD, W, COS, SIN, base, tokens, valid, off_h, WIDTH: tl.
     half: tl.constexpr = HEAD_DIM // 2
     pairs = tl.arange(0, half)
     cols = off_h * half + pairs
-    words = tl.load(X + (base + tokens)[:, None] * (WIDTH // 2) + cols[None, :], mask=valid[:, None], other=0)
+    words = tl.load(X + (base + tokens).to(tl.int64)[:, None] * (WIDTH // 2) + cols[None, :], mask=valid[:, None], other=0)
     x_even, x_odd = _unpack_bf16(words)
     w_even, w_odd = _unpack_bf16(tl.load(W + cols))
     rstd = tl.load(RSTD + base + tokens, mask=valid, other=0.0)[:, None]
@@ -131,7 +131,7 @@ def q_quantize_kv_stats(Q, K, V, RSTD_Q, RSTD_K, WQ, WK, COS, SIN, Q8, QD, STATS
         q_even, q_odd = _normed_rotated(Q, RSTD_Q, WQ, COS, SIN, base, tokens, valid, off_h, WIDTH, HEAD_DIM)
         scale = tl.maximum(tl.maximum(tl.max(tl.abs(q_even), 1), tl.max(tl.abs(q_odd), 1)), 1e-12) / 127.0
         packed = _pack_int8(_round_int8(q_even / scale[:, None]), _round_int8(q_odd / scale[:, None]))
-        rows = off_bh * q_rows + tokens
+        rows = (off_bh * q_rows + tokens).to(tl.int64)
         in_rows = tokens < q_rows
         tl.store(Q8 + rows[:, None] * half + pairs[None, :], packed, mask=in_rows[:, None])
         tl.store(QD + rows, scale * qk_scale, mask=in_rows)
@@ -139,7 +139,7 @@ def q_quantize_kv_stats(Q, K, V, RSTD_Q, RSTD_K, WQ, WK, COS, SIN, Q8, QD, STATS
         k_even, k_odd = _normed_rotated(K, RSTD_K, WK, COS, SIN, base, tokens, valid, off_h, WIDTH, HEAD_DIM)
         k_even_sum += k_even
         k_odd_sum += k_odd
-        v_ptrs = V + (base + tokens)[:, None] * WIDTH + off_h * HEAD_DIM + dims[None, :]
+        v_ptrs = V + (base + tokens).to(tl.int64)[:, None] * WIDTH + off_h * HEAD_DIM + dims[None, :]
         v = tl.load(v_ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
         v_sum += v
         v_max = tl.maximum(v_max, tl.where(valid[:, None], v, float("-inf")))
@@ -181,7 +181,7 @@ def k_quantize(K, RSTD_K, WK, COS, SIN, K_MEAN, K8, KD, seq, heads, k_rows, WIDT
         k_even, k_odd = _normed_rotated(K, RSTD_K, WK, COS, SIN, base, tokens, valid, off_h, WIDTH, HEAD_DIM)
         k8_even = _round_int8(tl.where(valid[:, None], (k_even - mean_even) * factor, 0.0))
         k8_odd = _round_int8(tl.where(valid[:, None], (k_odd - mean_odd) * factor, 0.0))
-        tl.store(K8 + (off_bh * k_rows + tokens)[:, None] * half + pairs[None, :], _pack_int8(k8_even, k8_odd))
+        tl.store(K8 + (off_bh * k_rows + tokens).to(tl.int64)[:, None] * half + pairs[None, :], _pack_int8(k8_even, k8_odd))
 
 
 @triton.jit
@@ -194,7 +194,7 @@ def v_quantize(V, V_MEAN, V_AMAX, V8T, seq, heads, k_rows, V_LARGEST: tl.constex
     dims = tl.arange(0, HEAD_DIM)
     tokens = block * BLOCK_T + tl.arange(0, BLOCK_T)
     valid = tokens < seq
-    v_ptrs = V + (off_b * seq + tokens)[:, None] * WIDTH + off_h * HEAD_DIM + dims[None, :]
+    v_ptrs = V + (off_b * seq + tokens).to(tl.int64)[:, None] * WIDTH + off_h * HEAD_DIM + dims[None, :]
     v = tl.load(v_ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
     v_mean = tl.load(V_MEAN + off_bh * HEAD_DIM + dims)
     v_factor = V_LARGEST / tl.load(V_AMAX + off_bh * HEAD_DIM + dims)
@@ -205,5 +205,5 @@ def v_quantize(V, V_MEAN, V_AMAX, V8T, seq, heads, k_rows, V_LARGEST: tl.constex
         v8 = _round_e4m3(tl.minimum(tl.maximum(scaled, -V_LARGEST), V_LARGEST))
     else:
         v8 = tl.minimum(tl.maximum(scaled, -V_LARGEST), V_LARGEST).to(tl.float8e4nv)
-    tl.store(V8T + (off_bh * HEAD_DIM + dims)[None, :] * k_rows + tokens[:, None], v8)
+    tl.store(V8T + (off_bh * HEAD_DIM + dims).to(tl.int64)[None, :] * k_rows + tokens[:, None], v8)
 
