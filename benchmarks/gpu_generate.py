@@ -18,6 +18,7 @@ its own row (left out with a note when missing).
     python benchmarks/gpu_generate.py --models 14B --attention sdpa,fp8,int8
     python benchmarks/gpu_generate.py --models 1.3B --kernels auto,fp8,int8mm,dequant,quanto
     python benchmarks/gpu_generate.py --tiny [--compile]   # small shapes on CPU: checks it runs
+    python benchmarks/gpu_generate.py --models 14B --layers 6 --attention sdpa,fp8 --no-quanto   # quick A/B
     python benchmarks/gpu_generate.py --models 5B,2.2-14B --lora-rank 64   # Wan 2.2, LoRA adapter cost
 """
 
@@ -215,6 +216,9 @@ def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir
     """Every path eager and compiled (``--compile``), each ratio taken later against bf16 in the
     same mode. rel.err is against the eager bf16 output of the same inputs and weights."""
     config = MODELS[size]
+    if args.layers:  # a quick comparison on fewer blocks; rows are named so, targets not checked
+        config = {**config, "num_layers": min(args.layers, config["num_layers"])}
+        size = f"{size}-{config['num_layers']}L"
     rows: list[dict[str, Any]] = []
     inputs = make_inputs(config, args.frames, args.height, args.width, device)
     tokens = inputs["hidden_states"].shape[2] * (inputs["hidden_states"].shape[3] // 2) * (inputs["hidden_states"].shape[4] // 2)
@@ -552,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time diffusers + optimum-quanto int8 (eager) as the anchor row")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time regional torch.compile of the blocks (default: on with CUDA)")
+    parser.add_argument("--layers", type=int, default=0, metavar="N",
+                        help="only the first N transformer blocks (quick A/B runs; the embeddings and the head weigh "
+                             "more, and the issue's targets are not checked)")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
