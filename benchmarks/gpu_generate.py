@@ -557,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time regional torch.compile of the blocks (default: on with CUDA)")
     parser.add_argument("--layers", type=int, default=0, metavar="N",
-                        help="only the first N transformer blocks (quick A/B runs; the embeddings and the head weigh "
-                             "more, and the issue's targets are not checked)")
+                        help="only the first N transformer blocks (quick A/B runs of the forward, not --pipeline; the "
+                             "embeddings and the head weigh more, and the issue's targets are not checked)")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)

@@ -95,6 +95,14 @@ def _normed_rotated(X, RSTD, W, COS, SIN, base, tokens, valid, off_h, WIDTH: tl.
 
 
 @triton.jit
+def _head_tile(X, base, tokens, valid, off_h, WIDTH: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """One head's [tokens, HEAD_DIM] tile of X [B*S, WIDTH] (16-bit) in float32; rows past the end zero."""
+    dims = tl.arange(0, HEAD_DIM)
+    ptrs = X + (base + tokens).to(tl.int64)[:, None] * WIDTH + off_h * HEAD_DIM + dims[None, :]
+    return tl.load(ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _block_and_head(heads):
     """This program's (block of tokens, batch x head, batch, head) on the (blocks, B * H) grid."""
     off_bh = tl.program_id(1)
@@ -103,7 +111,7 @@ def _block_and_head(heads):
 
 @triton.jit
 def _round_int8(x):
-    """Round half to even and clamp to [-127, 127] (|x| <= 127 plus rounding slack here)."""
+    """Clamp to [-127, 127], then round half to even (the add of 1.5 * 2**23 does the rounding)."""
     x = tl.minimum(tl.maximum(x, -127.0), 127.0)
     return (x + MAGIC).to(tl.int32, bitcast=True).to(tl.int8)
 
@@ -139,8 +147,7 @@ def q_quantize_kv_stats(Q, K, V, RSTD_Q, RSTD_K, WQ, WK, COS, SIN, Q8, QD, STATS
         k_even, k_odd = _normed_rotated(K, RSTD_K, WK, COS, SIN, base, tokens, valid, off_h, WIDTH, HEAD_DIM)
         k_even_sum += k_even
         k_odd_sum += k_odd
-        v_ptrs = V + (base + tokens).to(tl.int64)[:, None] * WIDTH + off_h * HEAD_DIM + dims[None, :]
-        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+        v = _head_tile(V, base, tokens, valid, off_h, WIDTH, HEAD_DIM)
         v_sum += v
         v_max = tl.maximum(v_max, tl.where(valid[:, None], v, float("-inf")))
         v_min = tl.minimum(v_min, tl.where(valid[:, None], v, float("inf")))
@@ -194,8 +201,7 @@ def v_quantize(V, V_MEAN, V_AMAX, V8T, seq, heads, k_rows, V_LARGEST: tl.constex
     dims = tl.arange(0, HEAD_DIM)
     tokens = block * BLOCK_T + tl.arange(0, BLOCK_T)
     valid = tokens < seq
-    v_ptrs = V + (off_b * seq + tokens).to(tl.int64)[:, None] * WIDTH + off_h * HEAD_DIM + dims[None, :]
-    v = tl.load(v_ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+    v = _head_tile(V, off_b * seq, tokens, valid, off_h, WIDTH, HEAD_DIM)
     v_mean = tl.load(V_MEAN + off_bh * HEAD_DIM + dims)
     v_factor = V_LARGEST / tl.load(V_AMAX + off_bh * HEAD_DIM + dims)
     scaled = tl.where(valid[:, None], (v - v_mean[None, :]) * v_factor[None, :], 0.0)

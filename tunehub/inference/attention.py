@@ -290,10 +290,9 @@ def _fusable(attn: Any, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None, hi
     )  # fmt: skip
 
 
-def _projections(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _projections(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if getattr(attn, "fused_projections", False):
-        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        return query, key, value
+        return tuple(attn.to_qkv(hidden_states).chunk(3, dim=-1))
     return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
 
 
@@ -330,10 +329,16 @@ class Fp8SelfAttention:
             self.stock._parallel_config = self._parallel_config
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         query, key, value = _projections(attn, hidden_states)
+        out = self._attend(attn, query, key, value, rotary_emb, hidden_states)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _attend(self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                rotary_emb: tuple[torch.Tensor, torch.Tensor] | None, hidden_states: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """[B, S, H, D] attention output from the projections."""
         parallel = self._parallel()
         if self.from_projections is not None and not parallel and _fusable(attn, rotary_emb, hidden_states):
-            out = self.from_projections(query, key, value, attn.norm_q, attn.norm_k, rotary_emb, attn.heads)
-            return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
+            return self.from_projections(query, key, value, attn.norm_q, attn.norm_k, rotary_emb, attn.heads)
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
         if rotary_emb is not None:
@@ -341,16 +346,13 @@ class Fp8SelfAttention:
         if parallel:
             from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
-            out = _templated_context_parallel_attention(
+            return _templated_context_parallel_attention(
                 query, key, value, None, 0.0, False, None, False, False,
                 forward_op=functools.partial(_ulysses_forward_op, attention=self.attention),
                 backward_op=_ulysses_backward_op,
                 _parallel_config=self._parallel_config,
             )  # fmt: skip
-        else:
-            out = self.attention(query, key, value)
-        out = out.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+        return self.attention(query, key, value)
 
 
 def _self_attention_modules(transformer: torch.nn.Module) -> list[Any]:

@@ -114,6 +114,17 @@ def _block_scaled(tensor: torch.Tensor, block: int, dtype: torch.dtype) -> tuple
     return _rounded(blocks * (_largest(dtype) / amax)[..., None, None], dtype).flatten(2, 3), amax
 
 
+def _check_pv(pv: str) -> None:
+    if pv not in PV_TYPES:
+        raise ValueError(f"P @ V's type must be one of {', '.join(PV_TYPES)}, not {pv!r}")
+
+
+def _padded_sizes(seq: int, block_m: int, block_n: int) -> tuple[int, int, int]:
+    """(blocks of keys, query rows, key rows) for ``seq`` tokens padded to whole blocks."""
+    blocks = -(-seq // block_n)
+    return blocks, -(-seq // block_m) * block_m, blocks * block_n
+
+
 def quantize_blocks(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
     block_m: int = BLOCK_M, block_n: int = BLOCK_N, pv: str = "e4m3",
@@ -122,8 +133,7 @@ def quantize_blocks(
     [B,H,D,Sk] in ``pv`` (e4m3 or int8), q descale [B,H,Sq] (one per row, times softmax scale and
     log2 e), k descale [B,H,Sk/block_n], v descale [B,H,D], V's mean [B,H,D]); Sq and Sk padded
     with zero rows to whole blocks."""
-    if pv not in PV_TYPES:
-        raise ValueError(f"P @ V's type must be one of {', '.join(PV_TYPES)}, not {pv!r}")
+    _check_pv(pv)
     softmax_scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
     k, v, v_mean = smooth_kv(key.transpose(1, 2), value.transpose(1, 2), dim=2)
     # Q per row (the int8 layers' activation quantization): a scale per row is free in the kernel's FMA
@@ -152,8 +162,7 @@ def quantize_projections(
     does in torch. Same outputs (up to the order of sums over the tokens), same layout."""
     from tunehub.inference import _quantize_kernels as kernels
 
-    if pv not in PV_TYPES:
-        raise ValueError(f"P @ V's type must be one of {', '.join(PV_TYPES)}, not {pv!r}")
+    _check_pv(pv)
     batch, seq, width = query.shape
     dim = width // heads
     if block_n % block_m or dim & (dim - 1):
@@ -163,8 +172,7 @@ def quantize_projections(
     cos, sin = cos.float().contiguous(), sin.float().contiguous()
     device = query.device
     softmax_scale = scale if scale is not None else 1.0 / math.sqrt(dim)
-    blocks = -(-seq // block_n)
-    q_rows, k_rows = -(-seq // block_m) * block_m, blocks * block_n
+    blocks, q_rows, k_rows = _padded_sizes(seq, block_m, block_n)
     rstd_q, rstd_k = _rms_rstd(query, key, eps_q, eps_k)
     q8 = torch.empty(batch, heads, q_rows, dim, dtype=torch.int8, device=device)
     q_descale = torch.empty(batch, heads, q_rows, dtype=torch.float32, device=device)
@@ -206,6 +214,8 @@ PREPARE = {"q_tokens": 8, "q_warps": 4, "k_tokens": 32, "k_warps": 4, "v_warps":
 
 def _rms_rstd(query: torch.Tensor, key: torch.Tensor, eps_q: float, eps_k: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's 1 / RMS of ``query`` and ``key`` [B, S, W], float32 [B*S]."""
+    import triton
+
     from tunehub.inference import _quantize_kernels as kernels
 
     batch, seq, width = query.shape
@@ -213,14 +223,10 @@ def _rms_rstd(query: torch.Tensor, key: torch.Tensor, eps_q: float, eps_k: float
     rstd_k = torch.empty_like(rstd_q)
     rows_per_program = 2
     kernels.rms_rstd[(-(-batch * seq // rows_per_program),)](
-        query, key, rstd_q, rstd_k, batch * seq, eps_q, eps_k, WIDTH=width, BLOCK=_next_power_of_2(width),
+        query, key, rstd_q, rstd_k, batch * seq, eps_q, eps_k, WIDTH=width, BLOCK=triton.next_power_of_2(width),
         ROWS=rows_per_program, **_elementwise_options(query.device, 8),
     )  # fmt: skip
     return rstd_q, rstd_k
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
 
 
 def _elementwise_options(device: torch.device, warps: int) -> dict[str, int]:
@@ -320,8 +326,8 @@ def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_weight: tor
       eps_q: float, eps_k: float, cos: torch.Tensor, sin: torch.Tensor, heads: int, block_m: int, block_n: int,
       pv: str) -> tuple[torch.Tensor, ...]:  # fmt: skip
     batch, seq, width = query.shape
-    dim, blocks = width // heads, -(-seq // block_n)
-    q_rows, k_rows = -(-seq // block_m) * block_m, blocks * block_n
+    dim = width // heads
+    blocks, q_rows, k_rows = _padded_sizes(seq, block_m, block_n)
     v_dtype = _eight_bit(query.device, pv)
     empty = functools.partial(query.new_empty, dtype=torch.float32)
     return (query.new_empty(batch, heads, q_rows, dim, dtype=torch.int8),
