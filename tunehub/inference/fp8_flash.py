@@ -363,7 +363,8 @@ def _norm_arguments(query: torch.Tensor, norm_q: torch.nn.RMSNorm, norm_k: torch
                     rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> tuple[Any, ...]:  # fmt: skip
     """(q weight, k weight, eps q, eps k, cos, sin [S, D/2]) from the modules and diffusers' tables."""
     cos, sin = rotary_emb
-    eps_q, eps_k = (norm.eps if norm.eps is not None else torch.finfo(query.dtype).eps for norm in (norm_q, norm_k))
+    # no eps: torch adds that of its float32 arithmetic, not the input dtype's
+    eps_q, eps_k = (norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps for norm in (norm_q, norm_k))
     return norm_q.weight, norm_k.weight, eps_q, eps_k, cos[0, :, 0, 0::2], sin[0, :, 0, 1::2]
 
 
