@@ -269,12 +269,12 @@ def run_model(size: str, args: argparse.Namespace, device: torch.device, workdir
             load_seconds = time.perf_counter() - started
             used = "/".join(sorted({m.kernel for m in model.modules() if isinstance(m, Int8Linear)}))
             label = f"tunehub int8 [{kernel}]" if kernel == used else f"tunehub int8 [{kernel}->{used}]"
-            if attention != "sdpa":
-                from tunehub.inference.attention import set_attention
+            from tunehub.inference.attention import set_attention
 
-                used_attention, note = set_attention(model, attention, device)
-                if note:
-                    log(f"({note})")
+            used_attention, note = set_attention(model, attention, device)  # sdpa too: its fused q/k preparation
+            if note:
+                log(f"({note})")
+            if attention != "sdpa":
                 shown = attention if used_attention == attention else f"{attention}->{used_attention}"
                 label += f" + {shown} attention"
             model_rows, _ = eager_and_compiled(size, label, model, inputs, device, args, reference, kernel=kernel,
@@ -428,13 +428,13 @@ def run_pipeline(args: argparse.Namespace, device: torch.device, workdir: Path) 
             del model
             reset_peak(device)
             model = load_transformer(config["_class_name"], config, [int8_file], "bf16", device, int8_kernel=kernel)
-            if attention != "sdpa":
-                from tunehub.inference.attention import set_attention
+            from tunehub.inference.attention import set_attention
 
-                used, note = set_attention(model, attention, device)
+            used, note = set_attention(model, attention, device)  # sdpa too: its fused q/k preparation
+            if attention != "sdpa":
                 label += f" + {attention if used == attention else attention + '->' + used} attention"
-                if note:
-                    log(f"({note})")
+            if note:
+                log(f"({note})")
         if args.compile:
             compile_transformer_blocks(model)
             label += " compiled"

@@ -1,4 +1,5 @@
-"""The Triton kernels of :func:`tunehub.inference.fp8_flash.quantize_projections` (imported only when they run).
+"""tunehub's elementwise Triton kernels, first those of :func:`tunehub.inference.fp8_flash.quantize_projections`
+(imported only when they run).
 
 Wan's self-attention takes q, k, v from three projections, RMS-normalises q and k over all heads,
 rotates channel pairs of q and k, and the 8-bit kernel wants them quantized: Q per row and head,
@@ -19,12 +20,20 @@ and loads whole words.
 
 Rounding follows the eager model: the normalised and the rotated values are rounded to bf16
 as diffusers' modules do, and round-half-to-even to int8 as ``torch.round``.
+
+Two more kernels for the 16-bit and int8 paths (same roundings):
+
+- ``norm_rotate``: q and k normalised and rotated in one pass, written back as bf16 for torch's
+  attention (``--attention sdpa``): compiled, that was the norms' reductions, then the rotation
+  reading both again;
+- ``gelu_quantize_rows``: the feed-forward's tanh GELU and the next int8 layer's per-row
+  quantization in one pass over each row (compiled: two passes, the GELU computed in each).
 """
 
 import triton
 import triton.language as tl
 
-__all__ = ["rms_rstd", "q_quantize_kv_stats", "k_quantize", "v_quantize"]
+__all__ = ["rms_rstd", "q_quantize_kv_stats", "k_quantize", "v_quantize", "norm_rotate", "gelu_quantize_rows"]
 
 MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: x + MAGIC rounds x to an integer (half to even) for |x| < 2**22
 
@@ -213,3 +222,67 @@ def v_quantize(V, V_MEAN, V_AMAX, V8T, seq, heads, k_rows, V_LARGEST: tl.constex
         v8 = tl.minimum(tl.maximum(scaled, -V_LARGEST), V_LARGEST).to(tl.float8e4nv)
     tl.store(V8T + (off_bh * HEAD_DIM + dims).to(tl.int64)[None, :] * k_rows + tokens[:, None], v8)
 
+
+
+@triton.jit
+def _pack_bf16(even, odd):
+    """Two float32 tensors already rounded to bf16 -> int32 words (``even`` at the lower address)."""
+    low = even.to(tl.uint32, bitcast=True) >> 16
+    high = odd.to(tl.uint32, bitcast=True) & 0xFFFF0000
+    return (low | high).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _norm_rotate_rows(X, W, OUT, offsets, mask, words, cos, sin, eps, WIDTH: tl.constexpr, BF16_TABLE: tl.constexpr):
+    """Rows of X (int32 words of bf16 pairs) over RMS * weight, rounded to bf16, each pair rotated
+    (rounded to bf16), stored to OUT at the same offsets. ``BF16_TABLE``: the angles' table was
+    bf16 (a model cast whole), so torch multiplies and adds in bf16: each product rounded too."""
+    even, odd = _unpack_bf16(tl.load(X + offsets, mask=mask, other=0))
+    rstd = tl.math.rsqrt((tl.sum(even * even, 1) + tl.sum(odd * odd, 1)) / WIDTH + eps)[:, None]
+    w_even, w_odd = _unpack_bf16(tl.load(W + words, mask=words < WIDTH // 2, other=0))
+    even = _round_bf16(even * rstd * w_even[None, :])
+    odd = _round_bf16(odd * rstd * w_odd[None, :])
+    if BF16_TABLE:
+        first = _round_bf16(even * cos) - _round_bf16(odd * sin)
+        second = _round_bf16(even * sin) + _round_bf16(odd * cos)
+    else:
+        first, second = even * cos - odd * sin, even * sin + odd * cos
+    rotated = _pack_bf16(_round_bf16(first), _round_bf16(second))
+    tl.store(OUT + offsets, rotated, mask=mask)
+
+
+@triton.jit
+def norm_rotate(Q, K, WQ, WK, COS, SIN, Q_OUT, K_OUT, rows, seq, eps_q, eps_k, WIDTH: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr, BF16_TABLE: tl.constexpr):  # fmt: skip
+    """Program: ROWS tokens of q and k [rows, WIDTH] (int32 words of bf16 channel pairs, BLOCK the
+    words of a row padded to a power of two): RMS-normalised over the width, times the weight,
+    each pair rotated by its token's angle (COS/SIN [seq, HEAD_DIM / 2]), into Q_OUT / K_OUT."""
+    half: tl.constexpr = HEAD_DIM // 2
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    words = tl.arange(0, BLOCK)
+    mask = (row[:, None] < rows) & (words[None, :] < WIDTH // 2)
+    offsets = row[:, None] * (WIDTH // 2) + words[None, :]
+    angle = (row % seq)[:, None] * half + (words % half)[None, :]
+    cos = tl.load(COS + angle, mask=mask, other=0.0)
+    sin = tl.load(SIN + angle, mask=mask, other=0.0)
+    _norm_rotate_rows(Q, WQ, Q_OUT, offsets, mask, words, cos, sin, eps_q, WIDTH, BF16_TABLE)
+    _norm_rotate_rows(K, WK, K_OUT, offsets, mask, words, cos, sin, eps_k, WIDTH, BF16_TABLE)
+
+
+@triton.jit
+def gelu_quantize_rows(X, Q8, SCALE, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    """Program: one row of X [rows, WIDTH] (16-bit): the tanh GELU as ``x * sigmoid(2u)``, rounded
+    to X's dtype as the module's output is, then the row's absmax int8 quantization: Q8 int8, SCALE
+    float32 (absmax / 127). The row stays in registers: read once."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < WIDTH
+    x = tl.load(X + row * WIDTH + cols, mask=mask, other=0.0).to(tl.float32)
+    gelu = x * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+    if X.dtype.element_ty == tl.bfloat16:
+        gelu = _round_bf16(gelu)
+    else:
+        gelu = gelu.to(X.dtype.element_ty).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(gelu), 0), 1e-12) / 127.0
+    tl.store(SCALE + row, scale)
+    tl.store(Q8 + row * WIDTH + cols, _round_int8(gelu / scale), mask=mask)

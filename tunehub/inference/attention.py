@@ -34,6 +34,10 @@ and keeps bf16.
 
 Elsewhere (CPU, an older GPU, Triton or the package missing, a non-Wan transformer) ``set_attention``
 keeps ``sdpa`` and returns a one-line note saying why.
+
+``sdpa`` on a CUDA GPU with Triton (bf16 Wan models): :class:`FusedSdpaSelfAttention` runs the q/k
+norms and the rotation in one Triton pass (:mod:`tunehub.inference.fused`), the same numbers as
+diffusers' processor, then torch's attention as diffusers dispatches it.
 """
 
 from __future__ import annotations
@@ -355,6 +359,35 @@ class Fp8SelfAttention:
         return self.attention(query, key, value)
 
 
+class FusedSdpaSelfAttention(Fp8SelfAttention):
+    """Processor for a Wan self-attention module under ``sdpa``: diffusers' computation, but the
+    q/k RMS norms and the rotary embedding in one Triton pass from the projections
+    (:func:`tunehub.inference.fused.normed_rotated_projections`) where :func:`_fusable` holds and
+    no context parallelism runs; then torch's attention through diffusers' dispatcher. Anything
+    else goes to the stock processor."""
+
+    def __call__(
+        self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        if (encoder_hidden_states is not None or attention_mask is not None or self._parallel()
+                or not _fusable(attn, rotary_emb, hidden_states)):  # fmt: skip
+            self.stock._parallel_config = self._parallel_config
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        from tunehub.inference.fused import normed_rotated_projections
+
+        assert rotary_emb is not None  # _fusable holds
+        query, key, value = _projections(attn, hidden_states)
+        query, key = normed_rotated_projections(query, key, attn.norm_q, attn.norm_k, rotary_emb, attn.heads)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        backend = self._attention_backend or getattr(self.stock, "_attention_backend", None)
+        out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=backend)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 def _self_attention_modules(transformer: torch.nn.Module) -> list[Any]:
     blocks = getattr(transformer, "blocks", None) or []
     return [block.attn1 for block in blocks if hasattr(block, "attn1")]
@@ -371,11 +404,16 @@ def set_attention(transformer: torch.nn.Module, attention: str, device: torch.de
     for module in modules:  # back to the stock processor first (sdpa, or a second call)
         if isinstance(module.processor, Fp8SelfAttention):
             module.set_processor(module.processor.stock)
+    wan = type(transformer).__name__ in ("WanTransformer3DModel", "WanVACETransformer3DModel")
     if attention == "sdpa":
+        from tunehub.inference.fused import fused_kernels_wanted
+
+        if wan and modules and fused_kernels_wanted(device):
+            _install(modules, FusedSdpaSelfAttention)
         return "sdpa", None
     reason: str | None = None
     kernel: str | None = None
-    if not modules or type(transformer).__name__ not in ("WanTransformer3DModel", "WanVACETransformer3DModel"):
+    if not modules or not wan:
         reason = f"made for Wan transformers, not {type(transformer).__name__}"
     else:
         head_dim = getattr(modules[0], "inner_dim", 0) // max(1, modules[0].heads)
@@ -392,8 +430,14 @@ def set_attention(transformer: torch.nn.Module, attention: str, device: torch.de
         from_projections = functools.partial(fp8_flash_attention_from_projections, pv=ATTENTION_PV[attention])
     else:
         function = fp8_attention
-    for module in modules:
-        processor = Fp8SelfAttention(module.processor, function, from_projections)
-        processor._parallel_config = getattr(module.processor, "_parallel_config", None)
-        module.set_processor(processor)
+    _install(modules, functools.partial(Fp8SelfAttention, attention=function, from_projections=from_projections))
     return attention, None
+
+
+def _install(modules: list[Any], make_processor: Any) -> None:
+    """Each module's processor wrapped by ``make_processor(stock)``, keeping diffusers' settings."""
+    for module in modules:
+        processor = make_processor(module.processor)
+        processor._parallel_config = getattr(module.processor, "_parallel_config", None)
+        processor._attention_backend = getattr(module.processor, "_attention_backend", None)
+        module.set_processor(processor)

@@ -375,6 +375,9 @@ class Int8Linear(nn.Module):
         # the per-row scale in float32 as the fused int8 GEMM reads it, made by prepare("int8mm")
         # (not saved: the file holds weight_scale)
         self.register_buffer("weight_scale_f32", None, persistent=False)
+        # an activation applied to the input first ("gelu_tanh": the feed-forward's GELU, folded
+        # in by fold_gelu_into_int8 so that one kernel computes and quantizes it)
+        self.input_activation: str | None = None
 
     @classmethod
     def from_quantized(
@@ -392,10 +395,12 @@ class Int8Linear(nn.Module):
         layer.register_buffer("weight_fp8", None)
         layer.register_buffer("weight_fp8_scale", None)
         layer.register_buffer("weight_scale_f32", None, persistent=False)
+        layer.input_activation = None
         return layer
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
+        folded = f", input_activation={self.input_activation}" if self.input_activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{folded}"
 
     def _fast_kernel_fits(self) -> bool:
         return self.in_features % 16 == 0 and self.out_features % 16 == 0
@@ -440,13 +445,26 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
+        # the fused Triton GEMM (chosen per call: offloading may move the layer after prepare());
         # torch._int_mm wants more than 16 rows (modulation layers see one per sample)
+        fused = (self.kernel == "int8mm" and rows.shape[0] > 16 and fused_int8_gemm_available(rows.device)
+                 and self.in_features % 128 == 0)  # both tiles' BLOCK_K  # fmt: skip
+        gelu_fused = fused and self.input_activation == "gelu_tanh" and _gelu_rows_fit(self.in_features)
+        if self.input_activation is not None and not gelu_fused:
+            x = apply_input_activation(x, self.input_activation)
+            rows = x.reshape(-1, shape[-1])
         if self.kernel == "dequant" or (self.kernel == "int8mm" and rows.shape[0] <= 16):
             # quanto's qbytes_mm: activations in the scale dtype, scale applied to the weight
             out = torch.matmul(x.to(self.weight_scale.dtype), self.dequantized_weight().t())
             return out + self.bias if self.bias is not None else out
-        # chosen per call: offloading may move the layer between devices after prepare()
-        quantized, act_scale = _activation_quantizer(self.kernel, rows.device)(rows)
+        compiling = torch.compiler.is_compiling()
+        if gelu_fused:
+            from tunehub.inference.fused import gelu_quantize_rows_int8, gelu_quantize_rows_op
+
+            # eager: the kernel straight, without the custom op's dispatch (host time)
+            quantized, act_scale = (gelu_quantize_rows_op if compiling else gelu_quantize_rows_int8)(rows)
+        else:
+            quantized, act_scale = _activation_quantizer(self.kernel, rows.device)(rows)
         if self.kernel == "fp8":
             fused_bias = self.bias is not None and _scaled_mm_bias_ok(rows.device, self.dtype)
             out = torch._scaled_mm(
@@ -459,9 +477,9 @@ class Int8Linear(nn.Module):
             )
             if self.bias is not None and not fused_bias:
                 out = out + self.bias
-        elif fused_int8_gemm_available(rows.device) and self.in_features % 128 == 0:  # both tiles' BLOCK_K
+        elif fused:
             scale = self.weight_scale_f32 if self.weight_scale_f32 is not None else self.weight_scale
-            if torch.compiler.is_compiling():
+            if compiling:
                 out = _int8_gemm_op(quantized, self.weight_data, act_scale, scale, self.bias, self.dtype)
             else:
                 # eager: the kernel straight, without the custom op's dispatch (about 0.2 ms of
@@ -473,6 +491,52 @@ class Int8Linear(nn.Module):
             if self.bias is not None:
                 out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features)
+
+
+def _gelu_rows_fit(width: int) -> bool:
+    from tunehub.inference.fused import gelu_rows_fit
+
+    return gelu_rows_fit(width)
+
+
+def apply_input_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``activation`` of :attr:`Int8Linear.input_activation` in torch (where no fused kernel runs)."""
+    if activation != "gelu_tanh":
+        raise ValueError(f"unknown input activation '{activation}'")
+    from tunehub.inference.transformer import sigmoid_tanh_gelu
+
+    return sigmoid_tanh_gelu(x)
+
+
+def _unfolded_gelu(gate: torch.Tensor) -> torch.Tensor:
+    """A GELU module's activation once the next int8 layer computes it: the identity."""
+    return gate
+
+
+def fold_gelu_into_int8(model: nn.Module) -> int:
+    """In each diffusers feed-forward of ``model`` whose tanh GELU is followed (through dropouts)
+    by an Int8Linear, move the GELU into that layer (:attr:`Int8Linear.input_activation`): with the
+    fused int8 GEMM on a GPU one kernel computes the GELU and quantizes each row, read once;
+    elsewhere the layer applies the same GELU in torch first. Returns how many were folded."""
+    folded = 0
+    for module in model.modules():
+        net = getattr(module, "net", None)
+        if type(module).__name__ != "FeedForward" or not isinstance(net, nn.ModuleList) or len(net) < 2:
+            continue
+        activation, rest = net[0], list(net[1:])
+        linears = [m for m in rest if not isinstance(m, nn.Dropout)]
+        if (type(activation).__name__ != "GELU" or getattr(activation, "approximate", None) != "tanh"
+                or not callable(getattr(activation, "gelu", None)) or len(linears) != 1
+                or not isinstance(linears[0], Int8Linear) or not isinstance(rest[0], (Int8Linear, nn.Dropout))):
+            continue  # fmt: skip
+        if linears[0].input_activation is not None:
+            continue  # folded already
+        if any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in rest):
+            continue  # a dropout between them would see the activation (training only)
+        activation.gelu = _unfolded_gelu  # an instance attribute: diffusers' forward calls self.gelu(x)
+        linears[0].input_activation = "gelu_tanh"
+        folded += 1
+    return folded
 
 
 def int8_layers(model: nn.Module) -> Iterator[tuple[str, Int8Linear]]:
@@ -492,6 +556,10 @@ def set_int8_kernel(model: nn.Module, kernel: str, device: torch.device | str | 
     for _, layer in layers:
         used = layer.prepare(resolved, device)
         counts[used] = counts.get(used, 0) + 1
+    from tunehub.inference.fused import unfused_by_env
+
+    if not unfused_by_env():
+        fold_gelu_into_int8(model)
     return counts
 
 

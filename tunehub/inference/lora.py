@@ -168,6 +168,11 @@ class LoraAdapted(nn.Module):
         import torch.nn.functional as F
 
         output = self.base(x)
+        activation = getattr(self.base, "input_activation", None)
+        if activation is not None and self.count:  # the base applies it to its input: so do the adapters
+            from tunehub.inference.int8_linear import apply_input_activation
+
+            x = apply_input_activation(x, activation)
         for index in range(self.count):
             a = getattr(self, f"a{index}")
             delta = F.linear(F.linear(x.to(a.dtype), a), getattr(self, f"b{index}"), getattr(self, f"bias{index}"))

@@ -381,9 +381,8 @@ def build_pipeline(
 
 def choose_attention(transformer: Any, attention: str, device: str, progress: Progress | None = None) -> tuple[str, list[str]]:
     """Install ``attention`` in the transformer (before compiling it); where ``fp8`` cannot
-    run, ``sdpa`` stays and a one-line note goes to ``progress``. (attention used, notes)"""
-    if attention == "sdpa":
-        return "sdpa", []
+    run, ``sdpa`` stays and a one-line note goes to ``progress``. (attention used, notes)
+    ``sdpa`` too: on a GPU its q/k norms and rotation run fused."""
     from tunehub.inference.attention import set_attention
 
     used, note = set_attention(transformer, attention, device)

@@ -282,7 +282,8 @@ def use_sigmoid_tanh_gelu(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         gelu = getattr(module, "gelu", None)
-        if type(module).__name__ == "GELU" and getattr(module, "approximate", None) == "tanh" and callable(gelu):
+        folded = getattr(gelu, "__name__", "") == "_unfolded_gelu"  # fold_gelu_into_int8 moved it on
+        if type(module).__name__ == "GELU" and getattr(module, "approximate", None) == "tanh" and callable(gelu) and not folded:
             module.gelu = sigmoid_tanh_gelu  # an instance attribute: diffusers' forward calls self.gelu(x)
             count += 1
     return count
