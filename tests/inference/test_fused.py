@@ -235,3 +235,33 @@ def test_a_norm_without_eps_gets_torchs_default() -> None:
     x = query.float()
     with torch.no_grad():
         assert torch.equal(norm(query), (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_q)).bfloat16())
+
+
+def test_rows_in_registers_is_set_inside_the_transformers_forward_only() -> None:
+    """The compile policy (persistent reductions over longer rows) is inductor's choices handler
+    while tunehub's compiled transformer runs (its blocks compile there), and inductor's own
+    outside it; the output unchanged. (Its effect, kernels of one read per row, shows on a GPU only.)"""
+    from torch._inductor.virtualized import V
+
+    from tunehub.demo.tiny import build_transformer
+    from tunehub.inference.transformer import compile_transformer_blocks
+
+    model = build_transformer("t2v", seed=0).eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, generator=generator), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 12, 32, generator=generator), return_dict=False)  # fmt: skip
+    with torch.no_grad():
+        expected = model(**inputs)[0]
+    seen: list[str] = []
+    block = model.blocks[0]
+    block.register_forward_pre_hook(lambda *_: seen.append(type(V.choices).__name__))
+    compile_transformer_blocks(model, 16384)
+    compile_transformer_blocks(model, 16384)  # a second call does not wrap twice
+    assert model._tunehub_rows_in_registers == 16384
+    outside = type(V.choices).__name__
+    torch._dynamo.reset()
+    with torch.no_grad():
+        output = model(**inputs)[0]
+    assert seen == ["RowsInRegisters"] and outside == type(V.choices).__name__ != "RowsInRegisters"
+    assert float((output - expected).abs().max()) < 1e-4
+    torch._dynamo.reset()
