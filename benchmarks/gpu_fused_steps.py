@@ -103,10 +103,14 @@ def main() -> None:
             if args.sweep and device.type == "cuda":
                 default = dict(fused.NORM_ROTATE)
                 for rows in (1, 2, 4):
-                    for warps in (4, 8, 16):
+                    for warps in (2, 4, 8, 16):
                         fused.NORM_ROTATE.update(rows=rows, warps=warps)
                         print(f"  norm_rotate rows={rows} warps={warps}: {median_ms(rope_ours, repeats=20):.3f} ms")
                 fused.NORM_ROTATE.update(default)
+                for warps in (2, 4, 8, 16, 32):
+                    fused.GELU_QUANTIZE.update(warps=warps)
+                    print(f"  gelu_quantize_rows warps={warps}: {median_ms(gelu_ours, repeats=20):.3f} ms")
+                fused.GELU_QUANTIZE.update(warps=0)
 
 
 if __name__ == "__main__":

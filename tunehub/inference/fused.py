@@ -19,8 +19,10 @@ import torch
 
 UNFUSED_ENV = "TUNEHUB_UNFUSED"  # "1": torch's route for both steps (A/B measurements)
 
-# norm_rotate: tokens per program and warps (a Wan 14B row is 2,560 words of q and as many of k)
+# norm_rotate: tokens per program and warps (a Wan 14B row is 2,560 words of q and as many of k);
+# gelu_quantize_rows: warps a row (0: by the row's width)
 NORM_ROTATE = {"rows": 1, "warps": 8}
+GELU_QUANTIZE = {"warps": 0}
 # widest row gelu_quantize_rows keeps in registers (32 float32 values a thread at 32 warps' worth)
 GELU_ROW_LIMIT = 32768
 
@@ -119,7 +121,8 @@ def gelu_quantize_rows_int8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     block = triton.next_power_of_2(width)
     if count:
         kernels.gelu_quantize_rows[(count,)](
-            rows, quantized, scales, WIDTH=width, BLOCK=block, **_options(rows.device, max(4, min(16, block // 1024)))
+            rows, quantized, scales, WIDTH=width, BLOCK=block,
+            **_options(rows.device, GELU_QUANTIZE["warps"] or max(4, min(16, block // 1024))),
         )
     return quantized, scales
 
