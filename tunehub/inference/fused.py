@@ -23,7 +23,7 @@ UNFUSED_ENV = "TUNEHUB_UNFUSED"  # "1": torch's route for both steps (A/B measur
 # gelu_quantize_rows: warps a row (0: by the row's width)
 NORM_ROTATE = {"rows": 1, "warps": 8}
 GELU_QUANTIZE = {"warps": 0}
-# widest row gelu_quantize_rows keeps in registers (32 float32 values a thread at 32 warps' worth)
+# widest row gelu_quantize_rows keeps in registers (64 float32 values a thread at 16 warps)
 GELU_ROW_LIMIT = 32768
 
 
