@@ -136,14 +136,12 @@ def time_forward(model: torch.nn.Module, inputs: dict[str, Any], device: torch.d
 
 
 def timed_compiled(
-    model: torch.nn.Module, inputs: dict[str, Any], device: torch.device, args: argparse.Namespace,
-    tunehub: bool = True,
+    model: torch.nn.Module, inputs: dict[str, Any], device: torch.device, args: argparse.Namespace
 ) -> tuple[float, float | None, torch.Tensor] | None:
-    """The forward after regional compilation (compile time excluded: warm-up); ``tunehub``:
-    with tunehub's compile settings, else torch's own (the plain diffusers rows)."""
+    """The forward after tunehub's regional compilation (compile time excluded: warm-up)."""
     started = time.perf_counter()
     try:
-        compile_transformer_blocks(model, None if tunehub else 0)
+        compile_transformer_blocks(model)
         result = time_forward(model, inputs, device, max(args.warmup, 2), args.repeats)
     except Exception as exc:  # a missing compiler toolchain and the like: report, go on
         log(f"(compiling failed: {type(exc).__name__}: {str(exc)[:200]})")
@@ -207,7 +205,7 @@ def eager_and_compiled(
     eager = time_forward(model, inputs, device, args.warmup, args.repeats)
     rows = [_row(size, path, "eager", eager, reference, **extra)]
     if args.compile:
-        compiled = timed_compiled(model, inputs, device, args, tunehub=path.startswith("tunehub"))
+        compiled = timed_compiled(model, inputs, device, args)
         if compiled is not None:
             rows.append(_row(size, path, "compiled", compiled, reference if reference is not None else eager[2], **extra))
         torch._dynamo.reset()
@@ -438,7 +436,7 @@ def run_pipeline(args: argparse.Namespace, device: torch.device, workdir: Path) 
             if note:
                 log(f"({note})")
         if args.compile:
-            compile_transformer_blocks(model, None if kernel is not None else 0)  # plain diffusers: torch's settings
+            compile_transformer_blocks(model)
             label += " compiled"
         pipe = WanPipeline(transformer=model, **components)
         pipe.set_progress_bar_config(disable=True)

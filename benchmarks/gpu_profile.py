@@ -90,7 +90,7 @@ def main() -> int:
         log(f"\n== Wan {size}, {args.width}x{args.height}x{args.frames}")
         if not args.skip_bf16:
             if args.compile:
-                compile_transformer_blocks(model, 0)  # plain diffusers: torch's settings
+                compile_transformer_blocks(model)
             seconds, _, _ = time_forward(model, inputs, device, 1, 3)
             log(f"diffusers bf16 {mode}: {seconds:.3f} s")
             top_kernels(model, inputs, "diffusers bf16", args.rows)

@@ -42,11 +42,6 @@ def fused_kernels_wanted(device: torch.device | str) -> bool:
     return True
 
 
-def _options(device: torch.device, warps: int) -> dict[str, int]:
-    """Launch options on a GPU; Triton's interpreter on CPU takes none."""
-    return {"num_warps": warps} if device.type == "cuda" else {}
-
-
 def normed_rotated(
     query: torch.Tensor, key: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, eps_q: float,
     eps_k: float, cos: torch.Tensor, sin: torch.Tensor, heads: int,
@@ -58,6 +53,7 @@ def normed_rotated(
     import triton
 
     from tunehub.inference import _quantize_kernels as kernels
+    from tunehub.inference.fp8_flash import _elementwise_options
 
     batch, seq, width = query.shape
     query, key = query.contiguous(), key.contiguous()
@@ -71,7 +67,7 @@ def normed_rotated(
         q_out.view(torch.int32), k_out.view(torch.int32), rows, seq, eps_q, eps_k, WIDTH=width,
         HEAD_DIM=width // heads, BLOCK=triton.next_power_of_2(width // 2), ROWS=per_program,
         BF16_TABLE=cos.dtype == torch.bfloat16,
-        **_options(query.device, NORM_ROTATE["warps"]),
+        **_elementwise_options(query.device, NORM_ROTATE["warps"]),
     )  # fmt: skip
     return q_out, k_out
 
@@ -111,6 +107,7 @@ def gelu_quantize_rows_int8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     import triton
 
     from tunehub.inference import _quantize_kernels as kernels
+    from tunehub.inference.fp8_flash import _elementwise_options
 
     count, width = rows.shape
     if not gelu_rows_fit(width):
@@ -122,7 +119,7 @@ def gelu_quantize_rows_int8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     if count:
         kernels.gelu_quantize_rows[(count,)](
             rows, quantized, scales, WIDTH=width, BLOCK=block,
-            **_options(rows.device, GELU_QUANTIZE["warps"] or max(4, min(16, block // 1024))),
+            **_elementwise_options(rows.device, GELU_QUANTIZE["warps"] or max(4, min(16, block // 1024))),
         )
     return quantized, scales
 

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tunehub.inference.fused import gelu_quantize_rows_int8, gelu_quantize_rows_op, gelu_rows_fit, unfused_by_env
+
 KERNELS = ("auto", "dequant", "fp8", "int8mm")
 FP8_MAX = 448.0  # largest finite float8 e4m3fn value
 
@@ -449,7 +451,7 @@ class Int8Linear(nn.Module):
         # torch._int_mm wants more than 16 rows (modulation layers see one per sample)
         fused = (self.kernel == "int8mm" and rows.shape[0] > 16 and fused_int8_gemm_available(rows.device)
                  and self.in_features % 128 == 0)  # both tiles' BLOCK_K  # fmt: skip
-        gelu_fused = fused and self.input_activation == "gelu_tanh" and _gelu_rows_fit(self.in_features)
+        gelu_fused = fused and self.input_activation == "gelu_tanh" and gelu_rows_fit(self.in_features)
         if self.input_activation is not None and not gelu_fused:
             x = apply_input_activation(x, self.input_activation)
             rows = x.reshape(-1, shape[-1])
@@ -459,8 +461,6 @@ class Int8Linear(nn.Module):
             return out + self.bias if self.bias is not None else out
         compiling = torch.compiler.is_compiling()
         if gelu_fused:
-            from tunehub.inference.fused import gelu_quantize_rows_int8, gelu_quantize_rows_op
-
             # eager: the kernel straight, without the custom op's dispatch (host time)
             quantized, act_scale = (gelu_quantize_rows_op if compiling else gelu_quantize_rows_int8)(rows)
         else:
@@ -493,12 +493,6 @@ class Int8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
 
-def _gelu_rows_fit(width: int) -> bool:
-    from tunehub.inference.fused import gelu_rows_fit
-
-    return gelu_rows_fit(width)
-
-
 def apply_input_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
     """``activation`` of :attr:`Int8Linear.input_activation` in torch (where no fused kernel runs)."""
     if activation != "gelu_tanh":
@@ -508,7 +502,7 @@ def apply_input_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
     return sigmoid_tanh_gelu(x)
 
 
-def _unfolded_gelu(gate: torch.Tensor) -> torch.Tensor:
+def unfolded_gelu(gate: torch.Tensor) -> torch.Tensor:
     """A GELU module's activation once the next int8 layer computes it: the identity."""
     return gate
 
@@ -524,16 +518,16 @@ def fold_gelu_into_int8(model: nn.Module) -> int:
         if type(module).__name__ != "FeedForward" or not isinstance(net, nn.ModuleList) or len(net) < 2:
             continue
         activation, rest = net[0], list(net[1:])
-        linears = [m for m in rest if not isinstance(m, nn.Dropout)]
         if (type(activation).__name__ != "GELU" or getattr(activation, "approximate", None) != "tanh"
-                or not callable(getattr(activation, "gelu", None)) or len(linears) != 1
-                or not isinstance(linears[0], Int8Linear) or not isinstance(rest[0], (Int8Linear, nn.Dropout))):
-            continue  # fmt: skip
-        if linears[0].input_activation is not None:
-            continue  # folded already
-        if any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in rest):
+                or not callable(getattr(activation, "gelu", None))):  # fmt: skip
+            continue
+        linears = [m for m in rest if not isinstance(m, nn.Dropout)]
+        if len(linears) != 1 or not isinstance(linears[0], Int8Linear) or linears[0].input_activation is not None:
+            continue  # not an int8 layer next (a LoRA wraps it, say), or folded already
+        between = rest[: rest.index(linears[0])]
+        if any(m.p > 0 and m.training for m in between):
             continue  # a dropout between them would see the activation (training only)
-        activation.gelu = _unfolded_gelu  # an instance attribute: diffusers' forward calls self.gelu(x)
+        activation.gelu = unfolded_gelu  # an instance attribute: diffusers' forward calls self.gelu(x)
         linears[0].input_activation = "gelu_tanh"
         folded += 1
     return folded
@@ -556,8 +550,6 @@ def set_int8_kernel(model: nn.Module, kernel: str, device: torch.device | str | 
     for _, layer in layers:
         used = layer.prepare(resolved, device)
         counts[used] = counts.get(used, 0) + 1
-    from tunehub.inference.fused import unfused_by_env
-
     if not unfused_by_env():
         fold_gelu_into_int8(model)
     return counts

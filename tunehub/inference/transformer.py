@@ -21,7 +21,7 @@ from torch import nn
 
 from tunehub.errors import InferenceError
 from tunehub.inference.convert import Piece, quantized_conversion_plan
-from tunehub.inference.int8_linear import replace_with_int8, set_int8_kernel
+from tunehub.inference.int8_linear import replace_with_int8, set_int8_kernel, unfolded_gelu
 
 _BUILD_LOCK = threading.Lock()
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -282,65 +282,18 @@ def use_sigmoid_tanh_gelu(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         gelu = getattr(module, "gelu", None)
-        folded = getattr(gelu, "__name__", "") == "_unfolded_gelu"  # fold_gelu_into_int8 moved it on
+        folded = gelu is unfolded_gelu  # fold_gelu_into_int8 moved it into the next int8 layer
         if type(module).__name__ == "GELU" and getattr(module, "approximate", None) == "tanh" and callable(gelu) and not folded:
             module.gelu = sigmoid_tanh_gelu  # an instance attribute: diffusers' forward calls self.gelu(x)
             count += 1
     return count
 
 
-# Rows up to this many values that a compiled block reduces (a norm, a row's absmax before int8)
-# are kept whole in registers and read once; torch.compile's own limit is 1,024, and longer rows
-# (Wan 14B's 5,120 and 13,824) are read once per reduction and again for the output. 0: inductor's
-# choice. TUNEHUB_ROWS_IN_REGISTERS overrides it (A/B runs).
-ROWS_IN_REGISTERS = 0
-ROWS_IN_REGISTERS_ENV = "TUNEHUB_ROWS_IN_REGISTERS"
-
-
-def compile_transformer_blocks(transformer: Any, rows_in_registers: int | None = None) -> None:
+def compile_transformer_blocks(transformer: Any) -> None:
     """``torch.compile`` each repeated block (diffusers' regional compilation): the norms,
     modulation and rotary work around the matrix products fuse into few kernels. The
-    first step pays the compile time. ``rows_in_registers``: see :data:`ROWS_IN_REGISTERS`
-    (None: that default); the benchmarks' plain diffusers rows pass 0."""
-    import os
-
-    if rows_in_registers is None:
-        rows_in_registers = int(os.environ.get(ROWS_IN_REGISTERS_ENV) or ROWS_IN_REGISTERS)
+    first step pays the compile time."""
     if getattr(transformer, "_repeated_blocks", None):
         transformer.compile_repeated_blocks(fullgraph=False, dynamic=False)
     else:
         transformer.compile()
-    if rows_in_registers > 1024 and not getattr(transformer, "_tunehub_rows_in_registers", 0):
-        # the blocks compile lazily, inside the transformer's forward: the policy is set there only
-        transformer.forward = _with_rows_in_registers(transformer.forward, rows_in_registers)
-        transformer._tunehub_rows_in_registers = rows_in_registers
-
-
-def _with_rows_in_registers(forward: Any, limit: int) -> Any:
-    import functools
-
-    from torch._inductor.choices import InductorChoices
-    from torch._inductor.runtime.hints import ReductionHint
-    from torch._inductor.virtualized import V
-
-    class RowsInRegisters(InductorChoices):
-        """Inductor's choices, with persistent (one-read) reductions over rows up to ``limit``."""
-
-        @staticmethod
-        def should_use_persistent_reduction(features: Any, cooperative_reduction: bool, *rest: Any) -> bool:
-            import torch._inductor.config as inductor_config
-
-            if (inductor_config.triton.persistent_reductions and not cooperative_reduction
-                    and features.get_reduction_hint() == ReductionHint.INNER
-                    and V.graph.sizevars.statically_known_leq(features.reduction_numel, limit)):  # fmt: skip
-                return True
-            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction, *rest)
-
-    choices = RowsInRegisters()
-
-    @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with V.set_choices_handler(choices):  # restored after: other models compile as usual
-            return forward(*args, **kwargs)
-
-    return run
